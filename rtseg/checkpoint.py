@@ -1,0 +1,185 @@
+"""Checkpoints: ``model.safetensors`` (weights, loaded without pickle) + ``model.json`` (everything
+downstream needs to rebuild and run the model), docs/architecture.md "Artifacts".
+
+``model.json`` keys: ``format``, ``model`` (registry name), ``model_kwargs``, ``num_classes``,
+``class_names``, ``palette`` (RGB per class), ``input_size`` ([H, W] pixels), ``mean``/``std``
+(RGB in [0, 1]), ``resize`` (``"stretch"`` or ``"letterbox"``), ``task`` (``"binary"`` or
+``"multiclass"``), ``ignore_index``, ``data`` (training-data fingerprint), ``metrics`` (at save
+time), ``training`` (recipe), ``rtseg_version``.
+
+Writes are atomic (temporary file + ``os.replace``), so a killed run never leaves a corrupt file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .errors import RtsegError
+
+FORMAT = "rtseg-checkpoint/1"
+WEIGHTS = "model.safetensors"
+META = "model.json"
+
+BINARY_PALETTE = [[0, 0, 0], [0, 255, 0]]
+
+
+@dataclass
+class ModelMeta:
+    """The content of ``model.json`` (see module docstring)."""
+
+    model: str
+    num_classes: int = 1
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=lambda: ["background", "foreground"])
+    palette: list[list[int]] = field(default_factory=lambda: [list(c) for c in BINARY_PALETTE])
+    input_size: list[int] = field(default_factory=lambda: [256, 256])
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    resize: str = "stretch"
+    task: str = "binary"
+    ignore_index: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    rtseg_version: str = __version__
+    format: str = FORMAT
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(H, W) of the network input in pixels."""
+        return int(self.input_size[0]), int(self.input_size[1])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelMeta":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "model" not in known:
+            raise RtsegError("model.json has no 'model' entry; it was not written by rtseg — retrain or re-save the checkpoint")
+        return cls(**known)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    _atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def save_checkpoint(folder: str | Path, model: torch.nn.Module, meta: ModelMeta) -> Path:
+    """Write ``model.safetensors`` + ``model.json`` into ``folder`` (created), atomically.
+
+    Returns the folder path.
+    """
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    # safetensors refuses shared storage; state_dict tensors of our models are distinct
+    _atomic_write_bytes(folder / WEIGHTS, save(state, metadata={"format": FORMAT, "model": meta.model}))
+    write_json(folder / META, meta.to_dict())
+    return folder
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Return the checkpoint folder for ``path`` (a folder, or its ``model.safetensors``/``model.json``).
+
+    Raises:
+        RtsegError: the folder or one of its two files is missing.
+    """
+    p = Path(path)
+    if p.is_file() and p.name in (WEIGHTS, META):
+        p = p.parent
+    if not p.exists():
+        raise RtsegError(f"checkpoint {p} does not exist; pass the folder written by 'rtseg train' (it holds {WEIGHTS} and {META})")
+    if not p.is_dir():
+        raise RtsegError(f"{p} is not a checkpoint folder; pass the folder written by 'rtseg train' (it holds {WEIGHTS} and {META})")
+    for name in (META, WEIGHTS):
+        if not (p / name).is_file():
+            raise RtsegError(f"checkpoint folder {p} has no {name}; pass the folder written by 'rtseg train'")
+    return p
+
+
+def load_meta(path: str | Path) -> ModelMeta:
+    """Read ``model.json`` of a checkpoint folder.
+
+    Raises:
+        RtsegError: missing or unreadable ``model.json``.
+    """
+    folder = resolve_checkpoint(path)
+    try:
+        d = json.loads((folder / META).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise RtsegError(f"{folder / META} is not valid JSON ({e}); the checkpoint is corrupt — retrain or restore it") from None
+    return ModelMeta.from_dict(d)
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, ModelMeta]:
+    """Rebuild the model named in ``model.json`` and load ``model.safetensors`` strictly.
+
+    Returns ``(model in eval mode, meta)``.
+
+    Raises:
+        RtsegError: missing files, corrupt weights, or weights that do not match the architecture
+            named in ``model.json`` (missing/unexpected tensors or shape mismatch).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .models import create_model
+
+    folder = resolve_checkpoint(path)
+    meta = load_meta(folder)
+    try:
+        state = load_file(str(folder / WEIGHTS), device=map_location)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise RtsegError(f"{folder / WEIGHTS} is corrupt or not a safetensors file ({str(e).splitlines()[0]}); retrain or restore the checkpoint") from None
+    model = create_model(meta.model, num_classes=meta.num_classes, **meta.model_kwargs)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shape = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shape:
+        what = []
+        if missing:
+            what.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            what.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if shape:
+            k = shape[0]
+            what.append(f"{len(shape)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+        raise RtsegError(
+            f"weights in {folder} do not match architecture {meta.model!r} with {meta.model_kwargs or 'default'} settings "
+            f"({'; '.join(what)}); the checkpoint was trained for another model — fix 'model'/'model_kwargs' in model.json or use the right checkpoint")
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model, meta
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()

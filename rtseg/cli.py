@@ -1,0 +1,73 @@
+"""The ``rtseg`` command line: train, eval, export, calibrate, build-engine, stream, bench.
+
+Every user error is an :class:`rtseg.errors.RtsegError`, printed as one line
+(``error: <problem>; <fix>``) with exit status 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from .errors import RtsegError
+
+# command name -> "module:attribute" of a click.Command; imported only when the command runs, so
+# `rtseg --help` stays fast and a missing optional dependency only affects its own command.
+_COMMANDS = {
+    "train": ("rtseg.training.command", "train", "Train a network on a labelled image folder."),
+    "eval": ("rtseg.evaluate", "eval_command", "Evaluate a checkpoint or an engine (Dice, IoU, ... ; docs/networks.md §5)."),
+    "export": ("rtseg.export.command", "export_command", "Export a checkpoint to ONNX (dynamic batch), checked against PyTorch."),
+    "calibrate": ("rtseg.export.command", "calibrate_command", "Calibrate INT8: write a Q/DQ ONNX and its calibration record."),
+    "build-engine": ("rtseg.export.command", "build_engine_command", "Build an inference engine folder from a checkpoint."),
+    "stream": ("rtseg.stream.command", "stream_command", "Segment a video/camera/network stream and write the overlaid output."),
+    "bench": ("rtseg.bench", "bench_command", "Benchmark an engine: latency, throughput, stream FPS."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx):
+        return list(_COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in _COMMANDS:
+            return None
+        module, attr, _ = _COMMANDS[name]
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ImportError as e:  # pragma: no cover - a broken install
+            raise click.ClickException(f"command {name!r} is unavailable: {e}; reinstall rtseg with 'pip install -e .'")
+
+    def format_commands(self, ctx, formatter):
+        rows = [(name, help_) for name, (_, _, help_) in _COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rtseg")
+def cli() -> None:
+    """rtseg — real-time semantic segmentation: train → ONNX → INT8 → engine → stream."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point. Maps :class:`RtsegError` to one line on stderr and exit code 2."""
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except RtsegError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)

@@ -1,0 +1,1 @@
+"""Datasets (folder layouts of the seeds' datasets), splits and transforms."""

@@ -1,0 +1,184 @@
+"""Image/mask folder datasets (Kvasir-SEG, CVC-ClinicDB, PolypGen layouts) and the deterministic split.
+
+Layout: ``ROOT/images/<stem>.<ext>`` pairs with ``ROOT/masks/<stem>[_mask].<ext>`` by file stem.
+Binary masks (JPEG in the polyp sets) are read as gray and thresholded at ``> 127``; class-index
+masks (CamVid PNGs) are read as they are.
+
+The split is 80/10/10 train/val/test, decided by sorting the stems by their SHA-256 — the same on
+every machine and Python version, independent of file-system order — and recorded in the run folder
+(``split.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import RtsegError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+MASK_SUFFIXES = ("_mask", "_Mask", "-mask", "_seg", "_label")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image: ``stem`` (pairing key), ``image`` path and ``mask`` path."""
+
+    stem: str
+    image: Path
+    mask: Path
+
+
+def _list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+
+
+def _mask_stem(stem: str) -> str:
+    for s in MASK_SUFFIXES:
+        if stem.endswith(s):
+            return stem[: -len(s)]
+    return stem
+
+
+def find_pairs(root: str | Path) -> list[Sample]:
+    """Pair ``root/images/*`` with ``root/masks/*`` by file stem (``_mask`` suffixes allowed).
+
+    Returns samples sorted by stem.
+
+    Raises:
+        RtsegError: missing folders, no images, or unpaired files (the message lists them).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise RtsegError(f"dataset folder {root} does not exist; pass a folder holding images/ and masks/")
+    img_dir, mask_dir = root / "images", root / "masks"
+    if not img_dir.is_dir():
+        raise RtsegError(f"{root} has no images/ folder; the expected layout is {root}/images/X.jpg with {root}/masks/X.jpg")
+    if not mask_dir.is_dir():
+        raise RtsegError(f"{root} has no masks/ folder; add the label masks as {root}/masks/<same name as the image> "
+                         f"(or use an unlabelled image folder only where no labels are needed)")
+    images = {p.stem: p for p in _list_images(img_dir)}
+    if not images:
+        raise RtsegError(f"{img_dir} holds no images ({', '.join(IMAGE_EXTS)}); check the path")
+    masks = {_mask_stem(p.stem): p for p in _list_images(mask_dir)}
+    no_mask = sorted(set(images) - set(masks))
+    no_image = sorted(set(masks) - set(images))
+    if no_mask or no_image:
+        parts = []
+        if no_mask:
+            parts.append(f"{len(no_mask)} image(s) without a mask: {', '.join(no_mask[:5])}{' ...' if len(no_mask) > 5 else ''}")
+        if no_image:
+            parts.append(f"{len(no_image)} mask(s) without an image: {', '.join(no_image[:5])}{' ...' if len(no_image) > 5 else ''}")
+        raise RtsegError(f"unpaired files in {root}: {'; '.join(parts)} — images/X.* must pair with masks/X.* (or X_mask.*); remove or add the missing files")
+    return [Sample(s, images[s], masks[s]) for s in sorted(images)]
+
+
+def stem_key(stem: str) -> str:
+    """Stable sort key of a stem for the split: SHA-256 of its UTF-8 bytes."""
+    return hashlib.sha256(stem.encode("utf-8")).hexdigest()
+
+
+def split_samples(samples: list[Sample], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, list[Sample]]:
+    """Deterministic train/val/test split: sort by :func:`stem_key`, cut at the fractions.
+
+    Counts are ``round(n·f_train)``, ``round(n·f_val)``, rest to test. Same result on every machine.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise RtsegError(f"split fractions must sum to 1; got {fractions}")
+    order = sorted(samples, key=lambda s: stem_key(s.stem))
+    n = len(order)
+    n_train = int(round(n * fractions[0]))
+    n_val = int(round(n * fractions[1]))
+    parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    return {k: sorted(v, key=lambda s: s.stem) for k, v in parts.items()}
+
+
+def load_split(root: str | Path, split: str | None) -> list[Sample]:
+    """Samples of ``root`` for ``split`` (``train``/``val``/``test``) or all of them (``None``/``all``)."""
+    samples = find_pairs(root)
+    if split in (None, "all"):
+        return samples
+    if split not in SPLITS:
+        raise RtsegError(f"unknown split {split!r}; use one of {', '.join(SPLITS)} or all")
+    return split_samples(samples)[split]
+
+
+def write_split(path: str | Path, root: str | Path, parts: dict[str, list[Sample]]) -> None:
+    """Record the split (stems per part and the rule) as JSON."""
+    from ..checkpoint import write_json
+
+    write_json(path, {"root": str(Path(root).resolve()), "rule": "sort stems by sha256(stem); 80/10/10",
+                      **{k: [s.stem for s in v] for k, v in parts.items()}})
+
+
+def fingerprint(samples: list[Sample]) -> str:
+    """SHA-256 over the sorted stems and file sizes: identifies the data a model was trained on."""
+    h = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: s.stem):
+        h.update(f"{s.stem}:{s.image.stat().st_size}:{s.mask.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as ``uint8[H, W, 3]`` RGB.
+
+    Raises:
+        RtsegError: missing or unreadable file.
+    """
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise RtsegError(f"cannot read image {path}; check that it exists and is a valid image file")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str | Path, binary: bool = True) -> np.ndarray:
+    """Read a mask as ``uint8[H, W]``: binary → {0, 1} by ``gray > 127``; else class indices as stored.
+
+    Raises:
+        RtsegError: missing or unreadable file.
+    """
+    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if binary else cv2.IMREAD_UNCHANGED)
+    if m is None:
+        raise RtsegError(f"cannot read mask {path}; check that it exists and is a valid image file")
+    if binary:
+        return (m > 127).astype(np.uint8)
+    if m.ndim == 3:
+        m = m[..., 0]
+    return m.astype(np.uint8)
+
+
+def read_sample(s: Sample, binary: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint8[H, W, 3] RGB, uint8[H, W] mask)``; raises :class:`RtsegError` if sizes differ."""
+    img, mask = read_image(s.image), read_mask(s.mask, binary)
+    if img.shape[:2] != mask.shape[:2]:
+        raise RtsegError(f"image {s.image.name} is {img.shape[1]}x{img.shape[0]} but its mask is {mask.shape[1]}x{mask.shape[0]}; fix or remove the pair")
+    return img, mask
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """Images of a folder (or of its ``images/`` sub-folder), sorted; for unlabelled sets (calibration).
+
+    Raises:
+        RtsegError: no such folder, or no images in it.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise RtsegError(f"image folder {p} does not exist; check the path")
+    if p.is_file():
+        return [p]
+    folder = p / "images" if (p / "images").is_dir() else p
+    files = _list_images(folder)
+    if not files:
+        raise RtsegError(f"{folder} holds no images ({', '.join(IMAGE_EXTS)}); check the path")
+    return files
+
+
+def load_split_file(path: str | Path) -> dict:
+    """Read a ``split.json`` written by :func:`write_split`."""
+    return json.loads(Path(path).read_text())

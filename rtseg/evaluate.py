@@ -1,0 +1,139 @@
+"""``rtseg eval``: the metric table of docs/networks.md §5 for a checkpoint or an engine.
+
+Every image is preprocessed exactly as the stream does it (``Preprocessor`` with the model's resize
+policy), run through the backend, and the prediction is mapped back to the image's own resolution
+(logits resized bilinearly, then thresholded / arg-maxed) before it is compared with the original
+mask, so metrics on full-resolution sets (PolypGen) are at full resolution.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+
+from .data.folder import find_pairs, load_split_file, read_sample, split_samples
+from .data.transforms import Preprocessor
+from .errors import RtsegError
+from .metrics import BINARY_KEYS, BinaryMetrics, MulticlassMetrics
+
+
+def _resolve_samples(data: str | None, split: str | None, model_meta: dict):
+    """Samples to evaluate and a description of where they came from."""
+    train_root = (model_meta.get("data") or {}).get("root")
+    root = Path(data) if data else (Path(train_root) if train_root else None)
+    if root is None:
+        raise RtsegError("no --data given and the model records no training data; pass --data DIR (images/ + masks/)")
+    samples = find_pairs(root)
+    same = train_root is not None and Path(train_root).resolve() == root.resolve()
+    if split is None:
+        split = "test" if same else "all"
+    if split == "all":
+        return samples, f"{root} (all {len(samples)})"
+    if split not in ("train", "val", "test"):
+        raise RtsegError(f"unknown --split {split!r}; use train, val, test or all")
+    parts = split_samples(samples)
+    return parts[split], f"{root} ({split} split, {len(parts[split])} of {len(samples)})"
+
+
+def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, progress: bool = False) -> dict:
+    """Evaluate ``backend`` (any :class:`rtseg.runtime.base.Backend`) on labelled ``samples``.
+
+    Returns §5's metrics (binary: ``per_image``/``global`` dicts; multi-class: mIoU etc.) plus
+    ``n_images`` and ``ms_per_image`` (inference only, mean).
+    """
+    from tqdm import tqdm
+
+    mm = backend.meta.get("model", {})
+    binary = backend.num_classes == 1
+    ignore = mm.get("ignore_index")
+    label_map = None
+    if not binary and (mm.get("data") or {}).get("format") == "camvid":
+        label_map = np.arange(256, dtype=np.uint8)
+        label_map[11:] = 255
+    metrics = BinaryMetrics() if binary else MulticlassMetrics(backend.num_classes, ignore)
+    pre = Preprocessor(backend.input_hw, mm.get("resize", "stretch"))
+    if limit:
+        samples = samples[:limit]
+    H, W = backend.input_hw
+    infer_s = 0.0
+    for i in tqdm(range(0, len(samples), batch_size), disable=None if progress else True, leave=False, desc="eval"):
+        chunk = samples[i:i + batch_size]
+        pairs = [read_sample(s, binary=binary) for s in chunk]
+        batch = np.empty((len(chunk), H, W, 3), np.uint8)
+        geoms = [pre(img, out=batch[j])[1] for j, (img, _) in enumerate(pairs)]
+        t0 = time.perf_counter()
+        logits = backend.infer_u8(batch)
+        infer_s += time.perf_counter() - t0
+        for (img, mask), g, z in zip(pairs, geoms, logits):
+            y0, y1, x0, x1 = g.box
+            h, w = g.src_hw
+            if binary:
+                zz = z[0, y0:y1, x0:x1]
+                if zz.shape != (h, w):
+                    zz = cv2.resize(zz, (w, h), interpolation=cv2.INTER_LINEAR)
+                metrics.update((zz > 0)[None], (mask > 0)[None])
+            else:
+                pred = z[:, y0:y1, x0:x1].argmax(0).astype(np.uint8)
+                if pred.shape != (h, w):
+                    pred = cv2.resize(pred, (w, h), interpolation=cv2.INTER_NEAREST)
+                t = label_map[mask] if label_map is not None else mask
+                metrics.update(pred[None], t[None])
+    out = metrics.compute()
+    out["n_images"] = len(samples)
+    out["ms_per_image"] = 1000.0 * infer_s / max(1, len(samples))
+    return out
+
+
+def format_table(result: dict) -> str:
+    """§5 table as text: rows = metrics, columns = per-image mean and dataset-global."""
+    if "per_image" in result:
+        lines = [f"{'metric':12s} {'per-image':>10s} {'global':>10s}"]
+        for k in BINARY_KEYS:
+            lines.append(f"{k:12s} {result['per_image'][k]:10.4f} {result['global'][k]:10.4f}")
+    else:
+        lines = [f"mIoU {result['miou']:.4f}   mean Dice {result['mean_dice']:.4f}   pixel accuracy {result['pixel_accuracy']:.4f}"]
+        names = result.get("class_names") or [str(i) for i in range(len(result["per_class_iou"]))]
+        for n, v in zip(names, result["per_class_iou"]):
+            lines.append(f"  {n:14s} IoU {'   n/a' if v is None else f'{v:.4f}'}")
+    return "\n".join(lines)
+
+
+@click.command("eval")
+@click.argument("target", required=False, type=click.Path())
+@click.option("--checkpoint", "checkpoint", type=click.Path(), help="Checkpoint folder (PyTorch reference).")
+@click.option("--engine", "engine", type=click.Path(), help="Engine folder (engine.json).")
+@click.option("--data", type=click.Path(), help="Labelled folder (images/ + masks/); default: the model's training data.")
+@click.option("--split", default=None, help="train/val/test/all; default: test if --data is the training data, else all.")
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--threads", default=None, type=int, help="Inference threads.")
+@click.option("--limit", default=0, type=int, help="Evaluate at most N images.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+def eval_command(target, checkpoint, engine, data, split, batch_size, threads, limit, as_json):
+    """Dice, IoU, accuracy, recall, specificity, precision (per-image mean and dataset-global) of a
+    checkpoint or an engine, on a split or a folder.
+
+    Example: rtseg eval --engine engines/eunet-s/openvino-fp32 --data ../shared/data/cvc-clinicdb-256
+    """
+    from .runtime import load_engine
+
+    path = engine or checkpoint or target
+    if not path:
+        raise RtsegError("nothing to evaluate; pass --checkpoint DIR or --engine DIR")
+    backend = load_engine(path, num_threads=threads)
+    if backend.max_batch:
+        batch_size = min(batch_size, backend.max_batch)
+    samples, where = _resolve_samples(data, split, backend.meta.get("model", {}))
+    res = evaluate_backend(backend, samples, batch_size=batch_size, limit=limit, progress=not as_json)
+    res["class_names"] = backend.meta.get("model", {}).get("class_names")
+    res |= {"target": str(path), "backend": backend.name, "precision": backend.precision, "data": where}
+    if as_json:
+        click.echo(json.dumps(res, indent=2))
+    else:
+        click.echo(f"{backend.describe()} on {where}")
+        click.echo(format_table(res))
+        click.echo(f"inference {res['ms_per_image']:.1f} ms/image (batch {batch_size})")

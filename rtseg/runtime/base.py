@@ -1,0 +1,122 @@
+"""The one interface every inference backend exposes (docs/architecture.md, "Runtime interface").
+
+A backend is loaded from an engine folder (``engines/<model>/<backend>-<precision>/``, holding
+``engine.json``) and runs batches of preprocessed images:
+
+* :meth:`Backend.infer` — ``float32[N, 3, H, W]`` normalised RGB (NCHW) → logits
+  ``float32[N, C, H, W]``. This is the reference contract every backend honours.
+* :meth:`Backend.infer_u8` — ``uint8[N, H, W, 3]`` RGB (NHWC, already resized/letterboxed to the
+  engine's H×W) → logits ``float32[N, C, H, W]``. Backends that can fold normalisation and the
+  NHWC→NCHW layout change into the compiled graph (OpenVINO's PrePostProcessor, TensorRT) override
+  it; the default does it with NumPy and calls :meth:`infer`.
+* :meth:`Backend.predict_u8` — like ``infer_u8`` but returns the class mask ``uint8[N, H, W]``
+  (binary: ``sigmoid(logit) > 0.5`` ⇔ ``logit > 0``; multi-class: argmax).
+
+H and W are fixed per engine (``input_hw``); the batch is dynamic up to ``max_batch``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import RtsegError
+
+
+class Backend(ABC):
+    """Base class of the inference backends.
+
+    Attributes:
+        name: backend name (``"openvino"``, ``"onnxruntime"``, ``"tensorrt"``, ``"torch"``).
+        precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"int8"``.
+        input_hw: (H, W) in pixels of the network input.
+        num_classes: C, channels of the logits.
+        mean, std: per-channel normalisation of RGB scaled to [0, 1].
+        max_batch: largest batch accepted (``None`` = unbounded).
+        meta: the engine folder's ``engine.json`` as a dict (``{}`` for the torch reference).
+    """
+
+    name: str = "base"
+
+    def __init__(self, *, precision: str, input_hw: tuple[int, int], num_classes: int,
+                 mean: tuple[float, float, float], std: tuple[float, float, float],
+                 meta: dict[str, Any] | None = None, folder: Path | None = None, max_batch: int | None = None):
+        self.precision = precision
+        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+        self.num_classes = int(num_classes)
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+        self.meta = dict(meta or {})
+        self.folder = folder
+        self.max_batch = max_batch
+        # (x/255 - mean)/std == x*scale + shift, folded once
+        self._scale = (1.0 / (255.0 * self.std)).astype(np.float32)
+        self._shift = (-self.mean / self.std).astype(np.float32)
+
+    # -- the contract ---------------------------------------------------------------------------
+    @abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run the network: ``float32[N, 3, H, W]`` normalised → logits ``float32[N, C, H, W]``.
+
+        Raises:
+            RtsegError: wrong input shape/dtype for this engine.
+        """
+
+    def infer_u8(self, frames: np.ndarray) -> np.ndarray:
+        """``uint8[N, H, W, 3]`` RGB at the engine's H×W → logits ``float32[N, C, H, W]``."""
+        return self.infer(self.normalize(frames))
+
+    def predict_u8(self, frames: np.ndarray) -> np.ndarray:
+        """``uint8[N, H, W, 3]`` RGB → class mask ``uint8[N, H, W]`` (binary: 1 = foreground)."""
+        return logits_to_mask(self.infer_u8(frames))
+
+    def close(self) -> None:
+        """Release the engine (optional)."""
+
+    # -- helpers --------------------------------------------------------------------------------
+    def normalize(self, frames: np.ndarray) -> np.ndarray:
+        """``uint8[N, H, W, 3]`` RGB → ``float32[N, 3, H, W]`` normalised (NumPy reference path)."""
+        self.check_u8(frames)
+        x = frames.astype(np.float32) * self._scale + self._shift
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    def check_u8(self, frames: np.ndarray) -> None:
+        """Raise :class:`RtsegError` unless ``frames`` is ``uint8[N, H, W, 3]`` at the engine size."""
+        h, w = self.input_hw
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (h, w, 3):
+            raise RtsegError(
+                f"engine expects uint8 frames [N, {h}, {w}, 3]; got {frames.dtype} {tuple(frames.shape)} "
+                f"(resize or letterbox frames to {w}x{h} first, e.g. with rtseg.data.transforms.Preprocessor)")
+        self._check_batch(frames.shape[0])
+
+    def check_nchw(self, batch: np.ndarray) -> None:
+        """Raise :class:`RtsegError` unless ``batch`` is ``float32[N, 3, H, W]`` at the engine size."""
+        h, w = self.input_hw
+        if batch.ndim != 4 or batch.shape[1:] != (3, h, w):
+            raise RtsegError(
+                f"engine expects input [N, 3, {h}, {w}]; got {tuple(batch.shape)} "
+                f"(this engine was built for {w}x{h}; rebuild with --img-size to change it)")
+        self._check_batch(batch.shape[0])
+
+    def _check_batch(self, n: int) -> None:
+        if n < 1 or (self.max_batch is not None and n > self.max_batch):
+            raise RtsegError(f"batch of {n} is outside this engine's range 1..{self.max_batch}; "
+                             f"rebuild with a larger --max-batch or send smaller batches")
+
+    def describe(self) -> str:
+        """One line: backend, precision, input size."""
+        h, w = self.input_hw
+        return f"{self.name} {self.precision} {w}x{h} C={self.num_classes}"
+
+
+def logits_to_mask(logits: np.ndarray) -> np.ndarray:
+    """Logits ``float32[N, C, H, W]`` → mask ``uint8[N, H, W]``.
+
+    C = 1: ``sigmoid(z) > 0.5``, computed as ``z > 0`` (docs/networks.md §5); C > 1: argmax.
+    """
+    if logits.shape[1] == 1:
+        return (logits[:, 0] > 0).astype(np.uint8)
+    return logits.argmax(axis=1).astype(np.uint8)

@@ -1,0 +1,1 @@
+"""Training: loop, losses, optimisers/schedules, checkpoints."""
