@@ -212,6 +212,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
         st = torch.load(state_file, map_location="cpu", weights_only=True)
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
+        if sched.total_steps != max(steps, 1):
+            log(f"--epochs changed to {cfg.epochs}: the OneCycle schedule is stretched to {steps} steps")
+            sched.total_steps = max(steps, 1)
         start_epoch, best, best_epoch = st["epoch"] + 1, st["best"], st["best_epoch"]
         history = json.loads(st["history"])
         torch.set_rng_state(st["rng_torch"])
