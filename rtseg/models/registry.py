@@ -56,7 +56,9 @@ def create_model(name: str, num_classes: int = 1, **kwargs: Any) -> nn.Module:
     merged = {**defaults, **kwargs}
     model = builder(num_classes=num_classes, **merged)
     model.rtseg_name = name
-    model.rtseg_kwargs = {k: v for k, v in kwargs.items()}
+    # a weights *file* is an input of this construction only, not part of the architecture: the
+    # checkpoint holds the trained weights, so model.json must not point at a file that may vanish
+    model.rtseg_kwargs = {k: v for k, v in kwargs.items() if k != "pretrained_weights"}
     model.rtseg_num_classes = num_classes
     return model
 
