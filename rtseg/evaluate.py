@@ -16,45 +16,57 @@ import click
 import cv2
 import numpy as np
 
-from .data.folder import find_pairs, load_split_file, read_sample, split_samples
+from .data.folder import read_sample
 from .data.transforms import Preprocessor
 from .errors import RtsegError
 from .metrics import BINARY_KEYS, BinaryMetrics, MulticlassMetrics
 
 
-def _resolve_samples(data: str | None, split: str | None, model_meta: dict):
-    """Samples to evaluate and a description of where they came from."""
-    train_root = (model_meta.get("data") or {}).get("root")
+def _resolve_samples(data: str | None, split: str | None, model_meta: dict, data_format: str | None = None):
+    """(samples, reader, description) to evaluate.
+
+    Without ``--data`` the model's training data is used; with the training data the default split
+    is ``test``, with any other folder it is ``all``. The layout is ``--data-format``, else the
+    format the model was trained on (for its own data), else detected.
+    """
+    from .data.formats import detect_format, get_format
+
+    mdata = model_meta.get("data") or {}
+    train_root = mdata.get("root")
     root = Path(data) if data else (Path(train_root) if train_root else None)
     if root is None:
         raise RtsegError("no --data given and the model records no training data; pass --data DIR (images/ + masks/)")
-    samples = find_pairs(root)
+    if not root.exists():
+        raise RtsegError(f"data folder {root} does not exist; pass --data DIR with images/ and masks/")
     same = train_root is not None and Path(train_root).resolve() == root.resolve()
+    name = data_format or (mdata.get("format") if same and mdata.get("format") else None) or detect_format(root)
+    fmt = get_format(name)
     if split is None:
         split = "test" if same else "all"
     if split == "all":
-        return samples, f"{root} (all {len(samples)})"
+        samples = fmt.all_samples(root)
+        return samples, fmt.read, f"{root} (all {len(samples)}, {fmt.name})"
     if split not in ("train", "val", "test"):
         raise RtsegError(f"unknown --split {split!r}; use train, val, test or all")
-    parts = split_samples(samples)
-    return parts[split], f"{root} ({split} split, {len(parts[split])} of {len(samples)})"
+    parts = fmt.splits(root)
+    n = sum(len(v) for v in parts.values())
+    return parts[split], fmt.read, f"{root} ({split} split, {len(parts[split])} of {n}, {fmt.name})"
 
 
-def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, progress: bool = False) -> dict:
+def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, progress: bool = False, reader=None) -> dict:
     """Evaluate ``backend`` (any :class:`rtseg.runtime.base.Backend`) on labelled ``samples``.
 
     Returns §5's metrics (binary: ``per_image``/``global`` dicts; multi-class: mIoU etc.) plus
-    ``n_images`` and ``ms_per_image`` (inference only, mean).
+    ``n_images`` and ``ms_per_image`` (inference only, mean). ``reader(sample) -> (image, labels)``
+    is the data format's reader (labels: {0,1} binary or train ids with 255 = ignore); default reads
+    binary mask files.
     """
     from tqdm import tqdm
 
     mm = backend.meta.get("model", {})
     binary = backend.num_classes == 1
     ignore = mm.get("ignore_index")
-    label_map = None
-    if not binary and (mm.get("data") or {}).get("format") == "camvid":
-        label_map = np.arange(256, dtype=np.uint8)
-        label_map[11:] = 255
+    reader = reader or (lambda s: read_sample(s, binary=binary))
     metrics = BinaryMetrics() if binary else MulticlassMetrics(backend.num_classes, ignore)
     pre = Preprocessor(backend.input_hw, mm.get("resize", "stretch"))
     if limit:
@@ -63,7 +75,7 @@ def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, prog
     infer_s = 0.0
     for i in tqdm(range(0, len(samples), batch_size), disable=None if progress else True, leave=False, desc="eval"):
         chunk = samples[i:i + batch_size]
-        pairs = [read_sample(s, binary=binary) for s in chunk]
+        pairs = [reader(s) for s in chunk]
         batch = np.empty((len(chunk), H, W, 3), np.uint8)
         geoms = [pre(img, out=batch[j])[1] for j, (img, _) in enumerate(pairs)]
         t0 = time.perf_counter()
@@ -81,8 +93,7 @@ def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, prog
                 pred = z[:, y0:y1, x0:x1].argmax(0).astype(np.uint8)
                 if pred.shape != (h, w):
                     pred = cv2.resize(pred, (w, h), interpolation=cv2.INTER_NEAREST)
-                t = label_map[mask] if label_map is not None else mask
-                metrics.update(pred[None], t[None])
+                metrics.update(pred[None], mask[None])
     out = metrics.compute()
     out["n_images"] = len(samples)
     out["ms_per_image"] = 1000.0 * infer_s / max(1, len(samples))
@@ -108,12 +119,13 @@ def format_table(result: dict) -> str:
 @click.option("--checkpoint", "checkpoint", type=click.Path(), help="Checkpoint folder (PyTorch reference).")
 @click.option("--engine", "engine", type=click.Path(), help="Engine folder (engine.json).")
 @click.option("--data", type=click.Path(), help="Labelled folder (images/ + masks/); default: the model's training data.")
+@click.option("--data-format", default=None, help="Dataset layout (polyp, camvid, cityscapes, coco, fsoco); default: detected.")
 @click.option("--split", default=None, help="train/val/test/all; default: test if --data is the training data, else all.")
 @click.option("--batch-size", default=8, show_default=True, type=int)
 @click.option("--threads", default=None, type=int, help="Inference threads.")
 @click.option("--limit", default=0, type=int, help="Evaluate at most N images.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
-def eval_command(target, checkpoint, engine, data, split, batch_size, threads, limit, as_json):
+def eval_command(target, checkpoint, engine, data, data_format, split, batch_size, threads, limit, as_json):
     """Dice, IoU, accuracy, recall, specificity, precision (per-image mean and dataset-global) of a
     checkpoint or an engine, on a split or a folder.
 
@@ -127,8 +139,8 @@ def eval_command(target, checkpoint, engine, data, split, batch_size, threads, l
     backend = load_engine(path, num_threads=threads)
     if backend.max_batch:
         batch_size = min(batch_size, backend.max_batch)
-    samples, where = _resolve_samples(data, split, backend.meta.get("model", {}))
-    res = evaluate_backend(backend, samples, batch_size=batch_size, limit=limit, progress=not as_json)
+    samples, reader, where = _resolve_samples(data, split, backend.meta.get("model", {}), data_format)
+    res = evaluate_backend(backend, samples, batch_size=batch_size, limit=limit, progress=not as_json, reader=reader)
     res["class_names"] = backend.meta.get("model", {}).get("class_names")
     res |= {"target": str(path), "backend": backend.name, "precision": backend.precision, "data": where}
     if as_json:

@@ -47,11 +47,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         label_map: optional ``uint8[256]`` lookup applied to class-index masks (e.g. void → 255).
         ignore_index: class value excluded from multi-class losses/metrics.
         augment: an albumentations transform (called as ``augment(image=, masks=[mask, valid])``).
+        reader: ``reader(sample) -> (uint8[h, w, 3] RGB, uint8[h, w] mask)`` for formats whose
+            labels are not plain mask files (see :mod:`rtseg.data.formats`); default reads
+            ``sample.image``/``sample.mask`` (binary: ``> 127``).
     """
 
     def __init__(self, samples: list[Sample], input_hw: tuple[int, int], mean, std, resize: str = "stretch",
                  binary: bool = True, label_map: np.ndarray | None = None, ignore_index: int = 255,
-                 augment: Callable | None = None):
+                 augment: Callable | None = None, reader: Callable | None = None):
         self.samples = list(samples)
         self.input_hw = tuple(input_hw)
         self.mean, self.std = mean, std
@@ -64,8 +67,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.masks = np.empty((n, H, W), np.uint8)
         self.valid = np.empty((n, H, W), np.uint8)
         for i, s in enumerate(self.samples):
-            img = read_image(s.image)
-            m = read_mask(s.mask, binary=binary)
+            if reader is not None:
+                img, m = reader(s)
+            else:
+                img, m = read_image(s.image), read_mask(s.mask, binary=binary)
             if label_map is not None:
                 m = label_map[m]
             g = compute_geometry(img.shape[:2], self.input_hw, resize)

@@ -28,11 +28,16 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled image: ``stem`` (pairing key), ``image`` path and ``mask`` path."""
+    """One labelled image: ``stem`` (pairing key), ``image`` path and ``mask`` path.
+
+    ``mask`` may be ``None`` for formats whose labels are not mask files (COCO polygons, Supervisely
+    bitmaps); ``ann`` then holds what the format's reader needs (hashable).
+    """
 
     stem: str
     image: Path
-    mask: Path
+    mask: Path | None
+    ann: object = None
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -109,11 +114,12 @@ def load_split(root: str | Path, split: str | None) -> list[Sample]:
     return split_samples(samples)[split]
 
 
-def write_split(path: str | Path, root: str | Path, parts: dict[str, list[Sample]]) -> None:
-    """Record the split (stems per part and the rule) as JSON."""
+def write_split(path: str | Path, root: str | Path, parts: dict[str, list[Sample]],
+                rule: str = "sort stems by sha256(stem); 80/10/10") -> None:
+    """Record the split (stems per part and the rule that made it) as JSON."""
     from ..checkpoint import write_json
 
-    write_json(path, {"root": str(Path(root).resolve()), "rule": "sort stems by sha256(stem); 80/10/10",
+    write_json(path, {"root": str(Path(root).resolve()), "rule": rule,
                       **{k: [s.stem for s in v] for k, v in parts.items()}})
 
 
@@ -121,7 +127,8 @@ def fingerprint(samples: list[Sample]) -> str:
     """SHA-256 over the sorted stems and file sizes: identifies the data a model was trained on."""
     h = hashlib.sha256()
     for s in sorted(samples, key=lambda s: s.stem):
-        h.update(f"{s.stem}:{s.image.stat().st_size}:{s.mask.stat().st_size}\n".encode())
+        msize = s.mask.stat().st_size if s.mask is not None else 0
+        h.update(f"{s.stem}:{s.image.stat().st_size}:{msize}\n".encode())
     return h.hexdigest()
 
 
@@ -147,6 +154,8 @@ def read_mask(path: str | Path, binary: bool = True) -> np.ndarray:
     if m is None:
         raise RtsegError(f"cannot read mask {path}; check that it exists and is a valid image file")
     if binary:
+        if Path(path).suffix.lower() == ".png" and m.max() == 1:
+            return m.astype(np.uint8)  # lossless 0/1 mask: thresholding at 127 would erase it
         return (m > 127).astype(np.uint8)
     if m.ndim == 3:
         m = m[..., 0]

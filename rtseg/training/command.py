@@ -1,8 +1,10 @@
-"""``rtseg train``: train a network on a labelled image folder (see :mod:`rtseg.training.loop`)."""
+"""``rtseg train``: train a network from a recipe (``configs/*.yaml``) and/or flags (see :mod:`rtseg.training.loop`).
+
+Flags override the recipe; the recipe overrides the defaults of :class:`rtseg.training.loop.TrainConfig`.
+Under ``torchrun --nproc_per_node N -m rtseg train ...`` the same command trains with DDP.
+"""
 
 from __future__ import annotations
-
-import json
 
 import click
 
@@ -26,46 +28,69 @@ def parse_size(value) -> tuple[int, int]:
     raise click.BadParameter(f"{value!r} is not a size; use N or HxW")
 
 
+FORMAT_NAMES = ["polyp", "kvasir", "kvasir-instrument", "cvc", "polypgen", "cityscapes", "coco", "fsoco", "camvid", "auto"]
+
+
 @click.command("train")
-@click.option("--model", "model", default="eunet-s", show_default=True, help=f"Registry name ({', '.join(list_models())}).")
-@click.option("--data", required=True, type=click.Path(), help="Dataset folder (images/ + masks/, or CamVid layout).")
-@click.option("--data-format", type=click.Choice(["polyp", "camvid"]), default="polyp", show_default=True,
-              help="polyp: binary masks (>127); camvid: class-index PNGs, 11 = void (ignored).")
-@click.option("--img-size", default="256", show_default=True, help="Network input, N or HxW pixels.")
-@click.option("--epochs", default=30, show_default=True, type=int)
-@click.option("--batch-size", default=8, show_default=True, type=int)
-@click.option("--lr", default=2e-3, show_default=True, type=float, help="Peak learning rate (OneCycle, AdamW).")
-@click.option("--weight-decay", default=1e-4, show_default=True, type=float)
-@click.option("--out", default="runs/train", show_default=True, type=click.Path(), help="Run folder (also the checkpoint folder).")
+@click.option("--config", "config", default=None, help="Recipe: a YAML file or a name in configs/ (eunet, visionfusenet, contrafusionnet, gmsrfnet, ...).")
+@click.option("--model", default=None, help=f"Registry name ({', '.join(list_models())}). [default: eunet-s]")
+@click.option("--data", default=None, type=click.Path(), help="Dataset root.")
+@click.option("--data-format", default=None, type=click.Choice(FORMAT_NAMES), help="Dataset layout. [default: polyp]")
+@click.option("--img-size", default=None, help="Network input, N or HxW pixels. [default: 256]")
+@click.option("--epochs", default=None, type=int)
+@click.option("--batch-size", default=None, type=int)
+@click.option("--lr", default=None, type=float, help="(Peak) learning rate.")
+@click.option("--weight-decay", default=None, type=float)
+@click.option("--optimizer", default=None, type=click.Choice(["adamw", "adam", "lion", "sgd"]))
+@click.option("--scheduler", default=None, type=click.Choice(["onecycle", "plateau", "cosine", "none"]))
+@click.option("--loss", default=None, type=click.Choice(["auto", "bce_dice", "bce", "dice", "structure", "ce_dice", "ce_dice_infonce"]))
+@click.option("--early-stop-patience", default=None, type=int, help="Stop after N epochs without improvement (0 = off).")
+@click.option("--grad-clip-value", default=None, type=float, help="Clamp gradients to ±value (0 = off).")
+@click.option("--out", default=None, type=click.Path(), help="Run folder (also the checkpoint folder). [default: runs/train]")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
-@click.option("--resize", type=click.Choice(["stretch", "letterbox"]), default="stretch", show_default=True)
+@click.option("--resize", default=None, type=click.Choice(["stretch", "letterbox"]))
 @click.option("--widths", default=None, help="EUNet stage widths, e.g. 16,32,64,128.")
-@click.option("--no-augment", is_flag=True, help="Disable augmentation.")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "off"]), default="auto", show_default=True,
-              help="bf16 autocast: auto = only where the CPU has native bf16.")
-@click.option("--threads", default=0, type=int, help="CPU threads (0 = all cores).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--max-images", default=0, type=int, help="Use at most N images (quick runs).")
+@click.option("--no-augment", is_flag=True, default=None, help="Disable augmentation.")
+@click.option("--amp", default=None, type=click.Choice(["auto", "bf16", "off"]), help="bf16 autocast: auto = only where the CPU has native bf16.")
+@click.option("--threads", default=None, type=int, help="CPU threads (0 = torch default).")
+@click.option("--seed", default=None, type=int)
+@click.option("--max-images", default=None, type=int, help="Use at most N images (quick runs).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(model, data, data_format, img_size, epochs, batch_size, lr, weight_decay, out, resume, resize, widths,
-          no_augment, amp, threads, seed, max_images, quiet):
-    """Train a network: BCE+Dice (binary) or CE+Dice (multi-class), AdamW + OneCycle, best
-    checkpoint by validation Dice/mIoU, test metrics at the end.
+def train(config, model, data, data_format, img_size, epochs, batch_size, lr, weight_decay, optimizer, scheduler, loss,
+          early_stop_patience, grad_clip_value, out, resume, resize, widths, no_augment, amp, threads, seed, max_images, quiet):
+    """Train a network; keeps the best checkpoint by validation Dice (binary) / mIoU (multi-class)
+    and reports test metrics at the end.
 
-    Example: rtseg train --model eunet-s --data ../shared/data/kvasir-seg-256 --epochs 30 --out runs/eunet-s
+    Example: rtseg train --config eunet --model eunet-s --data-format polyp --data ../shared/data/kvasir-seg-256 --out runs/eunet-s
     """
-    from .loop import TrainConfig, train as run
+    from ..errors import RtsegError
+    from .loop import TrainConfig, load_recipe, train as run
 
-    kw = {}
+    d = load_recipe(config) if config else {}
+    flags = dict(model=model, data=data, data_format=data_format, epochs=epochs, batch_size=batch_size, lr=lr,
+                 weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler, loss=loss,
+                 early_stop_patience=early_stop_patience, grad_clip_value=grad_clip_value, out=out, resize=resize,
+                 amp=amp, threads=threads, seed=seed, max_images=max_images)
+    d.update({k: v for k, v in flags.items() if v is not None})
+    if img_size is not None:
+        d["img_size"] = parse_size(img_size)
     if widths:
-        kw["widths"] = [int(w) for w in widths.replace("x", ",").split(",")]
-    cfg = TrainConfig(model=model, data=data, data_format=data_format, img_size=parse_size(img_size), epochs=epochs,
-                      batch_size=batch_size, lr=lr, weight_decay=weight_decay, out=out, resume=resume, resize=resize,
-                      model_kwargs=kw, augment=not no_augment, amp=amp, threads=threads, seed=seed,
-                      max_images=max_images, progress=not quiet)
+        d["model_kwargs"] = {**d.get("model_kwargs", {}), "widths": [int(w) for w in widths.replace("x", ",").split(",")]}
+    if no_augment:
+        d["augment"] = False
+    d["resume"], d["progress"] = resume, not quiet
+    if not d.get("data"):
+        raise RtsegError("no training data; pass --data DIR (e.g. ../shared/data/kvasir-seg-256)")
+    if d.get("data_format") == "auto":
+        from ..data.formats import detect_format
+
+        d["data_format"] = detect_format(d["data"])
+    cfg = TrainConfig.from_dict(d)
     s = run(cfg, log=click.echo)
+    if not s:
+        return  # non-zero rank of a distributed run
     click.echo("")
-    click.echo(f"done in {s['seconds'] / 60:.1f} min; best epoch {s['best_epoch']} of {s['epochs']}; checkpoint: {s['out']}")
+    click.echo(f"done in {s['seconds'] / 60:.1f} min ({s['epochs_run']} epochs, {s['stopped']}); best epoch {s['best_epoch']}; checkpoint: {s['out']}")
     for name in ("val", "test"):
         m = s.get(name)
         if m and "per_image" in m:

@@ -1,18 +1,27 @@
-"""The training loop behind ``rtseg train``.
+"""The training loop behind ``rtseg train`` (single process, or DDP under ``torchrun``).
 
 One run folder holds everything (docs/architecture.md "Artifacts"):
 
 ```
 OUT/model.safetensors, OUT/model.json   best checkpoint so far (by validation Dice / mIoU)
 OUT/last/                               last epoch: weights + model.json + train_state.pt (resume)
-OUT/split.json                          the deterministic train/val/test split
-OUT/metrics.jsonl                       one JSON line per epoch
-OUT/curves.png                          loss and validation metric per epoch
+OUT/split.json                          the train/val/test split used
+OUT/metrics.jsonl                       one JSON line per epoch (loss, val metrics, lr, seconds)
+OUT/curves.png                          loss and validation metrics per epoch
 OUT/summary.json                        final summary (best epoch, val and test metrics, time)
 ```
 
+Every file is written atomically, so a killed run never leaves a corrupt checkpoint, and
+``--resume`` continues weights, optimiser, scheduler, epoch, early-stopping state and the RNGs
+exactly (an interrupted-and-resumed run equals an uninterrupted one to float tolerance).
+
 On the CPU the loop uses channels_last and, where the CPU has native bf16 (AVX512-BF16 or AMX),
-bf16 autocast (about 2× faster for EUNet on such CPUs); elsewhere fp32.
+bf16 autocast; elsewhere fp32.
+
+Distributed: under ``torchrun --nproc_per_node N -m rtseg train ...`` each process trains on its
+shard (``DistributedSampler``) of a ``DistributedDataParallel`` model (gloo on CPU, nccl on GPU);
+validation is sharded too and the confusion counts are gathered, so the metrics equal a
+single-process evaluation; only rank 0 logs and writes files.
 """
 
 from __future__ import annotations
@@ -22,48 +31,96 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from ..checkpoint import ModelMeta, load_checkpoint, save_checkpoint, write_json
 from ..data.dataset import SegmentationDataset, default_augmentation
-from ..data.folder import fingerprint, load_split, split_samples, find_pairs, write_split
+from ..data.folder import fingerprint, write_split
 from ..errors import RtsegError
 from ..metrics import BinaryMetrics, MulticlassMetrics
 from ..models import create_model
-from .losses import bce_dice_loss, ce_dice_loss
-
-CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "sign", "fence", "car", "pedestrian", "bicyclist"]
-CAMVID_PALETTE = [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
-                  [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]]
+from .objectives import main_logits, make_loss, make_optimizer, make_scheduler
 
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run (CLI flags of ``rtseg train``)."""
+    """Settings of one training run: a recipe (``configs/*.yaml``) overridden by CLI flags."""
 
     model: str = "eunet-s"
     data: str = ""
     out: str = "runs/train"
-    data_format: str = "polyp"  # polyp (binary images/+masks/) | camvid (class-index PNGs, void=11 → ignore)
+    data_format: str = "polyp"
     img_size: tuple[int, int] = (256, 256)
+    resize: str = "stretch"
     epochs: int = 30
     batch_size: int = 8
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    optimizer: str = "adamw"
+    scheduler: str = "onecycle"
+    plateau_patience: int = 5
+    loss: str = "auto"  # auto = bce_dice (binary) / ce_dice (multi-class)
+    lambda_dice: float = 0.5
+    lambda_con: float = 0.1
+    early_stop_patience: int = 0  # epochs without improvement of early_stop_metric; 0 = off
+    early_stop_metric: str = "auto"  # dice | iou | miou | auto (= the selection metric)
+    grad_clip_value: float = 0.0  # clamp each gradient to ±value; 0 = off
     seed: int = 0
-    resize: str = "stretch"
     augment: bool = True
     amp: str = "auto"  # auto | bf16 | off
-    threads: int = 0  # 0 = all cores
-    max_images: int = 0  # 0 = all (for quick experiments/tests)
+    threads: int = 0  # 0 = torch's default
+    max_images: int = 0  # 0 = all (quick experiments/tests)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
     progress: bool = True
+    stop_after_epochs: int = 0  # stop (as if killed) after this many epochs of this invocation; tests
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Build from a recipe dict; unknown keys are an error (typos must not pass silently)."""
+        names = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - names)
+        if bad:
+            raise RtsegError(f"unknown training setting(s) {', '.join(bad)}; valid keys: {', '.join(sorted(names))}")
+        d = dict(d)
+        if "img_size" in d and not isinstance(d["img_size"], (list, tuple)):
+            d["img_size"] = (int(d["img_size"]), int(d["img_size"]))
+        for k in ("img_size", "betas"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def load_recipe(name_or_path: str) -> dict:
+    """Read a recipe YAML: a path, or a name in the repository's ``configs/`` (``eunet`` → configs/eunet.yaml).
+
+    Raises:
+        RtsegError: not found or not a mapping.
+    """
+    import yaml
+
+    p = Path(name_or_path)
+    if not p.is_file():
+        cand = Path(__file__).resolve().parents[2] / "configs" / f"{name_or_path}.yaml"
+        if not cand.is_file():
+            known = sorted(q.stem for q in cand.parent.glob("*.yaml")) if cand.parent.is_dir() else []
+            raise RtsegError(f"recipe {name_or_path!r} not found; pass a YAML file or one of: {', '.join(known) or '(none)'}")
+        p = cand
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RtsegError(f"recipe {p} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+    if not isinstance(d, dict):
+        raise RtsegError(f"recipe {p} must be a mapping of settings; fix the file")
+    d.pop("description", None)
+    return d
 
 
 def cpu_has_bf16() -> bool:
@@ -72,11 +129,36 @@ def cpu_has_bf16() -> bool:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+                    return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
     except OSError:
         pass
     return False
+
+
+# --- distributed helpers -------------------------------------------------------------------------
+def _dist_setup() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather_metrics(metrics, world: int):
+    if world == 1:
+        return metrics
+    if isinstance(metrics, BinaryMetrics):
+        parts: list = [None] * world
+        dist.all_gather_object(parts, metrics.all_counts())
+        out = BinaryMetrics()
+        for c in parts:
+            out.update_counts(c)
+        return out
+    t = torch.from_numpy(metrics.matrix)
+    dist.all_reduce(t)
+    metrics.matrix = t.numpy()
+    return metrics
 
 
 def _seed_all(seed: int) -> None:
@@ -85,47 +167,48 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _task(cfg: TrainConfig) -> dict:
-    if cfg.data_format == "polyp":
-        return {"binary": True, "num_classes": 1, "class_names": ["background", "polyp"],
-                "palette": [[0, 0, 0], [0, 255, 0]], "ignore_index": None, "label_map": None}
-    if cfg.data_format == "camvid":
-        lm = np.arange(256, dtype=np.uint8)
-        lm[11:] = 255  # 11 = Unlabelled → ignore
-        return {"binary": False, "num_classes": 11, "class_names": CAMVID_CLASSES, "palette": CAMVID_PALETTE,
-                "ignore_index": 255, "label_map": lm}
-    raise RtsegError(f"unknown --data-format {cfg.data_format!r}; use polyp or camvid")
-
-
 def evaluate_model(model: torch.nn.Module, ds: SegmentationDataset, num_classes: int, batch_size: int = 8,
-                   autocast: bool = False, ignore_index: int | None = None) -> tuple[dict, float]:
+                   autocast: bool = False, ignore_index: int | None = None, loss_fn=None,
+                   rank: int = 0, world: int = 1) -> tuple[dict, float]:
     """Run ``model`` over ``ds`` (no augmentation) → (metrics dict, mean loss).
 
     Binary: :class:`rtseg.metrics.BinaryMetrics` (per-image and global); multi-class:
-    :class:`rtseg.metrics.MulticlassMetrics`.
+    :class:`rtseg.metrics.MulticlassMetrics`. With ``world > 1`` each rank evaluates images
+    ``rank::world`` and the counts are gathered (exactly the single-process result).
     """
     model.eval()
     metrics = BinaryMetrics() if num_classes == 1 else MulticlassMetrics(num_classes, ignore_index)
     losses = []
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+    idx = list(range(rank, len(ds), world))
     with torch.inference_mode():
-        for x, t, v in loader:
-            x = x.contiguous(memory_format=torch.channels_last)
+        for i in range(0, len(idx), batch_size):
+            items = [ds[j] for j in idx[i:i + batch_size]]
+            x = torch.stack([a[0] for a in items]).contiguous(memory_format=torch.channels_last)
+            t = torch.stack([a[1] for a in items])
+            v = torch.stack([a[2] for a in items])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                y = model(x)
+                y = main_logits(model(x))
             y = y.float()
+            if loss_fn is not None:
+                losses.append((float(loss_fn(y, t, v)), len(items)))
             if num_classes == 1:
-                losses.append(float(bce_dice_loss(y, t, v)))
                 metrics.update((y[:, 0] > 0).numpy(), t[:, 0].numpy() > 0.5, v[:, 0].numpy() > 0.5)
             else:
-                losses.append(float(ce_dice_loss(y, t, ignore_index or 255)))
                 metrics.update(y.argmax(1).numpy(), t.numpy(), v[:, 0].numpy() > 0.5)
-    return metrics.compute(), float(np.mean(losses)) if losses else float("nan")
+    metrics = _gather_metrics(metrics, world)
+    tot = np.array([sum(l * n for l, n in losses), sum(n for _, n in losses)], dtype=np.float64)
+    if world > 1:
+        tt = torch.from_numpy(tot)
+        dist.all_reduce(tt)
+        tot = tt.numpy()
+    return metrics.compute(), float(tot[0] / tot[1]) if tot[1] else float("nan")
 
 
-def headline(metrics: dict) -> float:
-    """The model-selection score: per-image mean Dice (binary) or mIoU (multi-class)."""
-    return metrics["per_image"]["dice"] if "per_image" in metrics else metrics["miou"]
+def headline(metrics: dict, which: str = "auto") -> float:
+    """Selection score: per-image mean Dice (binary) or mIoU (multi-class); or ``dice``/``iou``/``miou``."""
+    if "per_image" in metrics:
+        return metrics["per_image"]["iou" if which == "iou" else "dice"]
+    return metrics["mean_dice"] if which == "dice" else metrics["miou"]
 
 
 def _plot_curves(history: list[dict], path: Path) -> None:
@@ -136,13 +219,12 @@ def _plot_curves(history: list[dict], path: Path) -> None:
 
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    ax[0].plot(ep, [h["train_loss"] for h in history], label="train loss")
-    ax[0].plot(ep, [h["val_loss"] for h in history], label="val loss")
+    ax[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train loss")
+    ax[0].plot(ep, [h["val_loss"] for h in history], "o-", label="val loss")
     ax[0].set_xlabel("epoch"), ax[0].set_ylabel("loss"), ax[0].legend(), ax[0].grid(alpha=0.3)
-    key = "val_dice" if "val_dice" in history[0] else "val_miou"
-    ax[1].plot(ep, [h[key] for h in history], label=key, color="C2")
-    if "val_iou" in history[0]:
-        ax[1].plot(ep, [h["val_iou"] for h in history], label="val_iou", color="C3")
+    for k, c in (("val_dice", "C2"), ("val_iou", "C3"), ("val_miou", "C2"), ("val_pixel_accuracy", "C4")):
+        if k in history[0]:
+            ax[1].plot(ep, [h[k] for h in history], "o-", label=k, color=c)
     ax[1].set_xlabel("epoch"), ax[1].set_ylim(0, 1), ax[1].legend(), ax[1].grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -151,58 +233,95 @@ def _plot_curves(history: list[dict], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _rng_state(g: torch.Generator) -> dict:
+    np_state = np.random.get_state()
+    return {"rng_torch": torch.get_rng_state(), "rng_loader": g.get_state(),
+            "rng_numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "rng_numpy_pos": torch.tensor([int(np_state[2]), int(np_state[3])], dtype=torch.int64),
+            "rng_numpy_gauss": torch.tensor([float(np_state[4])], dtype=torch.float64),
+            "rng_python": json.dumps(random.getstate())}
+
+
+def _set_rng_state(st: dict, g: torch.Generator) -> None:
+    torch.set_rng_state(st["rng_torch"])
+    g.set_state(st["rng_loader"])
+    np.random.set_state(("MT19937", st["rng_numpy_keys"].numpy().astype(np.uint32), int(st["rng_numpy_pos"][0]),
+                         int(st["rng_numpy_pos"][1]), float(st["rng_numpy_gauss"][0])))
+    py = json.loads(st["rng_python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
 def train(cfg: TrainConfig, log=print) -> dict:
     """Train ``cfg.model`` on ``cfg.data``; returns the summary dict (also ``OUT/summary.json``).
 
     Raises:
-        RtsegError: bad data folder/format, unknown model, nothing to resume.
+        RtsegError: bad data folder/format, unknown model/loss/optimizer, nothing to resume.
     """
     from tqdm import tqdm
 
+    from ..data.formats import get_format
+
     t_start = time.time()
+    rank, world = _dist_setup()
+    is_main = rank == 0
+    log = log if is_main else (lambda *a, **k: None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     _seed_all(cfg.seed)
     out = Path(cfg.out)
-    task = _task(cfg)
-    model = create_model(cfg.model, num_classes=task["num_classes"], **cfg.model_kwargs)
+    fmt = get_format(cfg.data_format)
+    labels = fmt.labels
+    binary = labels.binary
+    model = create_model(cfg.model, num_classes=labels.num_classes, **cfg.model_kwargs)
     H, W = cfg.img_size
     mult = getattr(model, "input_multiple", 1)
     if H % mult or W % mult:
-        raise RtsegError(f"--img-size {H}x{W} is not a multiple of {mult}, which {cfg.model} needs; use e.g. {H // mult * mult or mult}")
+        raise RtsegError(f"--img-size {H}x{W} is not a multiple of {mult}, which {cfg.model} needs; use e.g. {max(mult, H // mult * mult)}")
     mean = list(getattr(model, "default_mean", (0.485, 0.456, 0.406)))
     std = list(getattr(model, "default_std", (0.229, 0.224, 0.225)))
+    loss_name = cfg.loss if cfg.loss != "auto" else ("bce_dice" if binary else "ce_dice")
+    loss_fn = make_loss(loss_name, binary, cfg.lambda_dice, cfg.lambda_con, labels.ignore_index or 255)
+    eval_loss = make_loss("bce_dice" if binary else "ce_dice", binary, cfg.lambda_dice, cfg.lambda_con, labels.ignore_index or 255)
 
-    samples = find_pairs(cfg.data)
-    parts = split_samples(samples)
+    parts = fmt.splits(cfg.data)
+    all_samples = [s for v in parts.values() for s in v]
     if cfg.max_images:
         parts = {k: v[: max(2, int(cfg.max_images * f))] for (k, v), f in zip(parts.items(), (0.8, 0.1, 0.1))}
     if len(parts["train"]) < 1 or len(parts["val"]) < 1:
-        raise RtsegError(f"{cfg.data} has too few images for a train/val split ({len(samples)}); add more labelled images")
-    out.mkdir(parents=True, exist_ok=True)
-    write_split(out / "split.json", cfg.data, parts)
-    log(f"data: {cfg.data} ({cfg.data_format}) train {len(parts['train'])} / val {len(parts['val'])} / test {len(parts['test'])} images")
+        raise RtsegError(f"{cfg.data} has too few images for a train/val split; add more labelled images")
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_split(out / "split.json", cfg.data, parts, fmt.split_rule)
+    log(f"data: {cfg.data} ({fmt.name}) train {len(parts['train'])} / val {len(parts['val'])} / test {len(parts['test'])} images")
 
-    aug = default_augmentation(0 if task["binary"] else 255) if cfg.augment else None
-    common = dict(input_hw=(H, W), mean=mean, std=std, resize=cfg.resize, binary=task["binary"], label_map=task["label_map"])
+    ignore = labels.ignore_index if labels.ignore_index is not None else 255
+    aug = default_augmentation(0 if binary else ignore) if cfg.augment else None
+    common = dict(input_hw=(H, W), mean=mean, std=std, resize=cfg.resize, binary=binary, reader=fmt.read,
+                  ignore_index=ignore)
     train_ds = SegmentationDataset(parts["train"], augment=aug, **common)
     val_ds = SegmentationDataset(parts["val"], **common)
 
     model = model.to(memory_format=torch.channels_last)
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model)
     use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and cpu_has_bf16())
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
     g = torch.Generator().manual_seed(cfg.seed)
-    loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size, generator=g)
+    sampler = torch.utils.data.distributed.DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
+    loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                                         drop_last=len(train_ds) // world > cfg.batch_size, generator=g)
     steps = cfg.epochs * len(loader)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
-    meta = ModelMeta(model=cfg.model, num_classes=task["num_classes"], model_kwargs=dict(cfg.model_kwargs),
-                     class_names=task["class_names"], palette=task["palette"], input_size=[H, W], mean=mean, std=std,
-                     resize=cfg.resize, task="binary" if task["binary"] else "multiclass", ignore_index=task["ignore_index"],
-                     data={"root": str(Path(cfg.data).resolve()), "format": cfg.data_format, "fingerprint": fingerprint(samples),
+    sched, step_per = make_scheduler(cfg.scheduler, opt, cfg.lr, steps, cfg.epochs, cfg.plateau_patience)
+    meta = ModelMeta(model=cfg.model, num_classes=labels.num_classes, model_kwargs=dict(cfg.model_kwargs),
+                     class_names=list(labels.class_names), palette=[list(c) for c in labels.palette], input_size=[H, W],
+                     mean=mean, std=std, resize=cfg.resize, task="binary" if binary else "multiclass",
+                     ignore_index=labels.ignore_index,
+                     data={"root": str(Path(cfg.data).resolve()), "format": fmt.name, "fingerprint": fingerprint(all_samples),
                            "split": "split.json", "n_train": len(parts["train"]), "n_val": len(parts["val"]), "n_test": len(parts["test"])},
-                     training={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()} | {"bf16": use_bf16})
+                     training={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()} | {"bf16": use_bf16, "loss": loss_name, "world_size": world})
 
-    start_epoch, best, best_epoch, history = 0, -math.inf, -1, []
+    start_epoch, best, best_epoch, history, since_best, best_es = 0, -math.inf, -1, [], 0, -math.inf
     state_file = out / "last" / "train_state.pt"
     if cfg.resume:
         if not state_file.exists():
@@ -211,80 +330,112 @@ def train(cfg: TrainConfig, log=print) -> dict:
         model.load_state_dict(m_last.state_dict())
         st = torch.load(state_file, map_location="cpu", weights_only=True)
         opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        if sched.total_steps != max(steps, 1):
-            log(f"--epochs changed to {cfg.epochs}: the OneCycle schedule is stretched to {steps} steps")
-            sched.total_steps = max(steps, 1)
-        start_epoch, best, best_epoch = st["epoch"] + 1, st["best"], st["best_epoch"]
+        if sched is not None:
+            sched.load_state_dict(st["scheduler"])
+            if hasattr(sched, "total_steps") and sched.total_steps != max(steps, 1):
+                log(f"--epochs changed to {cfg.epochs}: the {cfg.scheduler} schedule is stretched to {steps} steps")
+                sched.total_steps = max(steps, 1)
+        start_epoch, best, best_epoch, since_best = st["epoch"] + 1, st["best"], st["best_epoch"], st["since_best"]
         history = json.loads(st["history"])
-        torch.set_rng_state(st["rng_torch"])
-        g.set_state(st["rng_loader"])
-        np.random.set_state(("MT19937", st["rng_numpy_keys"].numpy().astype(np.uint32), *st["rng_numpy_rest"].tolist()[:2],
-                             float(st["rng_numpy_rest"][2])))
+        _set_rng_state(st, g)
+        best_es = st["best_es"]
         log(f"resumed from epoch {start_epoch} (best {best:.4f} at epoch {best_epoch})")
 
-    log(f"model: {cfg.model} {sum(p.numel() for p in model.parameters()):,} params, input {W}x{H}, "
-        f"{'bf16 autocast' if use_bf16 else 'fp32'}, channels_last, {torch.get_num_threads()} threads")
+    log(f"model: {cfg.model} {sum(p.numel() for p in model.parameters()):,} params, input {W}x{H}, loss {loss_name}, "
+        f"{cfg.optimizer} lr {cfg.lr:g} + {cfg.scheduler}, {'bf16 autocast' if use_bf16 else 'fp32'}, channels_last, "
+        f"{torch.get_num_threads()} threads{f', {world} processes (DDP)' if world > 1 else ''}")
+    stop_reason = "epochs"
+    ran = 0
     for epoch in range(start_epoch, cfg.epochs):
-        model.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        if aug is not None:  # re-seeded per epoch and rank: a resumed run draws the same augmentations
+            aug.set_random_seed(cfg.seed * 100_003 + epoch * 101 + rank)
+        ddp_model.train()
         t0 = time.time()
         losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not cfg.progress, dynamic_ncols=True)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not (cfg.progress and is_main) or None,
+                   dynamic_ncols=True)
         for x, t, v in bar:
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                y = model(x)
-            y = y["logits"] if isinstance(y, dict) else (y[0] if isinstance(y, (tuple, list)) else y)
-            loss = bce_dice_loss(y.float(), t, v) if task["binary"] else ce_dice_loss(y.float(), t, 255)
+                y = ddp_model(x)
+            loss = loss_fn(y, t, v)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip_value:
+                torch.nn.utils.clip_grad_value_(model.parameters(), cfg.grad_clip_value)
             opt.step()
-            sched.step()
+            if step_per == "batch":
+                sched.step()
             losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-        m, val_loss = evaluate_model(model, val_ds, task["num_classes"], cfg.batch_size, use_bf16, task["ignore_index"])
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+        train_loss = float(np.mean(losses)) if losses else float("nan")
+        if world > 1:
+            tl = torch.tensor([train_loss])
+            dist.all_reduce(tl)
+            train_loss = float(tl) / world
+        m, val_loss = evaluate_model(model, val_ds, labels.num_classes, cfg.batch_size, use_bf16, labels.ignore_index,
+                                     eval_loss, rank, world)
         score = headline(m)
-        rec = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss, "seconds": round(time.time() - t0, 2),
-               "lr": sched.get_last_lr()[0]}
-        if task["binary"]:
-            rec |= {"val_dice": m["per_image"]["dice"], "val_iou": m["per_image"]["iou"]}
-        else:
-            rec |= {"val_miou": m["miou"], "val_pixel_accuracy": m["pixel_accuracy"]}
+        es_score = headline(m, cfg.early_stop_metric)
+        if step_per == "metric":
+            sched.step(score)
+        rec = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "seconds": round(time.time() - t0, 2),
+               "lr": opt.param_groups[0]["lr"]}
+        rec |= ({"val_dice": m["per_image"]["dice"], "val_iou": m["per_image"]["iou"]} if binary
+                else {"val_miou": m["miou"], "val_mean_dice": m["mean_dice"], "val_pixel_accuracy": m["pixel_accuracy"]})
         history.append(rec)
         improved = score > best
         if improved:
             best, best_epoch = score, epoch + 1
-            meta.metrics = {"val": m, "epoch": epoch + 1}
-            save_checkpoint(out, model, meta)
-        last_meta = ModelMeta.from_dict(meta.to_dict() | {"metrics": {"val": m, "epoch": epoch + 1}})
-        save_checkpoint(out / "last", model, last_meta)
-        rng_np = np.random.get_state()
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "best": best,
-                    "best_epoch": best_epoch, "history": json.dumps(history), "rng_torch": torch.get_rng_state(),
-                    "rng_loader": g.get_state(),
-                    "rng_numpy_keys": torch.from_numpy(rng_np[1].astype(np.int64)),
-                    "rng_numpy_rest": torch.tensor([float(rng_np[2]), float(rng_np[3]), float(rng_np[4])], dtype=torch.float64)},
-                   state_file.with_suffix(".tmp"))
-        os.replace(state_file.with_suffix(".tmp"), state_file)
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        _plot_curves(history, out / "curves.png")
-        key = "val_dice" if task["binary"] else "val_miou"
-        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {rec['train_loss']:.4f} val_loss {val_loss:.4f} {key} {rec[key]:.4f}"
+        if es_score > best_es:
+            best_es, since_best = es_score, 0
+        else:
+            since_best += 1
+        if is_main:
+            if improved:
+                meta.metrics = {"val": m, "epoch": epoch + 1}
+                save_checkpoint(out, model, meta)
+            save_checkpoint(out / "last", model, ModelMeta.from_dict(meta.to_dict() | {"metrics": {"val": m, "epoch": epoch + 1}}))
+            st = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else {},
+                  "epoch": epoch, "best": best, "best_epoch": best_epoch, "since_best": since_best,
+                  "best_es": best_es, "history": json.dumps(history)} | _rng_state(g)
+            torch.save(st, state_file.with_suffix(".tmp"))
+            os.replace(state_file.with_suffix(".tmp"), state_file)
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec | {"val": m}) + "\n")
+            _plot_curves(history, out / "curves.png")
+        key = "val_dice" if binary else "val_miou"
+        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {train_loss:.4f} val_loss {val_loss:.4f} {key} {rec[key]:.4f}"
             f"{' *best*' if improved else ''} ({rec['seconds']:.0f}s)")
+        if world > 1:
+            dist.barrier()
+        ran += 1
+        if cfg.early_stop_patience and since_best >= cfg.early_stop_patience:
+            stop_reason = f"early stopping: no improvement for {since_best} epochs"
+            log(stop_reason)
+            break
+        if cfg.stop_after_epochs and ran >= cfg.stop_after_epochs:
+            return {"stopped": "stop_after_epochs", "epoch": epoch + 1}
 
-    # final: evaluate the best checkpoint on the test split
-    best_model, _ = load_checkpoint(out)
-    best_model = best_model.to(memory_format=torch.channels_last)
-    test_m = None
-    if parts["test"]:
-        test_ds = SegmentationDataset(parts["test"], **common)
-        test_m, _ = evaluate_model(best_model, test_ds, task["num_classes"], cfg.batch_size, use_bf16, task["ignore_index"])
-        meta_best = ModelMeta.from_dict(json.loads((out / "model.json").read_text()))
-        meta_best.metrics = meta_best.metrics | {"test": test_m}
-        write_json(out / "model.json", meta_best.to_dict())
-    summary = {"model": cfg.model, "out": str(out), "epochs": cfg.epochs, "best_epoch": best_epoch, "best_val": best,
-               "val": json.loads((out / "model.json").read_text())["metrics"].get("val"), "test": test_m,
-               "seconds": round(time.time() - t_start, 1), "bf16": use_bf16, "history": history}
-    write_json(out / "summary.json", summary)
+    summary: dict[str, Any] = {}
+    if is_main:
+        best_model, _ = load_checkpoint(out)
+        best_model = best_model.to(memory_format=torch.channels_last)
+        test_m = None
+        if parts["test"]:
+            test_ds = SegmentationDataset(parts["test"], **common)
+            test_m, _ = evaluate_model(best_model, test_ds, labels.num_classes, cfg.batch_size, use_bf16, labels.ignore_index)
+            meta_best = ModelMeta.from_dict(json.loads((out / "model.json").read_text()))
+            meta_best.metrics = meta_best.metrics | {"test": test_m}
+            write_json(out / "model.json", meta_best.to_dict())
+        summary = {"model": cfg.model, "out": str(out), "epochs": cfg.epochs, "epochs_run": len(history),
+                   "stopped": stop_reason, "best_epoch": best_epoch, "best_val": best,
+                   "val": json.loads((out / "model.json").read_text())["metrics"].get("val"), "test": test_m,
+                   "seconds": round(time.time() - t_start, 1), "bf16": use_bf16, "world_size": world, "history": history}
+        write_json(out / "summary.json", summary)
+    if world > 1:
+        dist.barrier()
     return summary
+
