@@ -53,7 +53,39 @@ def _resolve_samples(data: str | None, split: str | None, model_meta: dict, data
     return parts[split], fmt.read, f"{root} ({split} split, {len(parts[split])} of {n}, {fmt.name})"
 
 
-def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, progress: bool = False, reader=None) -> dict:
+def colorize(labels: np.ndarray, palette, ignore_index: int | None = None) -> np.ndarray:
+    """Class map ``uint8[h, w]`` → ``uint8[h, w, 3]`` RGB with the model's palette (ignore → white)."""
+    lut = np.zeros((256, 3), np.uint8)
+    pal = np.asarray(palette, np.uint8).reshape(-1, 3)
+    lut[: len(pal)] = pal
+    if ignore_index is not None:
+        lut[ignore_index] = 255
+    return lut[labels]
+
+
+def overlay_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], palette, ignore_index=None,
+                 height: int = 192, alpha: float = 0.5) -> np.ndarray:
+    """Grid ``uint8[H, W, 3]``: one row per sample, columns image | ground truth | prediction
+    (labels blended over the image, both at ``height`` pixels)."""
+    out = []
+    for img, gt, pred in rows:
+        h, w = img.shape[:2]
+        nw = max(1, round(w * height / h))
+        im = cv2.resize(img, (nw, height), interpolation=cv2.INTER_AREA)
+        cols = [im]
+        for lab in (gt, pred):
+            lab_r = cv2.resize(lab, (nw, height), interpolation=cv2.INTER_NEAREST)
+            col = colorize(lab_r, palette, ignore_index)
+            fg = (lab_r > 0)[..., None] if len(np.asarray(palette)) <= 2 else np.ones_like(lab_r, bool)[..., None]
+            cols.append(np.where(fg, (im * (1 - alpha) + col * alpha).astype(np.uint8), im))
+        out.append(np.concatenate([np.pad(c, ((2, 2), (2, 2), (0, 0))) for c in cols], axis=1))
+    width = max(r.shape[1] for r in out)
+    out = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in out]
+    return np.concatenate(out, axis=0)
+
+
+def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, progress: bool = False, reader=None,
+                     keep: int = 0) -> dict:
     """Evaluate ``backend`` (any :class:`rtseg.runtime.base.Backend`) on labelled ``samples``.
 
     Returns §5's metrics (binary: ``per_image``/``global`` dicts; multi-class: mIoU etc.) plus
@@ -68,6 +100,7 @@ def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, prog
     ignore = mm.get("ignore_index")
     reader = reader or (lambda s: read_sample(s, binary=binary))
     metrics = BinaryMetrics() if binary else MulticlassMetrics(backend.num_classes, ignore)
+    kept: list = []
     pre = Preprocessor(backend.input_hw, mm.get("resize", "stretch"))
     if limit:
         samples = samples[:limit]
@@ -89,14 +122,20 @@ def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, prog
                 if zz.shape != (h, w):
                     zz = cv2.resize(zz, (w, h), interpolation=cv2.INTER_LINEAR)
                 metrics.update((zz > 0)[None], (mask > 0)[None])
+                if len(kept) < keep:
+                    kept.append((img, (mask > 0).astype(np.uint8), (zz > 0).astype(np.uint8)))
             else:
                 pred = z[:, y0:y1, x0:x1].argmax(0).astype(np.uint8)
                 if pred.shape != (h, w):
                     pred = cv2.resize(pred, (w, h), interpolation=cv2.INTER_NEAREST)
                 metrics.update(pred[None], mask[None])
+                if len(kept) < keep:
+                    kept.append((img, mask, pred))
     out = metrics.compute()
     out["n_images"] = len(samples)
     out["ms_per_image"] = 1000.0 * infer_s / max(1, len(samples))
+    if keep:
+        out["_kept"] = kept
     return out
 
 
@@ -124,8 +163,12 @@ def format_table(result: dict) -> str:
 @click.option("--batch-size", default=8, show_default=True, type=int)
 @click.option("--threads", default=None, type=int, help="Inference threads.")
 @click.option("--limit", default=0, type=int, help="Evaluate at most N images.")
+@click.option("--save-overlays", default=0, type=int, help="Write a grid PNG of image / ground truth / prediction for the first N images.")
+@click.option("--overlays-path", default="eval_overlays.png", show_default=True, type=click.Path(), help="Where --save-overlays writes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
-def eval_command(target, checkpoint, engine, data, data_format, split, batch_size, threads, limit, as_json):
+@click.option("--out", "out_json", type=click.Path(), help="Also write the JSON result to this file.")
+def eval_command(target, checkpoint, engine, data, data_format, split, batch_size, threads, limit, save_overlays,
+                 overlays_path, as_json, out_json):
     """Dice, IoU, accuracy, recall, specificity, precision (per-image mean and dataset-global) of a
     checkpoint or an engine, on a split or a folder.
 
@@ -140,12 +183,25 @@ def eval_command(target, checkpoint, engine, data, data_format, split, batch_siz
     if backend.max_batch:
         batch_size = min(batch_size, backend.max_batch)
     samples, reader, where = _resolve_samples(data, split, backend.meta.get("model", {}), data_format)
-    res = evaluate_backend(backend, samples, batch_size=batch_size, limit=limit, progress=not as_json, reader=reader)
+    res = evaluate_backend(backend, samples, batch_size=batch_size, limit=limit, progress=not as_json, reader=reader,
+                           keep=save_overlays)
+    kept = res.pop("_kept", None)
+    if kept:
+        mm = backend.meta.get("model", {})
+        grid = overlay_grid(kept, mm.get("palette", [[0, 0, 0], [0, 255, 0]]), mm.get("ignore_index"))
+        Path(overlays_path).parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(overlays_path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
+            raise RtsegError(f"cannot write {overlays_path}; check that the folder is writable")
+        res["overlays"] = str(overlays_path)
     res["class_names"] = backend.meta.get("model", {}).get("class_names")
     res |= {"target": str(path), "backend": backend.name, "precision": backend.precision, "data": where}
+    if out_json:
+        Path(out_json).write_text(json.dumps(res, indent=2))
     if as_json:
         click.echo(json.dumps(res, indent=2))
     else:
         click.echo(f"{backend.describe()} on {where}")
         click.echo(format_table(res))
         click.echo(f"inference {res['ms_per_image']:.1f} ms/image (batch {batch_size})")
+        if res.get("overlays"):
+            click.echo(f"overlays: {res['overlays']}")

@@ -238,6 +238,8 @@ class PolypFormat(DataFormat):
         if (root / "images").is_dir() and (root / "masks").is_dir():
             return find_pairs(root)
         pairs = _pair_dirs(root)
+        if not pairs and (root / "images").is_dir():
+            return find_pairs(root)  # raises the precise error (no masks/ folder)
         if not pairs:
             raise RtsegError(f"{root} has no images/ + masks/ folders (nor images_X/ + masks_X/, nor Original/ + "
                              f"Ground Truth/); put the images in {root}/images and the masks in {root}/masks")

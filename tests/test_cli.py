@@ -1,0 +1,81 @@
+"""Bad input on the command line: one-line errors and exit code 2, never a traceback."""
+
+import json
+import shutil
+
+import pytest
+
+from rtseg.checkpoint import ModelMeta, save_checkpoint
+from rtseg.cli import main
+from rtseg.models import create_model
+
+
+def run_cli(capsys, *argv):
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+        raise SystemExit(0)
+    cap = capsys.readouterr()
+    return e.value.code, cap.out, cap.err
+
+
+def _one_line_error(err):
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[-1]
+
+
+@pytest.fixture()
+def tiny_ckpt(tmp_path, kvasir):
+    m = create_model("eunet-s", widths=[8, 16, 32, 64])
+    meta = ModelMeta(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, input_size=[64, 64],
+                     data={"root": str(kvasir), "format": "polyp"})
+    return save_checkpoint(tmp_path / "ckpt", m, meta)
+
+
+def test_missing_checkpoint(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", str(tmp_path / "nope"))
+    assert code == 2 and "does not exist" in _one_line_error(err)
+
+
+def test_corrupt_checkpoint(capsys, tiny_ckpt):
+    (tiny_ckpt / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", str(tiny_ckpt))
+    line = _one_line_error(err)
+    assert code == 2 and "corrupt" in line and "model.safetensors" in line
+
+
+def test_checkpoint_of_wrong_architecture(capsys, tiny_ckpt):
+    meta = json.loads((tiny_ckpt / "model.json").read_text())
+    meta["model_kwargs"] = {}  # says full eunet-s widths, weights are 8/16/32/64
+    (tiny_ckpt / "model.json").write_text(json.dumps(meta))
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", str(tiny_ckpt))
+    line = _one_line_error(err)
+    assert code == 2 and "do not match architecture 'eunet-s'" in line
+
+
+def test_folder_without_masks(capsys, tmp_path, kvasir):
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    for p in sorted((kvasir / "images").iterdir())[:3]:
+        shutil.copy(p, tmp_path / "d" / "images" / p.name)
+    code, _, err = run_cli(capsys, "train", "--data", str(tmp_path / "d"), "--epochs", "1", "--out", str(tmp_path / "r"))
+    assert code == 2 and "no masks/ folder" in _one_line_error(err)
+
+
+def test_unknown_model(capsys, tmp_path, kvasir):
+    code, _, err = run_cli(capsys, "train", "--model", "resnet9000", "--data", str(kvasir), "--out", str(tmp_path / "r"))
+    line = _one_line_error(err)
+    assert code == 2 and "unknown model 'resnet9000'" in line and "eunet-s" in line
+
+
+def test_eval_table_json_and_overlays(capsys, tmp_path, tiny_ckpt, shared_data):
+    png = tmp_path / "ov.png"
+    code, out, _ = run_cli(capsys, "eval", "--checkpoint", str(tiny_ckpt), "--data", str(shared_data / "polypgen-test"),
+                           "--limit", "4", "--save-overlays", "3", "--overlays-path", str(png), "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert res["n_images"] == 4 and set(res["per_image"]) == {"dice", "iou", "accuracy", "recall", "specificity", "precision"}
+    import cv2
+
+    grid = cv2.imread(str(png))
+    assert grid is not None and grid.shape[0] == 3 * (192 + 4)
