@@ -1,0 +1,79 @@
+"""``rtseg stream``: segment video files, cameras, network streams, image folders or test patterns."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..errors import RtsegError
+
+_EPILOG = """\b
+Sources: FILE (any container FFmpeg reads), cameraN or /dev/videoN, rtsp:// rtp:// udp:// srt://
+  tcp:// rtmp:// http(s):// URLs, an image folder or glob (played at --fps), lavfi:GRAPH
+  (e.g. lavfi:testsrc2=size=1280x720:rate=30).
+Outputs: FILE.mp4|.mkv|.mov|.ts (H.264, audio copied), udp://host:port (MPEG-TS), rtp://host:port
+  (MPEG-TS over RTP), rtsp://server/path (publish), FOLDER/ or FOLDER/%06d.jpg (images), null.
+  With N sources give N outputs, or one holding {i} or {name}.
+Ctrl-C (SIGINT) or SIGTERM stops: queued frames are finished and every output is finalised.
+
+\b
+Examples:
+  rtseg stream --engine engines/eunet/openvino-fp32 --source clip.mp4 --output out.mp4
+  rtseg stream --engine ckpt/ --source camera0 --output udp://127.0.0.1:5000 --max-latency-ms 200
+  rtseg stream --engine ckpt/ --source a.mp4 --source b.mp4 --output 'seg_{name}.mp4' --batch-size 2
+"""
+
+
+@click.command("stream", epilog=_EPILOG, context_settings={"max_content_width": 100})
+@click.option("--engine", "engine", required=True, type=click.Path(), help="Engine folder (engine.json) or checkpoint folder (PyTorch reference).")
+@click.option("--source", "sources", multiple=True, required=True, help="Input (repeatable): file, cameraN, URL, image folder/glob, lavfi:GRAPH.")
+@click.option("--output", "outputs", multiple=True, help="Output (repeatable): file, URL, image folder, null.")
+@click.option("--no-output", is_flag=True, help="Write nothing (measure the pipeline).")
+@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1), help="Frames per inference call, batched across sources.")
+@click.option("--batch-timeout-ms", default=10.0, show_default=True, type=click.FloatRange(min=0), help="Max wait to fill a batch (ms).")
+@click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Overlay opacity of the class colour.")
+@click.option("--contour/--no-contour", default=False, show_default=True, help="Also outline each class region.")
+@click.option("--codec", default="libx264", show_default=True, help="Video encoder: libx264, libx265, h264_nvenc, ... or auto (hardware if present).")
+@click.option("--preset", default="ultrafast", show_default=True,
+              help="x264/x265 preset: ultrafast keeps 720p real time on 2 cores; superfast/veryfast give smaller files.")
+@click.option("--crf", default=23, show_default=True, type=click.IntRange(0, 51), help="x264/x265 constant rate factor (lower = better quality).")
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="Inference threads (default: the backend's choice).")
+@click.option("--max-frames", default=None, type=click.IntRange(min=1), help="Stop after N frames per source.")
+@click.option("--max-latency-ms", default=None, type=click.FloatRange(min=1), help="Drop live frames that waited longer than this before inference.")
+@click.option("--reconnect/--no-reconnect", default=False, show_default=True, help="Reopen failed or stalled network sources with backoff.")
+@click.option("--stall-timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.1), help="A network source silent this long (s) has failed.")
+@click.option("--fps", default=None, type=click.FloatRange(min=0.01, min_open=False), help="Frame rate of image-folder sources (default 25) / asked of cameras.")
+@click.option("--show", is_flag=True, help="Show the overlaid video in a window (needs a display).")
+@click.option("--metrics-jsonl", default=None, type=click.Path(dir_okay=False), help="Write metrics once per second as JSON lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and --json).")
+def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeout_ms, alpha, contour, codec, preset, crf,
+                   threads, max_frames, max_latency_ms, reconnect, stall_timeout, fps, show, metrics_jsonl, as_json, quiet):
+    """Segment a video/camera/network stream and write the overlaid output.
+
+    Decoding, batched inference and overlay+encoding run in parallel threads; the output keeps the
+    input's frame count, frame rate and timestamps. A summary (frames, FPS, per-stage latency
+    p50/p99) is printed at the end.
+    """
+    from ..runtime import load_engine
+    from .pipeline import run_stream
+
+    if no_output and outputs:
+        raise RtsegError("--no-output and --output exclude each other; drop one of them")
+    if not no_output and not outputs and not show:
+        raise RtsegError("no --output given; pass --output out.mp4 (or a URL/folder), --show, or --no-output")
+    backend = load_engine(engine, num_threads=threads)
+    if not quiet:
+        click.echo(f"engine: {backend.describe()} ({engine})", err=True)
+    report = run_stream(backend, list(sources), [] if no_output else list(outputs), batch_size=batch_size,
+                        batch_timeout_ms=batch_timeout_ms, alpha=alpha, contour=contour, codec=codec, preset=preset,
+                        crf=crf, max_frames=max_frames, max_latency_ms=max_latency_ms, reconnect=reconnect,
+                        stall_timeout=stall_timeout, fps=fps, show=show, metrics_jsonl=metrics_jsonl,
+                        log=None if not quiet else (lambda m: None))
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    if not quiet:
+        click.echo(report.table(), err=as_json)
+    sys.stdout.flush()

@@ -1,0 +1,387 @@
+"""Stream sinks: video files, network streams, image folders, a display window, null.
+
+:func:`make_sink` turns an ``--output`` string into a :class:`Sink`:
+
+=========================================  ==============================================================
+``out.mp4`` ``.mkv`` ``.mov`` ``.m4v``     :class:`FileSink`: H.264 (``--codec``, default ``libx264``;
+``.ts`` ``.avi`` ``.flv``                  ``auto`` picks a hardware encoder when one opens), audio copied
+``udp://host:port``                        :class:`NetworkSink`: MPEG-TS over UDP
+``rtp://host:port``                        MPEG-TS over RTP (``rtp_mpegts``; readable without an SDP file)
+``rtsp://host:port/path``                  RTSP publish (ANNOUNCE/RECORD) to a server, over TCP
+``srt://``, ``tcp://``                     MPEG-TS over SRT/TCP (when this FFmpeg build has them)
+``frames/`` or ``frames/%06d.jpg``         :class:`ImageFolderSink`: one image per frame (PNG by default)
+``null``                                   :class:`NullSink`
+``show``                                   :class:`DisplaySink` (``--show``): an OpenCV window
+=========================================  ==============================================================
+
+Sinks take ``av.VideoFrame`` s in ``yuv420p`` whose ``pts``/``time_base`` are the source's: the
+encoded output keeps the input's timestamps (and so its frame count, frame rate and VFR timing).
+Network sinks use ``tune=zerolatency`` (no B-frames, no look-ahead), a key frame every second and,
+for non-live sources, are paced to the stream clock (like ``ffmpeg -re``) so receivers are not
+flooded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from fractions import Fraction
+from pathlib import Path
+from urllib.parse import urlparse
+
+import av
+
+from ..errors import RtsegError
+from .sources import IMAGE_EXTS, VideoInfo
+
+FILE_EXTS = (".mp4", ".mkv", ".mov", ".m4v", ".ts", ".avi", ".flv")
+NET_FORMATS = {"udp": "mpegts", "rtp": "rtp_mpegts", "rtsp": "rtsp", "srt": "mpegts", "tcp": "mpegts"}
+HW_H264 = ("h264_nvenc", "h264_qsv", "h264_vaapi", "h264_amf", "h264_videotoolbox", "h264_v4l2m2m")
+CODEC_ALIASES = {"h264": "libx264", "x264": "libx264", "avc": "libx264", "hevc": "libx265", "h265": "libx265",
+                 "x265": "libx265"}
+_PICT_NONE = 0
+
+
+class Sink:
+    """Base class: ``open(info, audio)`` once, ``write(frame)`` per frame, ``write_audio(packet)``,
+    ``close()`` (flush + finalise; idempotent). ``accepts_audio`` tells whether audio is copied."""
+
+    accepts_audio = False
+    name = "sink"
+    notes: list[str] = []  # one-line hints for the user, printed when the sink opens
+
+    def open(self, info: VideoInfo, audio=None, *, live: bool = False) -> None:
+        self.info = info
+
+    def write(self, frame: av.VideoFrame) -> None:
+        raise NotImplementedError
+
+    def write_audio(self, packet: av.Packet) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class NullSink(Sink):
+    """Discards frames (``--no-output``; ``rtseg bench`` measures the pipeline with it)."""
+
+    name = "null"
+
+    def write(self, frame: av.VideoFrame) -> None:
+        pass
+
+
+_hw_cache: dict[tuple[int, int], str] = {}
+
+
+def resolve_codec(codec: str, width: int = 1280, height: int = 720) -> str:
+    """Map ``--codec`` to an FFmpeg encoder name.
+
+    ``auto``: the first hardware H.264 encoder that opens at ``width``×``height`` (NVENC, QSV,
+    VAAPI, AMF, VideoToolbox, V4L2 M2M), else ``libx264``. Aliases: ``h264``/``x264`` → ``libx264``,
+    ``hevc``/``h265`` → ``libx265``.
+
+    Raises:
+        RtsegError: an encoder this FFmpeg build does not have.
+    """
+    name = CODEC_ALIASES.get(codec.lower(), codec)
+    if name == "auto":
+        key = (width, height)
+        if key not in _hw_cache:
+            _hw_cache[key] = "libx264"
+            for hw in HW_H264:
+                if hw in av.codecs_available and _encoder_opens(hw, width, height):
+                    _hw_cache[key] = hw
+                    break
+        return _hw_cache[key]
+    if name not in av.codecs_available:
+        raise RtsegError(f"encoder {codec!r} is not in this FFmpeg build; use --codec libx264 (or 'auto' to pick a hardware encoder)")
+    try:
+        c = av.Codec(name, "w")
+    except Exception:  # noqa: BLE001 - a decoder-only name
+        raise RtsegError(f"{codec!r} is not a video encoder; use --codec libx264 or auto") from None
+    if c.type != "video":
+        raise RtsegError(f"{codec!r} is not a video encoder; use --codec libx264 or auto")
+    return name
+
+
+def _encoder_opens(name: str, width: int, height: int) -> bool:
+    try:
+        cc = av.CodecContext.create(name, "w")
+        cc.width, cc.height, cc.pix_fmt = width, height, "yuv420p"
+        cc.time_base = Fraction(1, 25)
+        cc.open()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not usable here"
+        return False
+
+
+def _check_writable_dir(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RtsegError(f"output folder {folder} cannot be created ({e.strerror}); choose another {what}") from None
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise RtsegError(f"output folder {folder} is not writable; choose another {what} or fix its permissions")
+
+
+class EncodedSink(Sink):
+    """Common part of :class:`FileSink` and :class:`NetworkSink`: one encoded video stream (+ audio).
+
+    Args:
+        target: path or URL.
+        codec: ``--codec`` (see :func:`resolve_codec`).
+        preset, crf: x264/x265 speed preset and constant rate factor (lower = better, bigger).
+        format: FFmpeg muxer name (``None``: from the file extension).
+        pace: sleep so that frames leave at the stream's own rate (network output of files).
+    """
+
+    accepts_audio = True
+
+    def __init__(self, target: str, *, codec: str = "libx264", preset: str = "ultrafast", crf: int = 23,
+                 format: str | None = None, options: dict | None = None, low_latency: bool = False,
+                 pace: bool = False):
+        self.target = target
+        self.name = target
+        self.codec = codec
+        self.preset = preset
+        self.crf = crf
+        self.format = format
+        self.options = dict(options or {})
+        self.low_latency = low_latency
+        self.pace = pace
+        self.container = None
+        self.vstream = None
+        self.astream = None
+        self.audio_note = None
+        self.frames = 0
+        self._last_pts = None
+        self._closed = False
+        self._t0 = None
+
+    def open(self, info: VideoInfo, audio=None, *, live: bool = False) -> None:
+        self.info = info
+        codec = resolve_codec(self.codec, info.width, info.height)
+        try:
+            self.container = av.open(self.target, "w", format=self.format, options=self.options,
+                                     timeout=(10.0, 10.0) if self.format else None)
+        except (av.error.FFmpegError, OSError, ValueError) as e:
+            raise RtsegError(f"cannot open output {self.target} ({_short(e)}); check the path/URL "
+                             f"(an RTSP output needs a server that accepts publishing)") from None
+        rate = info.rate or Fraction(25)
+        vs = self.container.add_stream(codec, rate=rate)
+        vs.width, vs.height, vs.pix_fmt = info.width, info.height, "yuv420p"
+        cc = vs.codec_context
+        cc.time_base = info.time_base
+        vs.time_base = info.time_base
+        cc.thread_count = 0  # FFmpeg/x264 pick the thread count
+        for attr in ("colorspace", "color_range", "color_primaries", "color_trc"):
+            v = getattr(info, attr)
+            if v:
+                try:
+                    setattr(cc, attr, v)
+                except (AttributeError, TypeError, ValueError):
+                    pass
+        opts = {}
+        if codec in ("libx264", "libx265"):
+            opts["preset"] = self.preset
+            opts["crf"] = str(self.crf)
+            if self.low_latency:
+                opts["tune"] = "zerolatency"
+        if self.low_latency:
+            cc.gop_size = max(1, round(float(rate)))
+        vs.options = opts
+        self.vstream = vs
+        if audio is not None and self.accepts_audio:
+            try:
+                self.astream = self.container.add_stream_from_template(audio)
+            except (ValueError, av.error.FFmpegError) as e:
+                self.audio_note = f"audio not copied to {self.target}: {_short(e)}"
+                self.astream = None
+        if self.format:  # network: connect now, so a refused connection is an error before streaming
+            try:
+                self.container.start_encoding()
+            except (av.error.FFmpegError, OSError, ValueError) as e:
+                self.container = None
+                raise RtsegError(f"cannot open output {self.target} ({_short(e)}); check that the receiver/server is "
+                                 f"running and the URL is right") from None
+
+    def write(self, frame: av.VideoFrame) -> None:
+        """Encode + mux one ``yuv420p`` frame (its ``pts`` in its ``time_base``)."""
+        pts = frame.pts
+        if self._last_pts is not None and pts <= self._last_pts:  # never feed non-increasing pts
+            pts = self._last_pts + 1
+            frame.pts = pts
+        self._last_pts = pts
+        frame.pict_type = _PICT_NONE  # let the encoder choose frame types (decoded frames carry I/P/B)
+        if self.pace:
+            self._wait(pts * frame.time_base)
+        for pkt in self.vstream.encode(frame):
+            self.container.mux(pkt)
+        self.frames += 1
+
+    def _wait(self, t: Fraction) -> None:
+        now = time.perf_counter()
+        if self._t0 is None:
+            self._t0 = now - float(t)
+            return
+        delay = self._t0 + float(t) - now
+        if delay > 0:
+            time.sleep(min(delay, 1.0))
+
+    def write_audio(self, packet: av.Packet) -> None:
+        """Copy one audio packet of the source's audio stream (no re-encode)."""
+        if self.astream is None:
+            return
+        packet.stream = self.astream
+        self.container.mux(packet)
+
+    def close(self) -> None:
+        """Flush the encoder and finalise the container (the file is playable afterwards)."""
+        if self._closed or self.container is None:
+            return
+        self._closed = True
+        try:
+            if self.vstream is not None and self.frames:
+                for pkt in self.vstream.encode(None):
+                    self.container.mux(pkt)
+        finally:
+            self.container.close()
+
+
+class FileSink(EncodedSink):
+    """An H.264 (``--codec``) video file; the container comes from the extension."""
+
+    def __init__(self, path: str | Path, **kw):
+        path = Path(path)
+        if path.suffix.lower() not in FILE_EXTS:
+            raise RtsegError(f"unknown output type {path.suffix or '(no extension)'} for {path}; "
+                             f"use one of {', '.join(FILE_EXTS)}, a folder ending in '/', a URL or null")
+        _check_writable_dir(path.parent if str(path.parent) else Path("."), "--output")
+        if path.is_dir():
+            raise RtsegError(f"output {path} is a folder; give a file name such as {path}/out.mp4")
+        super().__init__(str(path), **kw)
+
+
+class NetworkSink(EncodedSink):
+    """MPEG-TS over UDP/RTP/SRT/TCP, or RTSP publishing (see the module docstring)."""
+
+    def __init__(self, url: str, *, pace: bool = False, **kw):
+        scheme = urlparse(url).scheme.lower()
+        fmt = NET_FORMATS.get(scheme)
+        if fmt is None:
+            raise RtsegError(f"unknown output scheme {scheme}:// in {url}; use udp://, rtp://, rtsp://, srt://, tcp://, "
+                             f"a file, a folder or null")
+        if scheme == "udp" and "pkt_size" not in url:
+            url += ("&" if "?" in url else "?") + "pkt_size=1316"
+        opts = {"rtsp_transport": "tcp"} if scheme == "rtsp" else {}
+        # video PES with their length: a receiver's demuxer can hand each frame on as soon as it is
+        # complete (instead of at the next frame's start), so the last frame is not held back
+        if fmt == "mpegts":
+            opts.update({"flush_packets": "1", "omit_video_pes_length": "0"})
+        elif fmt == "rtp_mpegts":
+            opts["mpegts_muxer_options"] = "omit_video_pes_length=0"
+        super().__init__(url, format=fmt, options=opts, low_latency=True, pace=pace, **kw)
+        self.name = url
+        if fmt == "rtp_mpegts":
+            u = urlparse(url)
+            self.notes = [f"RTP receivers need an SDP for {url}: 'v=0 / o=- 0 0 IN IP4 {u.hostname} / s=rtseg / "
+                          f"c=IN IP4 {u.hostname} / t=0 0 / m=video {u.port} RTP/AVP 33 / a=rtpmap:33 MP2T/90000' "
+                          f"(one line each; ffplay -protocol_whitelist file,udp,rtp -i stream.sdp)"]
+
+
+class ImageFolderSink(Sink):
+    """One image per frame: ``folder/000000.png`` ... or a printf pattern ``folder/%06d.jpg``.
+
+    Numbering starts at 0 in output order.
+    """
+
+    def __init__(self, target: str):
+        self.name = target
+        p = Path(target)
+        if "%" in p.name:
+            self.folder, self.pattern = p.parent, p.name
+        else:
+            self.folder, self.pattern = p, "%06d.png"
+        _check_writable_dir(self.folder, "--output")
+        self.index = 0
+
+    def write(self, frame: av.VideoFrame) -> None:
+        import cv2
+
+        path = self.folder / (self.pattern % self.index)
+        if not cv2.imwrite(str(path), frame.to_ndarray(format="bgr24")):
+            raise RtsegError(f"cannot write {path}; check free space and permissions of {self.folder}")
+        self.index += 1
+
+
+class DisplaySink(Sink):
+    """An OpenCV window (``--show``); pressing q or Esc stops the stream.
+
+    Raises:
+        RtsegError: no display (``$DISPLAY``/``$WAYLAND_DISPLAY`` unset) or OpenCV without GUI
+            support (``opencv-python-headless``).
+    """
+
+    name = "show"
+
+    def __init__(self, title: str = "rtseg"):
+        import cv2
+
+        self.title = title
+        self.on_quit = None
+        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise RtsegError("--show needs a display but $DISPLAY is not set; run on a desktop or write a file with --output")
+        try:
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+        except cv2.error:
+            raise RtsegError("--show needs OpenCV with GUI support (this install is opencv-python-headless); "
+                             "pip install opencv-python, or write a file with --output") from None
+
+    def write(self, frame: av.VideoFrame) -> None:
+        import cv2
+
+        cv2.imshow(self.title, frame.to_ndarray(format="bgr24"))
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27) and self.on_quit:
+            self.on_quit()
+
+    def close(self) -> None:
+        import cv2
+
+        try:
+            cv2.destroyWindow(self.title)
+        except cv2.error:
+            pass
+
+
+def make_sink(target: str, *, codec: str = "libx264", preset: str = "ultrafast", crf: int = 23,
+              pace_network: bool = True) -> Sink:
+    """Parse one ``--output`` string into an (unopened) sink; see the module docstring.
+
+    Raises:
+        RtsegError: unknown extension or scheme, output folder not writable.
+    """
+    t = str(target)
+    if t.lower() in ("null", "none", "-"):
+        return NullSink()
+    if t.lower() in ("show", "display", "window"):
+        return DisplaySink()
+    if "://" in t:
+        scheme = urlparse(t).scheme.lower()
+        if scheme == "file":
+            return make_sink(urlparse(t).path, codec=codec, preset=preset, crf=crf, pace_network=pace_network)
+        return NetworkSink(t, codec=codec, preset=preset, crf=crf, pace=pace_network)
+    p = Path(t)
+    if t.endswith(("/", os.sep)) or p.is_dir() or ("%" in p.name and p.suffix.lower() in IMAGE_EXTS):
+        return ImageFolderSink(t)
+    return FileSink(p, codec=codec, preset=preset, crf=crf)
+
+
+def _short(e: Exception) -> str:
+    s = str(e)
+    for sep in (": '", "; "):
+        s = s.split(sep)[0]
+    import re
+
+    return re.sub(r"^\[Errno -?\d+\]\s*", "", s)

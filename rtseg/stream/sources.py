@@ -1,0 +1,442 @@
+"""Stream sources: files, cameras, network URLs, image folders/globs and lavfi test patterns.
+
+:func:`open_source` turns a ``--source`` string into a :class:`Source`:
+
+==========================================  ===========================================================
+``clip.mp4`` (any container PyAV reads)     :class:`AVSource`, not live (never drops; blocks instead)
+``camera0``, ``/dev/video0``                V4L2 through PyAV (``format="v4l2"``), OpenCV as fallback; live
+``rtsp://``, ``rtp://``, ``udp://``,        :class:`AVSource` through FFmpeg's network protocols; live
+``srt://``, ``tcp://``, ``rtmp://``         (``http(s)://`` URLs of a video *file* — .mp4, .mkv, ... — are
+``http(s)://``                              not live)
+``frames/`` or ``frames/*.png``             :class:`ImageFolderSource`, played at ``fps`` (default 25)
+``lavfi:testsrc2=size=1280x720:rate=30``    FFmpeg lavfi filter graph (test patterns), not live
+==========================================  ===========================================================
+
+A source yields :class:`Item` s from :meth:`Source.read`: decoded video frames as ``av.VideoFrame``
+in ``yuv420p`` (other pixel formats are converted once, here) carrying their presentation timestamp
+``pts`` in ``time_base`` units, and, when the input has audio, the first audio stream's *packets*
+untouched (``av.Packet``, passed through to file sinks without re-encoding).
+
+Every user error is an :class:`rtseg.errors.RtsegError` with one line (problem + fix).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+import av
+import numpy as np
+
+from ..errors import RtsegError
+
+NETWORK_SCHEMES = ("rtsp", "rtsps", "rtp", "udp", "srt", "tcp", "rtmp", "rtmps", "http", "https")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_FILE_EXTS = (".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".mts", ".m2ts", ".flv", ".mpg",
+                   ".mpeg", ".wmv", ".3gp", ".ogv", ".y4m", ".h264", ".264", ".hevc", ".265", ".mjpeg")
+# pixel formats the pipeline works in (planar 4:2:0, 8 bit)
+_INTERNAL_FORMATS = ("yuv420p", "yuvj420p")
+
+
+@dataclass
+class VideoInfo:
+    """Geometry and timing of a source's video.
+
+    ``width``/``height`` in pixels (even: odd sizes are scaled to the next even size below),
+    ``time_base`` (s per ``pts`` tick), ``rate`` the nominal frame rate in FPS (``None`` when the
+    input does not say), colour description as FFmpeg enum values (for the encoder's VUI).
+    """
+
+    width: int
+    height: int
+    time_base: Fraction
+    rate: Fraction | None = None
+    colorspace: int = 2
+    color_range: int = 0
+    color_primaries: int = 2
+    color_trc: int = 2
+
+
+@dataclass
+class Item:
+    """One thing read from a source: ``kind`` ``"video"`` (``obj``: ``av.VideoFrame`` yuv420p,
+    ``decode_ms``: decoder time spent on it) or ``"audio"`` (``obj``: ``av.Packet``)."""
+
+    kind: str
+    obj: object
+    decode_ms: float = 0.0
+
+
+class Source:
+    """Base class. Subclasses set ``name``, ``live``, ``network`` and, after :meth:`open`, ``info``
+    (:class:`VideoInfo`) and ``audio`` (the input ``av.AudioStream`` to copy, or ``None``).
+
+    Raises (open/read):
+        RtsegError: the input is missing, unreadable, or has no video.
+    """
+
+    live = False
+    network = False
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.name = spec
+        self.info: VideoInfo | None = None
+        self.audio = None
+        self.decode_errors = 0
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def read(self) -> Iterator[Item]:
+        """Yield items until the input ends (``StopIteration``) or fails (exception)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the input (idempotent)."""
+
+    def interrupt(self) -> None:
+        """Ask a blocking :meth:`read` to return soon (called from another thread on stop)."""
+
+
+def _even(n: int) -> int:
+    return max(2, n - (n % 2))
+
+
+def _to_internal(frame: av.VideoFrame, w: int, h: int) -> av.VideoFrame:
+    """Convert a decoded frame to ``yuv420p`` of even size ``w``×``h`` (no-op when it already is)."""
+    if frame.format.name in _INTERNAL_FORMATS and frame.width == w and frame.height == h:
+        return frame
+    out = frame.reformat(width=w, height=h, format="yuv420p")
+    out.pts = frame.pts
+    out.time_base = frame.time_base
+    return out
+
+
+class AVSource(Source):
+    """Anything FFmpeg opens: a file, a URL, a V4L2 device (``format="v4l2"``) or a lavfi graph.
+
+    Args:
+        spec: the ``--source`` string (for messages).
+        url: what to pass to ``av.open``.
+        format: FFmpeg input format (``"v4l2"``, ``"lavfi"``) or ``None`` to probe.
+        options: FFmpeg demuxer/protocol options.
+        live: drop frames under backpressure instead of blocking.
+        network: reconnectable (``--reconnect``).
+        timeout: (open, read) timeouts in s; a read stalled longer than ``timeout[1]`` fails.
+    """
+
+    def __init__(self, spec: str, url: str, *, format: str | None = None, options: dict | None = None,
+                 live: bool = False, network: bool = False, timeout: tuple[float, float] | None = None):
+        super().__init__(spec)
+        self.url = url
+        self.format = format
+        self.options = dict(options or {})
+        self.live = live
+        self.network = network
+        self.timeout = timeout
+        self.container = None
+        self.vstream = None
+        self._interrupted = False
+
+    def open(self) -> None:
+        self._interrupted = False
+        try:
+            self.container = av.open(self.url, format=self.format, options=self.options, timeout=self.timeout)
+        except av.error.FileNotFoundError:
+            raise RtsegError(f"video {self.spec} does not exist; check the path or URL") from None
+        except av.error.PermissionError:
+            raise RtsegError(f"video {self.spec} is not readable (permission denied); fix its permissions") from None
+        except (av.error.FFmpegError, OSError, ValueError) as e:
+            raise RtsegError(_open_error(self.spec, e, self.network)) from None
+        if not self.container.streams.video:
+            self.close()
+            raise RtsegError(f"{self.spec} has no video stream; pass a video file, camera or stream URL")
+        vs = self.container.streams.video[0]
+        vs.thread_type = "SLICE" if self.live else "AUTO"  # frame threads add latency on live input
+        self.vstream = vs
+        self.audio = self.container.streams.audio[0] if self.container.streams.audio else None
+        cc = vs.codec_context
+        if not cc.width or not cc.height:
+            self.close()
+            raise RtsegError(f"{self.spec} has a video stream of unknown size; it is not a readable video — re-encode it (e.g. with ffmpeg -i IN -c:v libx264 OUT.mp4)")
+        rate = vs.average_rate or vs.guessed_rate or vs.base_rate
+        rate = Fraction(rate) if rate else None
+        tb = Fraction(vs.time_base) if vs.time_base else (1 / rate if rate else Fraction(1, 1000))
+        self.info = VideoInfo(_even(cc.width), _even(cc.height), tb, rate,
+                              int(_attr(cc, "colorspace", 2)), int(_attr(cc, "color_range", 0)),
+                              int(_attr(cc, "color_primaries", 2)), int(_attr(cc, "color_trc", 2)))
+
+    def read(self) -> Iterator[Item]:
+        vs, aus = self.vstream, self.audio
+        w, h = self.info.width, self.info.height
+        frame_ticks = _frame_ticks(self.info)
+        last_pts = None
+        pending_ms = 0.0
+        streams = [vs] + ([aus] if aus is not None else [])
+        perf = time.perf_counter
+        for packet in self.container.demux(*streams):
+            if self._interrupted:
+                return
+            if packet.stream is aus:
+                if packet.size:
+                    yield Item("audio", packet)
+                continue
+            t0 = perf()
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                self.decode_errors += 1
+                continue
+            pending_ms += (perf() - t0) * 1000.0
+            if not frames:
+                continue
+            per = pending_ms / len(frames)
+            pending_ms = 0.0
+            for f in frames:
+                if f.pts is None:
+                    f.pts = 0 if last_pts is None else last_pts + frame_ticks
+                last_pts = f.pts
+                if f.time_base is None:
+                    f.time_base = self.info.time_base
+                yield Item("video", _to_internal(f, w, h), per)
+
+    def interrupt(self) -> None:
+        self._interrupted = True
+
+    def close(self) -> None:
+        c, self.container = self.container, None
+        if c is not None:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001 - closing a failed network input
+                pass
+
+
+class CvCameraSource(Source):
+    """A V4L2 camera through OpenCV (fallback when PyAV's v4l2 input cannot open it); live.
+
+    Frames are timestamped with the monotonic clock (``time_base`` 1/1 000 000 s).
+    """
+
+    live = True
+
+    def __init__(self, spec: str, index: int, fps: float | None = None):
+        super().__init__(spec)
+        self.index = index
+        self.fps = fps
+        self.cap = None
+
+    def open(self) -> None:
+        import cv2
+
+        cap = cv2.VideoCapture(self.index, cv2.CAP_V4L2)
+        if self.fps:
+            cap.set(cv2.CAP_PROP_FPS, float(self.fps))
+        ok, img = cap.read() if cap.isOpened() else (False, None)
+        if not ok or img is None:
+            cap.release()
+            raise RtsegError(f"camera {self.spec} could not be opened (busy or not a capture device); close other programs using it or pick another cameraN")
+        self.cap = cap
+        self._first = img
+        h, w = img.shape[:2]
+        fps = cap.get(cv2.CAP_PROP_FPS) or self.fps or 30
+        self.info = VideoInfo(_even(w), _even(h), Fraction(1, 1_000_000), Fraction(fps).limit_denominator(1001))
+
+    def read(self) -> Iterator[Item]:
+        import cv2
+
+        t_start = time.monotonic()
+        img = self._first
+        while self.cap is not None:
+            if img is None:
+                ok, img = self.cap.read()
+                if not ok:
+                    return
+            t0 = time.perf_counter()
+            f = av.VideoFrame.from_ndarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), format="rgb24")
+            f = f.reformat(width=self.info.width, height=self.info.height, format="yuv420p")
+            f.pts = int((time.monotonic() - t_start) * 1_000_000)
+            f.time_base = self.info.time_base
+            img = None
+            yield Item("video", f, (time.perf_counter() - t0) * 1000.0)
+
+    def close(self) -> None:
+        cap, self.cap = self.cap, None
+        if cap is not None:
+            cap.release()
+
+
+class ImageFolderSource(Source):
+    """Images of a folder (sorted by name) or a glob, played as a video at ``fps`` FPS.
+
+    Every image is scaled to the first image's size (made even); ``pts`` = image index,
+    ``time_base`` = 1/fps s.
+    """
+
+    def __init__(self, spec: str, files: list[Path], fps: float | None = None):
+        super().__init__(spec)
+        self.files = files
+        self.fps = Fraction(fps).limit_denominator(1001) if fps else Fraction(25)
+
+    def open(self) -> None:
+        img = self._load(self.files[0])
+        h, w = img.shape[:2]
+        self.info = VideoInfo(_even(w), _even(h), 1 / self.fps, self.fps, colorspace=1 if h >= 720 else 6)
+
+    def _load(self, path: Path) -> np.ndarray:
+        import cv2
+
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise RtsegError(f"image {path} is unreadable; remove it from the folder or replace it with a PNG/JPEG")
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+    def read(self) -> Iterator[Item]:
+        w, h = self.info.width, self.info.height
+        for i, p in enumerate(self.files):
+            t0 = time.perf_counter()
+            f = av.VideoFrame.from_ndarray(self._load(p), format="rgb24")
+            f = f.reformat(width=w, height=h, format="yuv420p", dst_colorspace=self.info.colorspace)
+            f.pts = i
+            f.time_base = self.info.time_base
+            yield Item("video", f, (time.perf_counter() - t0) * 1000.0)
+
+
+def _attr(obj, name: str, default: int) -> int:
+    try:
+        v = getattr(obj, name)
+        return int(v) if v is not None else default
+    except (AttributeError, TypeError, ValueError):
+        return default
+
+
+def _frame_ticks(info: VideoInfo) -> int:
+    if info.rate:
+        return max(1, round(1 / (info.rate * info.time_base)))
+    return 1
+
+
+def _open_error(spec: str, e: Exception, network: bool) -> str:
+    msg = str(e).split(": '")[0]
+    msg = re.sub(r"^\[Errno -?\d+\]\s*", "", msg)
+    if network:
+        return (f"cannot open stream {spec} ({msg}); check that the sender is running and the URL/port is right "
+                f"(pass --reconnect to keep retrying)")
+    return f"{spec} is not a readable video ({msg}); pass a video file FFmpeg can decode (mp4, mkv, mov, ...)"
+
+
+def _camera_index(spec: str) -> int | None:
+    m = re.fullmatch(r"camera(\d+)", spec) or re.fullmatch(r"/dev/video(\d+)", spec)
+    return int(m.group(1)) if m else None
+
+
+def open_source(spec: str | os.PathLike, *, fps: float | None = None, timeout: float = 10.0) -> Source:
+    """Parse a ``--source`` string and open it (see the module docstring for the forms).
+
+    Args:
+        spec: file path, ``cameraN`` / ``/dev/videoN``, URL, image folder/glob or ``lavfi:GRAPH``.
+        fps: frame rate for image folders (default 25) and the rate asked of cameras.
+        timeout: network open/read timeout in s (a stalled stream fails after it).
+
+    Returns:
+        The opened source (``info`` set).
+
+    Raises:
+        RtsegError: missing file, unreadable video, missing camera, unknown scheme, empty folder.
+    """
+    src = _make_source(str(spec), fps=fps, timeout=timeout)
+    src.open()
+    return src
+
+
+def _make_source(spec: str, *, fps: float | None, timeout: float) -> Source:
+    if spec.startswith("lavfi:"):
+        graph = spec[len("lavfi:"):]
+        if not graph:
+            raise RtsegError("lavfi: needs a filter graph, e.g. lavfi:testsrc2=size=1280x720:rate=30")
+        return AVSource(spec, graph, format="lavfi")
+    idx = _camera_index(spec)
+    if idx is not None:
+        dev = f"/dev/video{idx}"
+        if not os.path.exists(dev):
+            raise RtsegError(f"{spec} not found ({dev} does not exist); connect a camera, check 'ls /dev/video*', "
+                             f"or pass a video file or URL with --source")
+        return _CameraSource(spec, dev, idx, fps)
+    scheme = urlparse(spec).scheme.lower()
+    if "://" in spec:
+        if scheme not in NETWORK_SCHEMES and scheme != "file":
+            raise RtsegError(f"unknown source scheme {scheme + '://'!r} in {spec}; use a file, cameraN, "
+                             f"{', '.join(s + '://' for s in ('rtsp', 'rtp', 'udp', 'srt', 'tcp', 'rtmp', 'http', 'https'))} "
+                             f"an image folder or lavfi:GRAPH")
+        if scheme == "file":
+            return _make_source(urlparse(spec).path, fps=fps, timeout=timeout)
+        path = urlparse(spec).path.lower()
+        is_file = scheme in ("http", "https") and path.endswith(VIDEO_FILE_EXTS) and not path.endswith(".ts")
+        opts = {}
+        if scheme in ("rtsp", "rtsps"):
+            opts["rtsp_transport"] = "tcp"
+        if scheme in ("udp", "rtp"):
+            opts.update({"fifo_size": "50000", "overrun_nonfatal": "1", "buffer_size": "4194304"})
+        return AVSource(spec, spec, options=opts, live=not is_file, network=True,
+                        timeout=(timeout, timeout))
+    p = Path(spec)
+    if any(ch in spec for ch in "*?["):
+        files = sorted(Path(f) for f in glob.glob(spec) if f.lower().endswith(IMAGE_EXTS))
+        if not files:
+            raise RtsegError(f"no images match {spec}; check the pattern (e.g. 'frames/*.png')")
+        return ImageFolderSource(spec, files, fps)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise RtsegError(f"folder {spec} holds no images ({', '.join(IMAGE_EXTS)}); pass a video file or a folder of frames")
+        return ImageFolderSource(spec, files, fps)
+    if not p.exists():
+        raise RtsegError(f"video file {spec} does not exist; check the path (or use cameraN, a URL, a folder or lavfi:GRAPH)")
+    if not os.access(p, os.R_OK):
+        raise RtsegError(f"video file {spec} is not readable (permission denied); fix its permissions")
+    return AVSource(spec, str(p))
+
+
+class _CameraSource(Source):
+    """``cameraN``: PyAV's V4L2 input, else OpenCV's."""
+
+    live = True
+
+    def __init__(self, spec: str, dev: str, index: int, fps: float | None):
+        super().__init__(spec)
+        opts = {"framerate": str(fps)} if fps else {}
+        self._impl: Source = AVSource(spec, dev, format="v4l2", options=opts, live=True)
+        self._fallback = CvCameraSource(spec, index, fps)
+
+    def open(self) -> None:
+        try:
+            self._impl.open()
+        except RtsegError:
+            self._impl = self._fallback
+            self._impl.open()
+        self.info, self.audio = self._impl.info, self._impl.audio
+
+    def read(self) -> Iterator[Item]:
+        return self._impl.read()
+
+    def interrupt(self) -> None:
+        self._impl.interrupt()
+
+    def close(self) -> None:
+        self._impl.close()
+
+    @property
+    def decode_errors(self) -> int:  # type: ignore[override]
+        return self._impl.decode_errors
+
+    @decode_errors.setter
+    def decode_errors(self, v: int) -> None:
+        pass

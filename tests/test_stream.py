@@ -1,0 +1,486 @@
+"""``rtseg stream`` / :func:`rtseg.stream.run_stream` on real clips (../shared/data/video).
+
+Fast: 2 s of a real clip (full 720p for the CLI test, 320×180 copies made here with PyAV for the
+rest), a tiny EUNet-S checkpoint (64×64) whose head bias is centred so that about half of the
+pixels are foreground (a random network would otherwise paint all or nothing).
+Edge-case media (VFR, audio) are synthesised from the real clips with PyAV.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from rtseg.errors import RtsegError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- helpers (also imported by test_stream_net.py) ------------------------------------------------------
+def make_tiny_engine(folder: Path, clip: Path) -> Path:
+    """Tiny EUNet-S checkpoint (64×64) with the head bias set to the median logit on ``clip``."""
+    import torch
+
+    from rtseg.checkpoint import ModelMeta, save_checkpoint
+    from rtseg.data.transforms import Preprocessor
+    from rtseg.models import create_model
+    from rtseg.runtime import load_engine
+
+    torch.manual_seed(0)
+    model = create_model("eunet-s", widths=[8, 16, 32, 64])
+    meta = ModelMeta(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, input_size=[64, 64])
+    save_checkpoint(folder, model, meta)
+    backend = load_engine(folder)
+    pre = Preprocessor(backend.input_hw)
+    with av.open(str(clip)) as c:
+        x = np.stack([pre(f.to_ndarray(format="rgb24"))[0] for _, f in zip(range(4), c.decode(video=0))])
+    med = float(np.median(backend.infer_u8(x)))
+    with torch.no_grad():
+        model.head.bias -= med
+    save_checkpoint(folder, model, meta)
+    return folder
+
+
+def cut_clip(src: Path, dst: Path, seconds: float, size: tuple[int, int] | None = None, *,
+             retime=None, audio: str | None = None, gop: int | None = None) -> Path:
+    """Re-encode the first ``seconds`` of ``src`` (optionally scaled to ``size`` = (w, h)) into ``dst``
+    with the same timestamps (or ``retime(i, pts) -> pts``). ``audio``: ``"copy"`` copies the source's
+    audio packets, ``"sine"`` adds a generated 440 Hz AAC track, ``None`` none. ``gop``: key-frame
+    interval in frames (x264's default otherwise)."""
+    with av.open(str(src)) as ic, av.open(str(dst), "w") as oc:
+        vs = ic.streams.video[0]
+        tb = vs.time_base
+        w, h = size or (vs.codec_context.width, vs.codec_context.height)
+        ov = oc.add_stream("libx264", rate=vs.average_rate)
+        ov.width, ov.height, ov.pix_fmt = w, h, "yuv420p"
+        ov.time_base = tb
+        ov.codec_context.time_base = tb
+        ov.options = {"preset": "ultrafast"}
+        if gop:
+            ov.codec_context.gop_size = gop
+        oa = None
+        ias = ic.streams.audio[0] if ic.streams.audio else None
+        if audio == "copy":
+            oa = oc.add_stream_from_template(ias)
+        elif audio == "sine":
+            oa = oc.add_stream("aac", rate=48000)
+            oa.layout = "mono"
+        streams = [vs] + ([ias] if audio == "copy" else [])
+        i = 0
+        for pkt in ic.demux(*streams):
+            if pkt.stream.type == "audio":
+                if pkt.pts is not None and pkt.size and pkt.pts * pkt.time_base < seconds:
+                    pkt.stream = oa
+                    oc.mux(pkt)
+                continue
+            for f in pkt.decode():
+                if f.pts * tb >= seconds:
+                    continue
+                g = f.reformat(width=w, height=h, format="yuv420p")
+                g.pts = retime(i, f.pts) if retime else f.pts
+                g.time_base = tb
+                g.pict_type = 0
+                oc.mux(ov.encode(g))
+                i += 1
+        oc.mux(ov.encode(None))
+        if audio == "sine":
+            sr, n = 48000, 1024
+            for k in range(int(seconds * sr) // n):
+                t = (np.arange(n) + k * n) / sr
+                a = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None], format="fltp",
+                                               layout="mono")
+                a.sample_rate, a.pts, a.time_base = sr, k * n, Fraction(1, sr)
+                oc.mux(oa.encode(a))
+            oc.mux(oa.encode(None))
+    return dst
+
+
+def decode_video(path: Path, fmt: str = "rgb24"):
+    """(list of pts, list of frames as ndarray, stream info dict)."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        info = {"rate": s.average_rate, "time_base": s.time_base, "width": s.codec_context.width,
+                "height": s.codec_context.height, "codec": s.codec_context.name}
+        pts, frames = [], []
+        for f in c.decode(s):
+            pts.append(f.pts)
+            frames.append(f.to_ndarray(format=fmt) if fmt else None)
+    return pts, frames, info
+
+
+def video_pts_seconds(path: Path) -> list[float]:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return [float(f.pts * s.time_base) for f in c.decode(s)]
+
+
+def run_cli(*args: str, timeout: float = 240):
+    """``python -m rtseg ARGS`` → CompletedProcess (text)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "rtseg", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=str(REPO))
+
+
+# -- fixtures -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_engine(tmp_path_factory, clip) -> Path:
+    return make_tiny_engine(tmp_path_factory.mktemp("stream") / "tiny-ckpt", clip)
+
+
+@pytest.fixture(scope="session")
+def backend(tiny_engine):
+    from rtseg.runtime import load_engine
+
+    return load_engine(tiny_engine, num_threads=1)
+
+
+@pytest.fixture(scope="session")
+def small_clip(tmp_path_factory, clip) -> Path:
+    """2 s (50 frames, 25 FPS) of the real laparoscopy clip at 320×180."""
+    return cut_clip(clip, tmp_path_factory.mktemp("clips") / "endo_2s_320.mp4", 2.0, (320, 180))
+
+
+@pytest.fixture(scope="session")
+def small_bikes(tmp_path_factory, shared_data) -> Path:
+    """2 s (50 frames, 25 FPS) of the real street clip at 320×136."""
+    return cut_clip(shared_data / "video" / "bikes_street.mp4", tmp_path_factory.mktemp("clips") / "bikes_2s.mp4", 2.0,
+                    (320, 136))
+
+
+def expected_masks(backend, frames_rgb: list[np.ndarray]) -> list[np.ndarray]:
+    """What the stream should draw: Preprocessor → predict_u8 → unplace, per frame (uint8[h, w])."""
+    from rtseg.data.transforms import Preprocessor, unplace
+
+    pre = Preprocessor(backend.input_hw, backend.meta["model"].get("resize", "stretch"))
+    out = []
+    for f in frames_rgb:
+        x, g = pre(f)
+        out.append(unplace(backend.predict_u8(x[None])[0], g))
+    return out
+
+
+# -- A: the issue-2 stream ----------------------------------------------------------------------------
+def test_cli_stream_real_clip_720p(tmp_path, clip, tiny_engine, backend):
+    """2 s of the real 1280×720 clip: frame count, size, rate and timestamps kept; overlay where the mask is."""
+    out = tmp_path / "out.mp4"
+    r = run_cli("stream", "--engine", str(tiny_engine), "--source", str(clip), "--output", str(out),
+                "--max-frames", "50", "--json", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["frames"] == 50 and report["sources"][0]["frames"] == 50
+    for stage in ("decode", "preprocess", "infer", "postprocess", "encode", "e2e"):
+        lat = report["latency"][stage]
+        assert lat["count"] > 0 and 0 < lat["p50_ms"] <= lat["p99_ms"], (stage, lat)
+    assert "infer" in r.stderr and "FPS" in r.stderr  # the table
+
+    pts_out, frames_out, info = decode_video(out)
+    pts_in, frames_in, info_in = decode_video(clip)
+    assert len(frames_out) == 50
+    assert (info["width"], info["height"]) == (1280, 720)
+    assert info["rate"] == 25 and info["codec"] == "h264"
+    assert [p * info["time_base"] for p in pts_out] == [p * info_in["time_base"] for p in pts_in[:50]]
+
+    masks = expected_masks(backend, frames_in[:50:10])
+    kernel = np.ones((9, 9), np.uint8)
+    for m, fin, fout in zip(masks, frames_in[:50:10], frames_out[::10]):
+        diff = np.abs(fout.astype(np.int16) - fin.astype(np.int16)).sum(-1)
+        inside = cv2.erode(m, kernel).astype(bool)
+        outside = cv2.erode(1 - m, kernel).astype(bool)
+        assert 0.1 < m.mean() < 0.9, "the test engine should paint part of the frame"
+        assert diff[inside].mean() > 40, diff[inside].mean()  # green at alpha 0.5
+        assert diff[outside].mean() < 8, diff[outside].mean()  # only coding noise
+        # inside the mask the output moved towards green
+        assert (fout[..., 1].astype(int) - fin[..., 1])[inside].mean() > 20
+
+
+@pytest.mark.parametrize("case,words", [("missing", "does not exist"), ("not_video", "not a readable video"),
+                                        ("camera", "/dev/video7"), ("scheme", "unknown source scheme"),
+                                        ("output_dir", "cannot be created")])
+def test_cli_bad_input_one_line_error(tmp_path, tiny_engine, small_clip, capsys, case, words):
+    """Missing/unreadable video, missing camera, unknown scheme, unwritable output: one line, exit 2."""
+    src, out = str(small_clip), str(tmp_path / "o.mp4")
+    if case == "missing":
+        src = str(tmp_path / "nope.mp4")
+    elif case == "not_video":
+        p = tmp_path / "text.mp4"  # a text file renamed .mp4
+        p.write_text("this is not a video\n")
+        src = str(p)
+    elif case == "camera":
+        src = "camera7"
+    elif case == "scheme":
+        src = "gopher://127.0.0.1/x"
+    elif case == "output_dir":
+        (tmp_path / "afile").write_text("x")
+        out = str(tmp_path / "afile" / "sub" / "o.mp4")  # parent is a file: cannot be created
+    from rtseg.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["stream", "--engine", str(tiny_engine), "--source", src, "--output", out, "--quiet"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
+    assert not list(tmp_path.glob("o.mp4"))  # nothing half-written
+
+
+def test_cli_error_exit_code_in_a_real_process(tmp_path, tiny_engine):
+    p = tmp_path / "renamed.mp4"
+    p.write_text("hello\n")
+    r = run_cli("stream", "--engine", str(tiny_engine), "--source", str(p), "--output", str(tmp_path / "o.mp4"), "-q")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "not a readable video" in lines[0], r.stderr
+
+
+def test_run_stream_api_no_output(backend, small_clip):
+    from rtseg.stream import StreamReport, run_stream
+
+    rep = run_stream(backend, [str(small_clip)], None, batch_size=2)
+    assert isinstance(rep, StreamReport)
+    assert rep.frames == 50 and rep.sources[0].frames == 50 and rep.drops == 0
+    assert rep.fps > 0 and rep.seconds > 0 and math.isclose(rep.fps, rep.frames / rep.seconds)
+    assert 1 < rep.batch_mean <= 2
+    assert 25 <= rep.latency["infer"].count < 50  # one sample per batch
+    assert rep.sources[0].outputs == []
+    t = rep.table()
+    assert "p50" in t and "e2e" in t and "50 frames" in t
+    d = json.loads(rep.to_json())
+    assert d["frames"] == 50 and d["latency"]["encode"]["count"] == 50
+
+
+def test_overlay_yuv_matches_rgb_blend():
+    """The YUV overlay equals an RGB alpha blend (away from 4:2:0 edges); outside the mask nothing changes."""
+    from rtseg.data.transforms import compute_geometry
+    from rtseg.stream.overlay import Overlay, default_palette
+
+    rng = np.random.default_rng(0)
+    rgb = cv2.GaussianBlur(rng.integers(40, 200, (180, 320, 3), dtype=np.uint8), (9, 9), 3)
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p", dst_colorspace=1)
+    frame.pts, frame.time_base = 7, Fraction(1, 25)
+    frame.colorspace = 1
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:40, 20:50] = 1
+    mask[45:60, 5:15] = 2
+    geom = compute_geometry((180, 320), (64, 64), "stretch")
+    ov = Overlay(default_palette(3), alpha=0.5)
+    out = ov.apply_yuv420(frame, mask, geom)
+    assert out is not frame and out.pts == 7 and out.time_base == Fraction(1, 25)
+    before = frame.to_ndarray(format="rgb24").astype(int)
+    after = out.to_ndarray(format="rgb24").astype(int)
+    full = cv2.resize(mask, (320, 180), interpolation=cv2.INTER_NEAREST)
+    ref = ov.apply_rgb(before.astype(np.uint8).copy(), full).astype(int)
+    core = cv2.erode((full > 0).astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    bg = cv2.erode((full == 0).astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+    assert np.abs(after - ref)[core].mean() < 3
+    assert np.abs(after - before)[bg].max() == 0
+    assert np.abs(after - before)[core].mean() > 30
+    # an empty mask costs nothing: the very same frame comes back
+    assert ov.apply_yuv420(frame, np.zeros((64, 64), np.uint8), geom) is frame
+    # contour only (alpha 0) still draws
+    ov2 = Overlay(default_palette(3), alpha=0.0, contour=True)
+    out2 = ov2.apply_yuv420(frame, mask, geom).to_ndarray(format="rgb24").astype(int)
+    deep = cv2.erode((full > 0).astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
+    assert np.abs(out2 - before)[bg].max() == 0 and np.abs(out2 - before)[deep].max() == 0
+    edge = (full > 0) & ~deep
+    assert np.abs(out2 - before)[edge].mean() > 10  # the outline is on the region's border
+
+
+def test_letterbox_engine_and_batches(tmp_path, tiny_engine, small_bikes):
+    """Letterbox geometry and batch 4: same frames, same timestamps; overlay only inside the content."""
+    from rtseg.runtime import load_engine
+    from rtseg.stream import run_stream
+
+    b = load_engine(tiny_engine, num_threads=1)
+    b.meta["model"]["resize"] = "letterbox"
+    out1, out4 = tmp_path / "b1.mkv", tmp_path / "b4.mkv"
+    r1 = run_stream(b, [str(small_bikes)], [str(out1)], batch_size=1, preset="ultrafast")
+    r4 = run_stream(b, [str(small_bikes)], [str(out4)], batch_size=4, preset="ultrafast")
+    assert r1.frames == r4.frames == 50 and r4.batch_mean > 2
+    p_in, _, _ = decode_video(small_bikes, fmt=None)
+    for o in (out1, out4):
+        p, f, info = decode_video(o)
+        assert (info["width"], info["height"], len(f)) == (320, 136, 50)
+        assert video_pts_seconds(o) == video_pts_seconds(small_bikes)
+
+
+def test_vfr_timestamps_kept(tmp_path, backend, small_clip):
+    """A variable-frame-rate input (irregular PTS) comes out with exactly the same timestamps."""
+    from rtseg.stream import run_stream
+
+    durations = [1, 3, 2, 5, 1, 1, 4]  # in 1/25 s ticks of 512/12800
+    acc = [0]
+    for i in range(60):
+        acc.append(acc[-1] + durations[i % len(durations)] * 512)
+    vfr = cut_clip(small_clip, tmp_path / "vfr.mp4", 2.0, retime=lambda i, pts: acc[i])
+    t_in = video_pts_seconds(vfr)
+    assert len(set(np.round(np.diff(t_in), 4))) > 3  # really variable
+    out = tmp_path / "vfr_out.mp4"
+    rep = run_stream(backend, [str(vfr)], [str(out)], preset="ultrafast")
+    assert rep.frames == len(t_in)
+    assert video_pts_seconds(out) == t_in
+
+
+def test_audio_passthrough_real_opus(tmp_path, backend, shared_data):
+    """The real pancake clip's Opus track is copied packet for packet (mkv → mkv and → mp4)."""
+    from rtseg.stream import run_stream
+
+    src = cut_clip(shared_data / "video" / "flipping_a_pancake.mkv", tmp_path / "pancake2s.mkv", 2.0, (214, 120),
+                   audio="copy")
+    outs = [tmp_path / "a.mkv", tmp_path / "a.mp4"]
+    rep = run_stream(backend, [str(src)], [str(o) for o in outs], preset="ultrafast", alpha=0.6)
+    n_video = len(video_pts_seconds(src))
+    assert rep.frames == n_video
+
+    def audio_packets(p):
+        with av.open(str(p)) as c:
+            a = c.streams.audio[0]
+            return a.codec_context.name, [(bytes(k), round(float(k.pts * k.time_base), 4)) for k in c.demux(a) if k.size]
+
+    name_in, pk_in = audio_packets(src)
+    assert name_in == "opus" and len(pk_in) > 50
+    for o in outs:
+        name, pk = audio_packets(o)
+        assert name == "opus"
+        assert [b for b, _ in pk] == [b for b, _ in pk_in]
+        assert [t for _, t in pk] == [t for _, t in pk_in]
+        assert len(video_pts_seconds(o)) == n_video
+
+
+def test_audio_passthrough_synth_aac(tmp_path, backend, small_clip):
+    """A generated AAC track muxed with the real clip comes out identical."""
+    from rtseg.stream import run_stream
+
+    src = cut_clip(small_clip, tmp_path / "with_aac.mp4", 2.0, audio="sine")
+    out = tmp_path / "aac_out.mp4"
+    run_stream(backend, [str(src)], [str(out)], preset="ultrafast")
+    with av.open(str(src)) as a, av.open(str(out)) as b:
+        pa = [bytes(p) for p in a.demux(a.streams.audio[0]) if p.size]
+        pb = [bytes(p) for p in b.demux(b.streams.audio[0]) if p.size]
+    assert len(pa) > 80 and pa == pb
+
+
+def test_two_sources_batched_together(tmp_path, backend, small_clip, small_bikes):
+    """Two real clips feed one engine with batch 2: each output complete, in order, with its own timing."""
+    from rtseg.stream import run_stream
+
+    rep = run_stream(backend, [str(small_clip), str(small_bikes)], [str(tmp_path / "seg_{name}.mp4")],
+                     batch_size=2, batch_timeout_ms=50, preset="ultrafast")
+    assert [s.frames for s in rep.sources] == [50, 50] and rep.frames == 100
+    assert rep.batch_mean > 1.5  # frames of both sources shared inference calls
+    for src, size in [(small_clip, (320, 180)), (small_bikes, (320, 136))]:
+        o = tmp_path / f"seg_{src.stem}.mp4"
+        _, f, info = decode_video(o)
+        assert (info["width"], info["height"]) == size and len(f) == 50
+        assert video_pts_seconds(o) == video_pts_seconds(src)
+
+
+def test_sources_image_folder_and_lavfi(tmp_path, backend, small_clip):
+    """Image folder in (played at --fps) → image folder + mp4 out; a lavfi test pattern in."""
+    from rtseg.stream import run_stream
+
+    _, frames, _ = decode_video(small_clip)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, f in enumerate(frames[:12]):
+        cv2.imwrite(str(folder / f"{i:04d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    rep = run_stream(backend, [str(folder)], [str(tmp_path / "imgs") + "/", str(tmp_path / "imgs.mp4")], fps=10,
+                     preset="ultrafast")
+    assert rep.frames == 12
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir())[:2] == ["000000.png", "000001.png"]
+    assert len(list((tmp_path / "imgs").iterdir())) == 12
+    t = video_pts_seconds(tmp_path / "imgs.mp4")
+    assert len(t) == 12 and np.allclose(np.diff(t), 0.1)
+    # a glob of the same images
+    rep = run_stream(backend, [str(folder / "*.png")], None, fps=10, max_frames=5)
+    assert rep.frames == 5 and rep.stopped == "max frames"
+    # lavfi test pattern, 30 FPS
+    out = tmp_path / "lavfi.mp4"
+    rep = run_stream(backend, ["lavfi:testsrc2=size=320x240:rate=30"], [str(out)], max_frames=15, preset="ultrafast")
+    _, f, info = decode_video(out)
+    assert rep.frames == 15 and len(f) == 15 and info["rate"] == 30 and (info["width"], info["height"]) == (320, 240)
+
+
+def test_output_mapping_errors(tmp_path, backend, small_clip, small_bikes):
+    from rtseg.stream import run_stream
+
+    with pytest.raises(RtsegError, match="one --output per source"):
+        run_stream(backend, [str(small_clip), str(small_bikes)], [str(tmp_path / "a.mp4")])
+    with pytest.raises(RtsegError, match="unknown output type"):
+        run_stream(backend, [str(small_clip)], [str(tmp_path / "a.webm")])
+    with pytest.raises(RtsegError, match="needs a display|GUI"):
+        run_stream(backend, [str(small_clip)], None, show=True)
+
+
+def test_metrics_jsonl(tmp_path, backend, small_clip):
+    from rtseg.stream import run_stream
+
+    m = tmp_path / "m.jsonl"
+    run_stream(backend, [str(small_clip)], None, metrics_jsonl=str(m), max_frames=50)
+    lines = [json.loads(x) for x in m.read_text().splitlines()]
+    assert lines and lines[-1]["final"] is True and lines[-1]["frames"] == 50
+    assert {"fps", "drops", "sources", "latency"} <= set(lines[-1])
+    assert {"in_queue", "out_queue", "drops", "fps"} <= set(lines[-1]["sources"][0])
+
+
+def _wait_for(pred, timeout: float, what: str):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_finalises_playable_file(tmp_path, tiny_engine, sig):
+    """SIGINT/SIGTERM to a running ``rtseg stream``: the file is playable and holds every processed frame."""
+    out, metrics = tmp_path / "live.mp4", tmp_path / "m.jsonl"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([sys.executable, "-m", "rtseg", "stream", "--engine", str(tiny_engine), "--source",
+                          "lavfi:testsrc2=size=320x240:rate=25", "--output", str(out), "--json", "--threads", "1",
+                          "--metrics-jsonl", str(metrics)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env, cwd=str(REPO))
+    try:
+        def progressed():
+            if p.poll() is not None:
+                raise AssertionError(f"stream exited early: {p.stderr.read()}")
+            lines = metrics.read_text().splitlines() if metrics.exists() else []
+            return bool(lines) and json.loads(lines[-1])["frames"] >= 20
+
+        _wait_for(progressed, 120, "20 frames")
+        p.send_signal(sig)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, stderr
+    rep = json.loads(stdout)
+    assert rep["stopped"] == signal.Signals(sig).name
+    n = rep["frames"]
+    assert n >= 20
+    pts, frames, info = decode_video(out, fmt=None)
+    assert len(frames) == n  # every frame processed up to the stop
+    assert (info["width"], info["height"]) == (320, 240) and info["rate"] == 25
+    assert pts == [i * pts[1] for i in range(n)]  # lavfi timing kept (1/25 s steps)
+
+
+def test_codec_choice():
+    from rtseg.stream.sinks import HW_H264, resolve_codec
+
+    assert resolve_codec("h264") == "libx264"
+    assert resolve_codec("auto", 320, 180) in ("libx264", *HW_H264)  # a hardware encoder only if one opens here
+    with pytest.raises(RtsegError, match="not in this FFmpeg build"):
+        resolve_codec("h264_doesnotexist")
+    with pytest.raises(RtsegError, match="not a video encoder"):
+        resolve_codec("aac")
