@@ -162,7 +162,7 @@ def stream_row(backend, video: str, batch: int, output: str | None) -> BenchRow:
 
 def run_bench(targets: list[str], video: str, batch_sizes: list[int], seconds: float = 3.0, warmup: int = 3,
               threads: int | None = None, torch_ref: bool = True, stream: bool = True, stream_batch: int | None = None,
-              stream_output: str | None = None, n_frames: int = 32, log=print) -> BenchReport:
+              stream_output: str | None = None, n_frames: int = 32, backend: str | None = None, log=print) -> BenchReport:
     """Benchmark each target (engine or checkpoint folder). See module docstring.
 
     Raises:
@@ -173,7 +173,8 @@ def run_bench(targets: list[str], video: str, batch_sizes: list[int], seconds: f
 
     if not targets:
         raise RtsegError("nothing to benchmark; pass --engine DIR (repeatable) or --checkpoint DIR")
-    backends = [load_engine(t, num_threads=threads) for t in targets]
+    backends = [load_engine(t, backend=backend if backend and (Path(t) / "engine.json").exists() else None,
+                            num_threads=threads) for t in targets]
     if torch_ref:
         seen = {str(Path(t).resolve()) for t in targets}
         for b in list(backends):
@@ -222,14 +223,16 @@ def _ints(s: str) -> list[int]:
 @click.option("--seconds", default=3.0, show_default=True, type=float, help="Timed seconds per row.")
 @click.option("--warmup", default=3, show_default=True, type=int, help="Untimed calls before each row.")
 @click.option("--threads", default=None, type=int, help="Inference threads (default: backend's choice).")
+@click.option("--backend", default=None, type=click.Choice(["openvino", "onnxruntime", "tensorrt"]),
+              help="Expect engines of this backend (a folder of another backend is refused).")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch eager reference.")
 @click.option("--stream/--no-stream", default=True, show_default=True, help="Also measure end-to-end stream FPS.")
 @click.option("--stream-batch", default=1, show_default=True, type=int)
 @click.option("--stream-output", default=None, help="Where the stream writes (default: a temporary .mp4; 'none' = no encode).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
 @click.option("--out", "out_json", type=click.Path(), help="Also write the JSON report to this file.")
-def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, threads, no_torch, stream, stream_batch,
-                  stream_output, as_json, out_json):
+def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, threads, backend, no_torch, stream,
+                  stream_batch, stream_output, as_json, out_json):
     """Latency p50/p99 and throughput at each batch size on real frames, for engines and the PyTorch
     reference, plus the stream's end-to-end FPS on --video.
 
@@ -238,7 +241,7 @@ def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, thr
     log = (lambda *a: None) if as_json else (lambda m: click.echo(m, err=True))
     rep = run_bench(list(engines) + list(checkpoints), video, _ints(batch_sizes), seconds=seconds, warmup=warmup,
                     threads=threads, torch_ref=not no_torch, stream=stream, stream_batch=stream_batch,
-                    stream_output=stream_output, log=log)
+                    stream_output=stream_output, backend=backend, log=log)
     if out_json:
         Path(out_json).write_text(json.dumps(rep.to_dict(), indent=2))
     if as_json:
