@@ -146,13 +146,13 @@ def time_backend(backend, frames_net: np.ndarray, batch: int, seconds: float, wa
                     mean_ms=float(lat_a.mean()), fps=batch * len(lat) / total)
 
 
-def stream_row(backend, video: str, batch: int, output: str | None) -> BenchRow:
+def stream_row(backend, video: str, batch: int, output: str | None, max_frames: int | None = None) -> BenchRow:
     """End-to-end FPS of ``rtseg stream`` over ``video`` (decode → infer → overlay → encode to ``output``)."""
     from .stream import run_stream
 
     with tempfile.TemporaryDirectory() as td:
         outs = [] if output == "none" else [output or str(Path(td) / "bench.mp4")]
-        rep = run_stream(backend, [video], outs, batch_size=batch, handle_signals=False)
+        rep = run_stream(backend, [video], outs, batch_size=batch, handle_signals=False, max_frames=max_frames)
     lat = rep.latency.get("e2e")  # end-to-end latency per frame (decode start → encoded), ms
     p50 = lat.p50_ms if lat else float("nan")
     p99 = lat.p99_ms if lat else float("nan")
@@ -162,7 +162,8 @@ def stream_row(backend, video: str, batch: int, output: str | None) -> BenchRow:
 
 def run_bench(targets: list[str], video: str, batch_sizes: list[int], seconds: float = 3.0, warmup: int = 3,
               threads: int | None = None, torch_ref: bool = True, stream: bool = True, stream_batch: int | None = None,
-              stream_output: str | None = None, n_frames: int = 32, backend: str | None = None, log=print) -> BenchReport:
+              stream_output: str | None = None, n_frames: int = 32, backend: str | None = None,
+              stream_frames: int | None = None, log=print) -> BenchReport:
     """Benchmark each target (engine or checkpoint folder). See module docstring.
 
     Raises:
@@ -202,7 +203,7 @@ def run_bench(targets: list[str], video: str, batch_sizes: list[int], seconds: f
             if b.name == "torch":
                 continue
             bs = stream_batch or 1
-            row = stream_row(b, video, bs, stream_output)
+            row = stream_row(b, video, bs, stream_output, stream_frames)
             log(f"  stream {b.describe()} batch {bs}: {row.fps:.1f} FPS end to end")
             report.rows.append(row)
     return report
@@ -228,11 +229,12 @@ def _ints(s: str) -> list[int]:
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch eager reference.")
 @click.option("--stream/--no-stream", default=True, show_default=True, help="Also measure end-to-end stream FPS.")
 @click.option("--stream-batch", default=1, show_default=True, type=int)
+@click.option("--stream-frames", default=None, type=int, help="Stream at most N frames (default: the whole video).")
 @click.option("--stream-output", default=None, help="Where the stream writes (default: a temporary .mp4; 'none' = no encode).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
 @click.option("--out", "out_json", type=click.Path(), help="Also write the JSON report to this file.")
 def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, threads, backend, no_torch, stream,
-                  stream_batch, stream_output, as_json, out_json):
+                  stream_batch, stream_frames, stream_output, as_json, out_json):
     """Latency p50/p99 and throughput at each batch size on real frames, for engines and the PyTorch
     reference, plus the stream's end-to-end FPS on --video.
 
@@ -241,7 +243,7 @@ def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, thr
     log = (lambda *a: None) if as_json else (lambda m: click.echo(m, err=True))
     rep = run_bench(list(engines) + list(checkpoints), video, _ints(batch_sizes), seconds=seconds, warmup=warmup,
                     threads=threads, torch_ref=not no_torch, stream=stream, stream_batch=stream_batch,
-                    stream_output=stream_output, backend=backend, log=log)
+                    stream_output=stream_output, backend=backend, stream_frames=stream_frames, log=log)
     if out_json:
         Path(out_json).write_text(json.dumps(rep.to_dict(), indent=2))
     if as_json:
