@@ -1,0 +1,149 @@
+"""``rtseg export``, ``rtseg calibrate`` and ``rtseg build-engine`` (click commands).
+
+User errors are :class:`~rtseg.errors.RtsegError` (one line; ``rtseg.cli.main`` prints
+``error: ...`` and exits 2). Progress goes to stderr, results (paths, numbers) to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import RtsegError
+
+
+def _log(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _img_size_option(f):
+    return click.option("--img-size", "img_size", default=None, metavar="N | H W",
+                        help="Network input: N (square) or H W in pixels; default model.json input_size.")(f)
+
+
+class _Command(click.Command):
+    """A click command whose ``--img-size`` takes one or two integers (``--img-size 256`` or
+    ``--img-size 256 320``): two integer tokens are joined into one value before parsing."""
+
+    def parse_args(self, ctx, args):
+        args = list(args)
+        out, i = [], 0
+        while i < len(args):
+            a = args[i]
+            if a == "--img-size" and i + 1 < len(args):
+                vals = [args[i + 1]]
+                if i + 2 < len(args) and args[i + 2].isdigit() and args[i + 1].isdigit():
+                    vals.append(args[i + 2])
+                out += [a, " ".join(vals)]
+                i += 1 + len(vals)
+                continue
+            out.append(a)
+            i += 1
+        return super().parse_args(ctx, out)
+
+
+def _ckpt_option(f):
+    return click.option("--checkpoint", "checkpoint", required=True, type=click.Path(path_type=Path),
+                        help="Checkpoint folder (model.safetensors + model.json).")(f)
+
+
+@click.command("export", cls=_Command)
+@_ckpt_option
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Output .onnx file (default: <checkpoint>/model.onnx).")
+@_img_size_option
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (≥ 17).")
+def export_command(checkpoint: Path, out: Path | None, img_size, opset: int) -> None:
+    """Export a checkpoint to ONNX (dynamic batch, fixed H×W), checked against PyTorch with ONNX Runtime."""
+    from ..checkpoint import load_checkpoint
+    from .build import parse_img_size
+    from .onnx import export_onnx
+
+    model, meta = load_checkpoint(checkpoint)
+    hw = parse_img_size(img_size) or meta.input_hw
+    out = out or Path(checkpoint) / "model.onnx"
+    if out.suffix.lower() != ".onnx":
+        raise RtsegError(f"--out {out} must be an .onnx file path; e.g. --out model.onnx")
+    _log(f"exporting {meta.model} at {hw[1]}x{hw[0]}, opset {opset}")
+    info = export_onnx(model, out, hw, opset=opset)
+    click.echo(f"{out}  opset {info['opset']}  max|onnx-torch| = {info['max_abs_diff']:.3g} (bound {info['tolerance']:.3g})")
+
+
+@click.command("calibrate", cls=_Command)
+@_ckpt_option
+@click.option("--calib-data", "calib_data", type=click.Path(path_type=Path), default=None,
+              help="Folder of representative images (or with images/); default: the checkpoint's training split.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy", show_default=True,
+              help="Range estimator for the activations.")
+@click.option("--num-images", type=int, default=None, help="Images to use (default 100; all when fewer).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Image-selection seed.")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Calibration folder (default calib/<model>-<method>-n<N>-s<seed>).")
+@_img_size_option
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--weight-bits", type=click.Choice(["7", "8"]), default=None,
+              help="Weight range: 8 (default) or 7 (avoids int16 saturation on AVX2-only CPUs).")
+@click.option("--percentile", type=float, default=99.999, show_default=True, help="For --method percentile.")
+@click.option("--trt-cache", is_flag=True, help="Also write calib.cache (TensorRT ≤ 10 calibration cache).")
+@click.option("--no-verify", is_flag=True, help="Skip the OpenVINO compile check (child process).")
+def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img_size, opset, weight_bits, percentile,
+                      trt_cache, no_verify) -> None:
+    """Calibrate INT8: write one Q/DQ ONNX for every backend and its calibration record."""
+    from .build import parse_img_size
+    from .calibrate import DEFAULT_NUM_IMAGES, calibrate_checkpoint
+
+    kw = {"weight_bits": int(weight_bits)} if weight_bits else {}
+    rec = calibrate_checkpoint(checkpoint, calib_data=calib_data, method=method,
+                               num_images=num_images or DEFAULT_NUM_IMAGES, seed=seed, out=out,
+                               img_size=parse_img_size(img_size), opset=opset, verify=not no_verify, trt_cache=trt_cache,
+                               percentile=percentile, log=_log, **kw)
+    click.echo(f"{rec['folder']}  {rec['num_images']} images  {method}  seed {seed}  qdq sha256 {rec['qdq_sha256'][:16]}")
+
+
+@click.command("build-engine", cls=_Command)
+@_ckpt_option
+@click.option("--backend", type=click.Choice(["openvino", "onnxruntime", "tensorrt"]), default="openvino", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Engine folder (default engines/<model>/<backend>-<precision>).")
+@_img_size_option
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--calib-data", "calib_data", type=click.Path(path_type=Path), default=None,
+              help="int8: folder of representative images; default the checkpoint's training split.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy", show_default=True)
+@click.option("--num-calib", type=int, default=None, help="int8: calibration images (default 100).")
+@click.option("--seed", type=int, default=0, show_default=True, help="int8: image-selection seed.")
+@click.option("--weight-bits", type=click.Choice(["7", "8"]), default=None, help="int8: weight range (default 8).")
+@click.option("--qdq-from", type=click.Path(path_type=Path), default=None,
+              help="int8: reuse the Q/DQ ONNX of a 'rtseg calibrate' folder instead of calibrating again.")
+@click.option("--min-batch", type=int, default=None, help="TensorRT profile: smallest batch.")
+@click.option("--opt-batch", type=int, default=None, help="TensorRT profile: batch to optimise for.")
+@click.option("--max-batch", type=int, default=None, help="TensorRT profile: largest batch.")
+@click.option("--workspace-mb", type=int, default=None, help="TensorRT builder workspace (MiB).")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="TensorRT timing cache file (read/written).")
+@click.option("--version-compatible", is_flag=True, default=None, help="TensorRT: version-compatible engine.")
+@click.option("--hardware-compatibility-level", type=click.Choice(["none", "ampere_plus", "same_compute_capability"]),
+              default=None, help="TensorRT hardware compatibility.")
+def build_engine_command(checkpoint, backend, precision, out, img_size, opset, calib_data, calib_method, num_calib, seed,
+                         weight_bits, qdq_from, min_batch, opt_batch, max_batch, workspace_mb, timing_cache,
+                         version_compatible, hardware_compatibility_level) -> None:
+    """Build an inference engine folder from a checkpoint."""
+    from .build import build_engine, parse_img_size
+
+    trt_opts = {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch, "workspace_mb": workspace_mb,
+                "timing_cache": timing_cache, "version_compatible": version_compatible,
+                "hardware_compatibility_level": hardware_compatibility_level}
+    given = [k for k, v in trt_opts.items() if v not in (None, False)]
+    if given and backend != "tensorrt":
+        raise RtsegError(f"--{given[0].replace('_', '-')} is a TensorRT option; pass --backend tensorrt or drop it")
+    folder = build_engine(checkpoint, backend=backend, precision=precision, out=out, calib_data=calib_data,
+                          calib_method=calib_method, num_calib=num_calib, seed=seed, img_size=parse_img_size(img_size), opset=opset,
+                          qdq_from=qdq_from, weight_bits=int(weight_bits) if weight_bits else None, log=_log, **trt_opts)
+    meta = json.loads((folder / "engine.json").read_text())
+    v = meta.get("verify") or {}
+    extra = ""
+    if "mask_agreement" in v:
+        extra = f"  vs PyTorch: max|Δlogit| {v['max_abs_diff']:.3g}, mask agreement {100 * v['mask_agreement']:.2f} %"
+    click.echo(f"{folder}  {backend} {precision}{extra}")

@@ -1,0 +1,436 @@
+"""Build TensorRT engines (fp32 / fp16 / int8) from rtseg's ONNX graphs.
+
+``build_tensorrt_engine`` turns the FP32 ONNX (fp32, fp16) or the calibrated Q/DQ ONNX (int8) into
+``model.engine`` with TensorRT's ONNX parser, one optimisation profile (dynamic batch, fixed
+3×H×W), a reusable timing cache and optional version/hardware compatibility. It returns the
+``engine.json`` entries it owns; ``rtseg.export.command`` writes the file (docs/internals.md).
+
+Precision per TensorRT major version (docs/architecture.md, "Why one quantized ONNX"):
+
+==========  =======================================  ==========================================
+precision   TensorRT 10                              TensorRT 11
+==========  =======================================  ==========================================
+fp32        FP32 ONNX, strongly typed, TF32 off      FP32 ONNX (strongly typed), TF32 off
+fp16        FP32 ONNX + ``BuilderFlag.FP16``         FP16 ONNX from :func:`fp16_onnx` (strongly typed)
+int8        Q/DQ ONNX, strongly typed                Q/DQ ONNX (strongly typed)
+==========  =======================================  ==========================================
+
+int8 uses a strongly typed network on both majors: NVIDIA's explicit-quantization guide says "Use
+explicit quantization with Strong Typing. Precision-control build flags are not required and should
+not be specified" (docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/quantized-types-explicit-quantization.html).
+Layers outside Q/DQ pairs then run in FP32, as in ONNX Runtime and OpenVINO.
+
+TensorRT API calls used here and where each was checked (search tool, docs corpus unless noted):
+
+* ``trt.Logger``, ``trt.Builder(logger)``, ``builder.create_network(flags)``,
+  ``builder.create_builder_config()``, ``trt.OnnxParser(network, logger)``, ``parser.parse(...)``,
+  ``builder.build_serialized_network(network, config)`` — TensorRT 10→11 Python migration page
+  (docs.nvidia.com/deeplearning/tensorrt/11.4.0/api/migration/tensorrt-10x-to-11x-python-api-patterns.html).
+* ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` — Python API "Builder" page (10.x: opt-in flag;
+  11.0: "[DEPRECATED] ... Strongly typed mode is always enabled ... ignored"), so on 11 we pass 0.
+* ``BuilderFlag.FP16`` / ``INT8`` removed in 11 — "Removed Python APIs and Replacements" (11.x).
+* ``OnnxParser.parse_from_file``, ``num_errors``, ``get_error`` — Python "Onnx Parser" page.
+* ``IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE, bytes)`` — MemoryPoolType
+  ``kWORKSPACE`` (C++ enum docs) and real use in NVIDIA/TensorRT samples (code corpus).
+* ``create_optimization_profile``, ``IOptimizationProfile.set_shape(name, min, opt, max)``,
+  ``add_optimization_profile`` — C++ IBuilder/IBuilderConfig member lists (10.15, 11.4) and code corpus.
+* ``create_timing_cache(bytes)``, ``set_timing_cache(cache, ignore_mismatch)``,
+  ``get_timing_cache().serialize()`` — IBuilderConfig member list (10.14, 11.4.1: createTimingCache)
+  and code corpus.
+* ``BuilderFlag.VERSION_COMPATIBLE`` — "Version Compatibility" page (10.16.1) shows
+  ``builder_config.set_flag(tensorrt.BuilderFlag.VERSION_COMPATIBLE)``; engines from 10 run on 11.
+* ``config.hardware_compatibility_level = HardwareCompatibilityLevel.AMPERE_PLUS`` /
+  ``SAME_COMPUTE_CAPABILITY`` — HardwareCompatibilityLevel enum (kNONE, kAMPERE_PLUS,
+  kSAME_COMPUTE_CAPABILITY) and IBuilderConfig getHardwareCompatibilityLevel (10.14, 11.4.1).
+* ``BuilderFlag.TF32`` ("Allow ... TF32 ... Enabled by default") — BuilderFlag enum, still present
+  in the 11.x flag list.
+
+No CUDA call is made through pycuda: the GPU name and compute capability come from
+``torch.cuda`` (the project's torch is a CUDA build).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import RtsegError
+
+ENGINE_FILE = "model.engine"
+FP16_ONNX_FILE = "model.fp16.onnx"
+PRECISIONS = ("fp32", "fp16", "int8")
+HARDWARE_LEVELS = ("none", "ampere_plus", "same_compute_capability")
+
+TRT_MISSING = ("TensorRT is not installed: pip install 'rtseg[tensorrt]' on a machine with an NVIDIA GPU; "
+               "on this machine build --backend openvino")
+
+
+# -- environment ----------------------------------------------------------------------------------
+def import_tensorrt():
+    """Import and return the ``tensorrt`` module.
+
+    Raises:
+        RtsegError: TensorRT is not importable (message: how to install it / what to use instead),
+            or its major version is below 10.
+    """
+    try:
+        import tensorrt as trt  # noqa: PLC0415 - lazy on purpose
+    except Exception:  # ImportError, or a broken install whose shared libraries do not load
+        raise RtsegError(TRT_MISSING) from None
+    if trt_major(trt.__version__) < 10:
+        raise RtsegError(f"TensorRT {trt.__version__} is too old; rtseg needs TensorRT 10 or 11: "
+                         f"pip install 'rtseg[tensorrt]'")
+    return trt
+
+
+def trt_major(version: str) -> int:
+    """Major version of a TensorRT version string (``"10.3.0.26"`` → 10)."""
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return 0
+
+
+def cuda_device_info(index: int | None = None) -> dict[str, Any]:
+    """The CUDA device TensorRT will use, as ``engine.json`` records it.
+
+    Returns:
+        ``{"type": "cuda", "index": int, "name": str, "compute_capability": "8.6",
+        "capabilities": ["sm_86", "fp16", "int8"], "memory_mb": int}``.
+
+    Raises:
+        RtsegError: no CUDA device is visible.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RtsegError("no CUDA device is available: TensorRT engines need an NVIDIA GPU with a working driver; "
+                         "on this machine build --backend openvino or --backend onnxruntime")
+    idx = torch.cuda.current_device() if index is None else int(index)
+    major, minor = torch.cuda.get_device_capability(idx)
+    props = torch.cuda.get_device_properties(idx)
+    caps = [f"sm_{major}{minor}"]
+    if (major, minor) >= (5, 3):
+        caps.append("fp16")
+    if (major, minor) >= (6, 1):
+        caps.append("int8")
+    return {"type": "cuda", "index": idx, "name": torch.cuda.get_device_name(idx),
+            "compute_capability": f"{major}.{minor}", "capabilities": caps,
+            "memory_mb": int(props.total_memory // (1 << 20))}
+
+
+# -- FP16 ONNX ------------------------------------------------------------------------------------
+def _toposort(graph) -> None:
+    """Sort ``graph.node`` topologically in place (the float16 converter appends its input casts)."""
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    nodes = list(graph.node)
+    ordered, pending = [], nodes
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in known for i in n.input):
+                ordered.append(n)
+                known.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):  # a cycle or an input from an outer scope: keep the rest as is
+            ordered.extend(rest)
+            break
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def fp16_onnx(onnx_in: str | Path, onnx_out: str | Path, *, keep_io_types: bool = True,
+              op_block_list: list[str] | None = None) -> Path:
+    """Convert an FP32 ONNX to FP16 weights and activations, keeping float32 I/O.
+
+    This is the FP16 source for TensorRT 11's strongly typed networks (TensorRT 11 removed
+    ``BuilderFlag.FP16``; NVIDIA's migration guide converts the ONNX before the build with
+    ``keep_io_types=True``). The conversion is ONNX Runtime's ``onnxruntime.transformers.float16``
+    (the same code as ``onnxconverter_common.float16``; onnxruntime is already a dependency):
+    initializers and activations become float16, ``Cast`` nodes are inserted at the float32 graph
+    inputs/outputs, ops in ONNX Runtime's default block list plus ``LayerNormalization`` stay
+    float32 (variance overflow in FP16). The result is sorted topologically and checked with
+    ``onnx.checker``.
+
+    Args:
+        onnx_in: FP32 ONNX path (no Q/DQ nodes).
+        onnx_out: where to write the FP16 ONNX.
+        keep_io_types: keep graph inputs/outputs float32 (default).
+        op_block_list: op types to keep in float32 (default: ORT's list + LayerNormalization).
+
+    Returns:
+        ``Path(onnx_out)``.
+
+    Raises:
+        RtsegError: unreadable input, or a Q/DQ graph (INT8 engines are built from the Q/DQ ONNX as is).
+    """
+    import onnx
+
+    from .trt_onnx_check import has_qdq
+
+    try:
+        model = onnx.load(str(onnx_in))
+    except Exception as e:
+        raise RtsegError(f"cannot read {onnx_in} ({e}); re-export with 'rtseg export'") from None
+    if has_qdq(model):
+        raise RtsegError(f"{onnx_in} is a Q/DQ (INT8) graph; FP16 conversion needs the FP32 ONNX (model.onnx)")
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    block = list(DEFAULT_OP_BLOCK_LIST) + ["LayerNormalization"] if op_block_list is None else list(op_block_list)
+    m16 = convert_float_to_float16(model, keep_io_types=keep_io_types, op_block_list=block)
+    _toposort(m16.graph)
+    onnx.checker.check_model(m16)
+    out = Path(onnx_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    onnx.save(m16, str(tmp))
+    os.replace(tmp, out)
+    return out
+
+
+# -- build ----------------------------------------------------------------------------------------
+def _validate(precision, input_hw, min_batch, opt_batch, max_batch, workspace_mb, hardware_compatibility_level):
+    if precision not in PRECISIONS:
+        raise RtsegError(f"TensorRT precision {precision!r} is not one of {', '.join(PRECISIONS)}; pass --precision fp16")
+    try:
+        h, w = (int(v) for v in input_hw)
+    except (TypeError, ValueError):
+        raise RtsegError(f"input size {input_hw!r} is not (H, W); pass --img-size HxW") from None
+    if h <= 0 or w <= 0:
+        raise RtsegError(f"input size {h}x{w} must be positive; pass --img-size HxW")
+    if not (1 <= int(min_batch) <= int(opt_batch) <= int(max_batch)):
+        raise RtsegError(f"batch profile min={min_batch} opt={opt_batch} max={max_batch} must satisfy "
+                         f"1 <= min <= opt <= max; fix --min-batch/--opt-batch/--max-batch")
+    if int(workspace_mb) <= 0:
+        raise RtsegError(f"workspace of {workspace_mb} MiB must be positive; pass --workspace-mb 4096")
+    level = "none" if hardware_compatibility_level in (None, "") else str(hardware_compatibility_level).lower().replace("-", "_")
+    if level not in HARDWARE_LEVELS:
+        raise RtsegError(f"hardware compatibility level {hardware_compatibility_level!r} is not one of "
+                         f"{', '.join(HARDWARE_LEVELS)}; fix --hardware-compatibility-level")
+    return (h, w), level
+
+
+def _preflight(onnx_path: Path, precision: str, hw: tuple[int, int], batches: tuple[int, int, int]):
+    """TensorRT-free checks of the ONNX (operators, static dims, Q/DQ layout)."""
+    import onnx
+
+    from .trt_onnx_check import has_qdq, non_batch_dynamic_dims, qdq_placement_issues, unsupported_ops
+
+    if not onnx_path.is_file():
+        raise RtsegError(f"ONNX file {onnx_path} does not exist; run 'rtseg export' (or 'rtseg calibrate' for int8) first")
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    bad = unsupported_ops(model)
+    if bad:
+        raise RtsegError(f"{onnx_path.name} uses operators TensorRT's ONNX parser does not support: {', '.join(bad[:8])}; "
+                         f"change the model or use --backend openvino/onnxruntime")
+    # inputs only: output dims computed through shape ops (a final Resize) may be declared
+    # symbolic although TensorRT resolves them; the runtime reads them from the context
+    dyn = [p for p in non_batch_dynamic_dims(model) if p.startswith("input")]
+    if dyn:
+        raise RtsegError(f"{onnx_path.name}: {dyn[0]}; TensorRT engines need a fixed C×H×W — re-export with only the batch dynamic")
+    inp = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    if len(inp) != 1:
+        raise RtsegError(f"{onnx_path.name} has {len(inp)} inputs; rtseg engines take one image tensor — re-export the model")
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in inp[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or dims[1] != 3 or tuple(dims[2:]) != tuple(hw):
+        raise RtsegError(f"{onnx_path.name} input is {dims}, not [N, 3, {hw[0]}, {hw[1]}]; re-export at --img-size {hw[1]}x{hw[0]}")
+    if dims[0] > 0 and set(batches) != {dims[0]}:
+        raise RtsegError(f"{onnx_path.name} has a fixed batch of {dims[0]}; re-export with a dynamic batch ('rtseg export')")
+    qdq = has_qdq(model)
+    if precision == "int8":
+        if not qdq:
+            raise RtsegError(f"{onnx_path.name} has no Q/DQ nodes; INT8 engines are built from the calibrated model.qdq.onnx "
+                             f"— run 'rtseg calibrate' first")
+        issues = qdq_placement_issues(model)
+        if issues:
+            more = f" (+{len(issues) - 1} more)" if len(issues) > 1 else ""
+            raise RtsegError(f"{onnx_path.name} is not quantized the way TensorRT expects: {issues[0]}{more}; "
+                             f"re-run 'rtseg calibrate'")
+    elif qdq:
+        raise RtsegError(f"{onnx_path.name} is a Q/DQ graph; {precision} engines are built from the FP32 model.onnx")
+    return inp[0].name
+
+
+def _atomic_write(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _dims_list(dims) -> list[int]:
+    return [int(d) for d in dims]
+
+
+def build_tensorrt_engine(onnx_path: str | Path, out_dir: str | Path, precision: str, *,
+                          input_hw: tuple[int, int], min_batch: int = 1, opt_batch: int = 1, max_batch: int = 8,
+                          workspace_mb: int = 4096, timing_cache: str | Path | None = None,
+                          version_compatible: bool = False, hardware_compatibility_level: str | None = None,
+                          fp16_onnx_path: str | Path | None = None, builder_optimization_level: int | None = None,
+                          verbose: bool = False) -> dict[str, Any]:
+    """Build ``out_dir/model.engine`` from an ONNX graph.
+
+    Args:
+        onnx_path: the FP32 ``model.onnx`` (fp32, fp16) or the calibrated ``model.qdq.onnx`` (int8);
+            input ``float32[N, 3, H, W]`` with only N dynamic.
+        out_dir: engine folder (created). Receives ``model.engine`` and, for FP16 on TensorRT 11,
+            ``model.fp16.onnx``.
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (see the module table).
+        input_hw: (H, W) in pixels; must equal the ONNX input's H and W.
+        min_batch, opt_batch, max_batch: the batch optimisation profile (1 ≤ min ≤ opt ≤ max).
+        workspace_mb: ``MemoryPoolType.WORKSPACE`` limit in MiB.
+        timing_cache: path of a TensorRT timing cache, read if present and written back after the
+            build (reused across builds of any model on the same GPU/TensorRT version).
+        version_compatible: set ``BuilderFlag.VERSION_COMPATIBLE`` (engine also runs on later
+            TensorRT versions; may be slower; loading then allows the embedded lean runtime).
+        hardware_compatibility_level: ``None``/``"none"``, ``"ampere_plus"`` or
+            ``"same_compute_capability"`` (TensorRT ≥ 10 enum members).
+        fp16_onnx_path: an FP16 ONNX to use for ``precision="fp16"``; it is then built strongly
+            typed on TensorRT 10 as well. Default on TensorRT 11: converted with :func:`fp16_onnx`.
+        builder_optimization_level: ``IBuilderConfig.builder_optimization_level`` (0-5), default
+            TensorRT's (3).
+        verbose: TensorRT log level VERBOSE instead of WARNING.
+
+    Returns:
+        The ``engine.json`` entries this builder owns::
+
+            {"backend": "tensorrt", "backend_version": "10.x.y", "precision": ...,
+             "device": {"type": "cuda", "name": ..., "compute_capability": "8.6", ...},
+             "engine_file": "model.engine",
+             "input": {"name", "shape": [-1, 3, H, W], "dtype": "float32", "layout": "NCHW"},
+             "output": {"name", "shape": [-1, C, H, W], "dtype": "float32"},
+             "batch": {"min", "opt", "max"},
+             "build": {"trt_major", "strongly_typed", "network_onnx", "workspace_mb", "timing_cache",
+                       "version_compatible", "hardware_compatibility_level", "tf32", "seconds", ...}}
+
+    Raises:
+        RtsegError: invalid options; TensorRT not installed or older than 10; no CUDA device; an
+            ONNX that fails the pre-flight checks (unsupported operators, dynamic H/W, Q/DQ layout,
+            wrong input size); a parser error; a failed build (message includes the first parser
+            error or the hint to raise the workspace).
+    """
+    hw, level = _validate(precision, input_hw, min_batch, opt_batch, max_batch, workspace_mb,
+                          hardware_compatibility_level)
+    min_batch, opt_batch, max_batch = int(min_batch), int(opt_batch), int(max_batch)
+    onnx_path = Path(onnx_path)
+    out_dir = Path(out_dir)
+
+    trt = import_tensorrt()
+    device = cuda_device_info()
+    major = trt_major(trt.__version__)
+    input_name = _preflight(onnx_path, precision, hw, (min_batch, opt_batch, max_batch))
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # which graph, which typing
+    network_onnx = onnx_path
+    strongly_typed = True
+    use_fp16_flag = False
+    if precision == "fp16":
+        if fp16_onnx_path is not None:
+            network_onnx = Path(fp16_onnx_path)
+            if not network_onnx.is_file():
+                raise RtsegError(f"FP16 ONNX {network_onnx} does not exist; omit it to convert model.onnx automatically")
+        elif major >= 11:
+            network_onnx = fp16_onnx(onnx_path, out_dir / FP16_ONNX_FILE)
+        else:
+            strongly_typed, use_fp16_flag = False, True
+    # fp32 and int8: strongly typed on both majors (weak typing is deprecated since 10.12)
+
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if strongly_typed and major < 11:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(network_onnx)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        first = " ".join(errors[0].split()) if errors else "no parser error recorded"
+        raise RtsegError(f"TensorRT {trt.__version__} could not parse {network_onnx.name}: {first}; "
+                         f"check the operator list (rtseg.export.trt_onnx_check) or use --backend onnxruntime")
+    if network.num_inputs != 1:
+        raise RtsegError(f"{network_onnx.name} parsed to {network.num_inputs} inputs; rtseg engines take one image tensor")
+    inp = network.get_input(0)
+    out = network.get_output(0)
+    in_shape, out_shape = _dims_list(inp.shape), _dims_list(out.shape)
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    if use_fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+    tf32 = False
+    if hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # "fp32" means FP32 math; TF32 is on by default
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if level != "none":
+        enum_name = level.upper()
+        hcl = getattr(trt, "HardwareCompatibilityLevel", None)
+        if hcl is None or not hasattr(hcl, enum_name):
+            raise RtsegError(f"TensorRT {trt.__version__} has no hardware compatibility level {level}; "
+                             f"upgrade TensorRT or drop --hardware-compatibility-level")
+        config.hardware_compatibility_level = getattr(hcl, enum_name)
+    if builder_optimization_level is not None:
+        config.builder_optimization_level = int(builder_optimization_level)
+
+    profile = builder.create_optimization_profile()
+    c = in_shape[1]
+    profile.set_shape(inp.name, (min_batch, c, *hw), (opt_batch, c, *hw), (max_batch, c, *hw))
+    config.add_optimization_profile(profile)
+
+    cache_path = Path(timing_cache) if timing_cache else None
+    if cache_path is not None:
+        blob = cache_path.read_bytes() if cache_path.is_file() else b""
+        cache = config.create_timing_cache(blob)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+
+    t0 = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - t0
+    if plan is None:
+        raise RtsegError(f"TensorRT {trt.__version__} failed to build the {precision} engine from {network_onnx.name} "
+                         f"(see the TensorRT log above); try a larger --workspace-mb or --verbose")
+    _atomic_write(out_dir / ENGINE_FILE, memoryview(plan))
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(cache_path, memoryview(config.get_timing_cache().serialize()))
+
+    def _dtype(t) -> str:
+        return {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "UINT8": "uint8",
+                "BOOL": "bool", "BF16": "bfloat16", "INT64": "int64"}.get(str(t.dtype).split(".")[-1], str(t.dtype))
+
+    return {
+        "backend": "tensorrt",
+        "backend_version": str(trt.__version__),
+        "precision": precision,
+        "device": device,
+        "engine_file": ENGINE_FILE,
+        "input": {"name": inp.name, "shape": [-1, c, *hw], "dtype": _dtype(inp), "layout": "NCHW"},
+        "output": {"name": out.name, "shape": [-1, *out_shape[1:]], "dtype": _dtype(out)},
+        "batch": {"min": min_batch, "opt": opt_batch, "max": max_batch},
+        "build": {
+            "trt_major": major,
+            "strongly_typed": bool(strongly_typed or major >= 11),
+            "fp16_flag": use_fp16_flag,
+            "network_onnx": network_onnx.name if network_onnx.parent == out_dir else str(network_onnx),
+            "source_onnx": onnx_path.name if onnx_path.parent == out_dir else str(onnx_path),
+            "onnx_input": input_name,
+            "workspace_mb": int(workspace_mb),
+            "timing_cache": str(cache_path) if cache_path else None,
+            "version_compatible": bool(version_compatible),
+            "hardware_compatibility_level": level,
+            "builder_optimization_level": builder_optimization_level,
+            "tf32": tf32,
+            "seconds": round(seconds, 2),
+        },
+    }
+
+
+__all__ = ["ENGINE_FILE", "FP16_ONNX_FILE", "HARDWARE_LEVELS", "PRECISIONS", "TRT_MISSING", "build_tensorrt_engine",
+           "cuda_device_info", "fp16_onnx", "import_tensorrt", "trt_major"]

@@ -1,0 +1,134 @@
+"""ONNX Runtime backend (CPUExecutionProvider): runs ``model.ort.onnx`` of an engine folder.
+
+docs/internals.md "Engine folder" and "Backend". ``model.ort.onnx`` is the FP32 ONNX (fp32) or the
+Q/DQ ONNX (int8) after ONNX Runtime's *extended* graph optimisations, saved at build time (portable
+across x86 CPUs; the hardware-specific layout optimisations run at load time, level ALL).
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import RtsegError
+from .base import Backend
+
+PRECISIONS = ("fp32", "int8")
+_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile",
+              "asimd", "sve")
+
+
+def onnxruntime_version() -> str:
+    """Installed ONNX Runtime version, e.g. ``"1.32.0"``."""
+    import onnxruntime as ort
+
+    return ort.__version__
+
+
+def cpu_device_info() -> dict[str, Any]:
+    """``{"type": "cpu", "name": model name, "capabilities": [ISA flags relevant to inference]}``
+    read from ``/proc/cpuinfo`` (Linux) or :mod:`platform` elsewhere."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            key = key.strip()
+            if key == "model name" and name in ("", platform.machine(), platform.processor()):
+                name = val.strip()
+            elif key in ("flags", "Features"):
+                flags = set(val.split())
+                break
+    except OSError:
+        pass
+    return {"type": "cpu", "name": name, "capabilities": sorted(f for f in _CPU_FLAGS if f in flags)}
+
+
+def make_session(path: str | Path, num_threads: int | None = None, level: str = "all",
+                 optimized_model_filepath: str | Path | None = None):
+    """An ``onnxruntime.InferenceSession`` on the CPU provider.
+
+    Args:
+        path: ONNX file.
+        num_threads: intra-op threads (``None`` = ORT default, all physical cores).
+        level: graph optimisation ``"disable" | "basic" | "extended" | "all"``.
+        optimized_model_filepath: if given, ORT writes the optimised graph there.
+    """
+    import onnxruntime as ort
+
+    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    so = ort.SessionOptions()
+    so.graph_optimization_level = levels[level]
+    so.log_severity_level = 3
+    if num_threads:
+        so.intra_op_num_threads = int(num_threads)
+        so.inter_op_num_threads = 1
+    if optimized_model_filepath is not None:
+        so.optimized_model_filepath = str(optimized_model_filepath)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class ORTBackend(Backend):
+    """ONNX Runtime inference on an engine folder (``engine.json`` ``backend == "onnxruntime"``).
+
+    Args:
+        folder: the engine folder.
+        meta: its ``engine.json``.
+        num_threads: intra-op threads (``None`` = ORT default).
+        check_version: refuse an engine built with another ONNX Runtime version (default True).
+
+    ``infer(float32[N, 3, H, W]) -> float32[N, C, H, W]``; ``infer_u8`` normalises with NumPy
+    (:meth:`Backend.normalize`) and calls :meth:`infer`.
+
+    Raises:
+        RtsegError: another backend's folder, another ONNX Runtime version, or a missing engine
+            file (each with a rebuild hint).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, folder: str | Path, meta: dict, num_threads: int | None = None, check_version: bool = True,
+                 **_: Any):
+        folder = Path(folder)
+        rebuild = f"rebuild it with 'rtseg build-engine --checkpoint CKPT --backend onnxruntime --precision {meta.get('precision', 'fp32')}'"
+        if meta.get("backend") != "onnxruntime":
+            raise RtsegError(f"{folder} is a {meta.get('backend')} engine, not onnxruntime; {rebuild}")
+        if meta.get("format") != "rtseg-engine/1":
+            raise RtsegError(f"{folder}/engine.json has format {meta.get('format')!r}, expected 'rtseg-engine/1'; {rebuild}")
+        here = onnxruntime_version()
+        if check_version and meta.get("backend_version") != here:
+            raise RtsegError(f"{folder} was built with ONNX Runtime {meta.get('backend_version')} but {here} is installed; {rebuild}")
+        precision = meta.get("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise RtsegError(f"{folder}: ONNX Runtime engines are fp32 or int8, not {precision!r}; {rebuild}")
+        path = folder / meta.get("engine_file", "model.ort.onnx")
+        if not path.is_file():
+            raise RtsegError(f"{folder} lacks its engine file {path.name}; {rebuild}")
+        model_meta = meta.get("model") or {}
+        hw = meta["input"]["shape"][2:4]
+        super().__init__(precision=precision, input_hw=(hw[0], hw[1]), num_classes=int(meta["output"]["shape"][1]),
+                         mean=tuple(model_meta.get("mean", (0.485, 0.456, 0.406))),
+                         std=tuple(model_meta.get("std", (0.229, 0.224, 0.225))),
+                         meta=meta, folder=folder, max_batch=(meta.get("batch") or {}).get("max"))
+        try:
+            self._session = make_session(path, num_threads, level="all")
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise RtsegError(f"ONNX Runtime cannot load {path} ({str(e).strip().splitlines()[0]}); {rebuild}") from None
+        self._in = self._session.get_inputs()[0].name
+        self._out = self._session.get_outputs()[0].name
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """``float32[N, 3, H, W]`` normalised RGB → logits ``float32[N, C, H, W]``.
+
+        Raises:
+            RtsegError: wrong shape for this engine.
+        """
+        self.check_nchw(batch)
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        return self._session.run([self._out], {self._in: x})[0]  # InferenceSession.run is thread-safe
+
+    def close(self) -> None:
+        self._session = None
