@@ -162,6 +162,17 @@ def export_onnx(model, path: str | Path, input_hw: tuple[int, int] | list[int], 
 
     proto = onnx.load_from_string(buf.getvalue())
     inline_identity_initializers(proto)
+    # Static everything but batch: some graphs (ContraFusionNet's final Resize takes its sizes from
+    # Shape ops) leave C/H/W symbolic in graph.output; stamp them from the PyTorch output so every
+    # consumer (TensorRT profiles, OpenVINO reshape, our own checks) sees [batch, C, H, W].
+    out_dims = proto.graph.output[0].type.tensor_type.shape.dim
+    for k, size in enumerate(reference.shape):
+        if k == 0:
+            out_dims[0].ClearField("dim_value")
+            out_dims[0].dim_param = "batch"
+        else:
+            out_dims[k].ClearField("dim_param")
+            out_dims[k].dim_value = int(size)
     proto.producer_name = "rtseg"
     from .. import __version__
 
