@@ -68,7 +68,8 @@ class ModelMeta:
         return cls(**known)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data) -> None:
+    """Write ``data`` (bytes-like) to ``path`` via a temporary file, fsync and ``os.replace``."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -79,7 +80,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
-    _atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, meta: ModelMeta) -> Path:
@@ -93,7 +94,7 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, meta: ModelMeta)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     # safetensors refuses shared storage; state_dict tensors of our models are distinct
-    _atomic_write_bytes(folder / WEIGHTS, save(state, metadata={"format": FORMAT, "model": meta.model}))
+    atomic_write_bytes(folder / WEIGHTS, save(state, metadata={"format": FORMAT, "model": meta.model}))
     write_json(folder / META, meta.to_dict())
     return folder
 

@@ -68,20 +68,34 @@ def find_pairs(root: str | Path) -> list[Sample]:
     if not mask_dir.is_dir():
         raise RtsegError(f"{root} has no masks/ folder; add the label masks as {root}/masks/<same name as the image> "
                          f"(or use an unlabelled image folder only where no labels are needed)")
-    images = {p.stem: p for p in _list_images(img_dir)}
-    if not images:
+    if not _list_images(img_dir):
         raise RtsegError(f"{img_dir} holds no images ({', '.join(IMAGE_EXTS)}); check the path")
+    return pair_folder(img_dir, mask_dir)
+
+
+def _listing(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (" ..." if len(names) > n else "")
+
+
+def pair_folder(img_dir: Path, mask_dir: Path, prefix: str = "") -> list[Sample]:
+    """Pair ``img_dir/X.*`` with ``mask_dir/X[_mask].*`` by stem; stems get ``prefix``.
+
+    Raises:
+        RtsegError: unpaired files (the message lists them).
+    """
+    images = {p.stem: p for p in _list_images(img_dir)}
     masks = {_mask_stem(p.stem): p for p in _list_images(mask_dir)}
     no_mask = sorted(set(images) - set(masks))
     no_image = sorted(set(masks) - set(images))
     if no_mask or no_image:
         parts = []
         if no_mask:
-            parts.append(f"{len(no_mask)} image(s) without a mask: {', '.join(no_mask[:5])}{' ...' if len(no_mask) > 5 else ''}")
+            parts.append(f"{len(no_mask)} image(s) without a mask: {_listing(no_mask)}")
         if no_image:
-            parts.append(f"{len(no_image)} mask(s) without an image: {', '.join(no_image[:5])}{' ...' if len(no_image) > 5 else ''}")
-        raise RtsegError(f"unpaired files in {root}: {'; '.join(parts)} — images/X.* must pair with masks/X.* (or X_mask.*); remove or add the missing files")
-    return [Sample(s, images[s], masks[s]) for s in sorted(images)]
+            parts.append(f"{len(no_image)} mask(s) without an image: {_listing(no_image)}")
+        raise RtsegError(f"unpaired files in {img_dir} / {mask_dir}: {'; '.join(parts)} — "
+                         f"every image X.* needs a mask X.* (or X_mask.*); remove or add the missing files")
+    return [Sample(prefix + s, images[s], masks[s]) for s in sorted(images)]
 
 
 def stem_key(stem: str) -> str:

@@ -45,7 +45,7 @@ import cv2
 import numpy as np
 
 from ..errors import RtsegError
-from .folder import IMAGE_EXTS, MASK_SUFFIXES, Sample, find_pairs, read_image, read_mask, split_samples, stem_key
+from .folder import IMAGE_EXTS, MASK_SUFFIXES, Sample, find_pairs, pair_folder, read_image, read_mask, split_samples, stem_key
 
 __all__ = ["LabelSpec", "DataFormat", "PolypFormat", "CityscapesFormat", "CocoFormat", "FsocoFormat", "CamVidFormat",
            "FORMATS", "get_format", "detect_format", "CITYSCAPES_LABELID_TO_TRAINID", "CITYSCAPES_LUT", "CAMVID_LUT"]
@@ -130,20 +130,8 @@ def _listing(names: list[str], n: int = 5) -> str:
 
 
 def _pair_folder(img_dir: Path, mask_dir: Path, prefix: str = "") -> list[Sample]:
-    """Pair ``img_dir/X.*`` with ``mask_dir/X[_mask].*`` by stem; stems get ``prefix``. Unpaired → RtsegError."""
-    images = {p.stem: p for p in _images_in(img_dir)}
-    masks = {_strip_mask_suffix(p.stem): p for p in _images_in(mask_dir)}
-    no_mask = sorted(set(images) - set(masks))
-    no_image = sorted(set(masks) - set(images))
-    if no_mask or no_image:
-        parts = []
-        if no_mask:
-            parts.append(f"{len(no_mask)} image(s) without a mask: {_listing(no_mask)}")
-        if no_image:
-            parts.append(f"{len(no_image)} mask(s) without an image: {_listing(no_image)}")
-        raise RtsegError(f"unpaired files in {img_dir} / {mask_dir}: {'; '.join(parts)} — "
-                         f"every image X.* needs a mask X.* (or X_mask.*); remove or add the missing files")
-    return [Sample(prefix + s, images[s], masks[s]) for s in sorted(images)]
+    """Pair ``img_dir/X.*`` with ``mask_dir/X[_mask].*`` (:func:`rtseg.data.folder.pair_folder`)."""
+    return pair_folder(img_dir, mask_dir, prefix)
 
 
 def _check_same_size(img: np.ndarray, lab: np.ndarray, what: str) -> None:

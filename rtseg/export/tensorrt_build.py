@@ -256,12 +256,9 @@ def _preflight(onnx_path: Path, precision: str, hw: tuple[int, int], batches: tu
 
 
 def _atomic_write(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from ..checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
 
 
 def _dims_list(dims) -> list[int]:

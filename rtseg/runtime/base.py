@@ -120,3 +120,22 @@ def logits_to_mask(logits: np.ndarray) -> np.ndarray:
     if logits.shape[1] == 1:
         return (logits[:, 0] > 0).astype(np.uint8)
     return logits.argmax(axis=1).astype(np.uint8)
+
+
+def check_engine_header(folder: Path, meta: dict, backend: str, label: str, here_version: str,
+                        check_version: bool = True) -> str:
+    """Check ``engine.json``'s backend, format and backend version against the running one.
+
+    Returns the rebuild hint used in the messages.
+
+    Raises:
+        RtsegError: another backend, another engine format, or another backend version.
+    """
+    rebuild = f"rebuild it with 'rtseg build-engine --checkpoint CKPT --backend {backend} --precision {meta.get('precision', 'fp32')}'"
+    if meta.get("backend") != backend:
+        raise RtsegError(f"{folder} is a {meta.get('backend')} engine, not {backend}; {rebuild}")
+    if meta.get("format") != "rtseg-engine/1":
+        raise RtsegError(f"{folder}/engine.json has format {meta.get('format')!r}, expected 'rtseg-engine/1'; {rebuild}")
+    if check_version and meta.get("backend_version") != here_version:
+        raise RtsegError(f"{folder} was built with {label} {meta.get('backend_version')} but {here_version} is installed; {rebuild}")
+    return rebuild

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RtsegError
-from .base import Backend
+from .base import Backend, check_engine_header
 
 PRECISIONS = ("fp32", "int8")
 _CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile",
@@ -93,14 +93,7 @@ class ORTBackend(Backend):
     def __init__(self, folder: str | Path, meta: dict, num_threads: int | None = None, check_version: bool = True,
                  **_: Any):
         folder = Path(folder)
-        rebuild = f"rebuild it with 'rtseg build-engine --checkpoint CKPT --backend onnxruntime --precision {meta.get('precision', 'fp32')}'"
-        if meta.get("backend") != "onnxruntime":
-            raise RtsegError(f"{folder} is a {meta.get('backend')} engine, not onnxruntime; {rebuild}")
-        if meta.get("format") != "rtseg-engine/1":
-            raise RtsegError(f"{folder}/engine.json has format {meta.get('format')!r}, expected 'rtseg-engine/1'; {rebuild}")
-        here = onnxruntime_version()
-        if check_version and meta.get("backend_version") != here:
-            raise RtsegError(f"{folder} was built with ONNX Runtime {meta.get('backend_version')} but {here} is installed; {rebuild}")
+        rebuild = check_engine_header(folder, meta, "onnxruntime", "ONNX Runtime", onnxruntime_version(), check_version)
         precision = meta.get("precision", "fp32")
         if precision not in PRECISIONS:
             raise RtsegError(f"{folder}: ONNX Runtime engines are fp32 or int8, not {precision!r}; {rebuild}")

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RtsegError
-from .base import Backend
+from .base import Backend, check_engine_header
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
@@ -100,14 +100,7 @@ class OpenVINOBackend(Backend):
         import openvino as ov
 
         folder = Path(folder)
-        rebuild = f"rebuild it with 'rtseg build-engine --checkpoint CKPT --backend openvino --precision {meta.get('precision', 'fp32')}'"
-        if meta.get("backend") != "openvino":
-            raise RtsegError(f"{folder} is a {meta.get('backend')} engine, not openvino; {rebuild}")
-        if meta.get("format") != "rtseg-engine/1":
-            raise RtsegError(f"{folder}/engine.json has format {meta.get('format')!r}, expected 'rtseg-engine/1'; {rebuild}")
-        here = openvino_version()
-        if check_version and meta.get("backend_version") != here:
-            raise RtsegError(f"{folder} was built with OpenVINO {meta.get('backend_version')} but {here} is installed; {rebuild}")
+        rebuild = check_engine_header(folder, meta, "openvino", "OpenVINO", openvino_version(), check_version)
         precision = meta.get("precision", "fp32")
         self._core = ov.Core()
         caps = openvino_device_info(device, self._core)["capabilities"]
