@@ -35,3 +35,13 @@ def test_resume_continues_from_last_epoch(tmp_path, kvasir):
     s = train(TrainConfig(**{**_cfg(kvasir, out, epochs=3).__dict__, "resume": True}), log=logs.append)
     assert any("resumed from epoch 2" in line for line in logs)
     assert [h["epoch"] for h in s["history"]] == [1, 2, 3]
+
+
+def test_multiclass_non_square_training_on_camvid(tmp_path, shared_data):
+    """CamVid class-index masks, void ignored, H != W with augmentation (no 90° rotations)."""
+    s = train(TrainConfig(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, data=str(shared_data / "camvid-val"),
+                          data_format="camvid", out=str(tmp_path / "cv"), img_size=(32, 48), epochs=1, batch_size=8,
+                          max_images=24, threads=1, progress=False), log=lambda *a: None)
+    assert 0 <= s["val"]["miou"] <= 1 and len(s["val"]["per_class_iou"]) == 11
+    _, meta = load_checkpoint(tmp_path / "cv")
+    assert meta.task == "multiclass" and meta.ignore_index == 255 and meta.num_classes == 11

@@ -21,14 +21,15 @@ from .folder import Sample, read_image, read_mask
 from .transforms import compute_geometry, normalize, place
 
 
-def default_augmentation(ignore_value: int = 0):
-    """Flips, 90° rotations, a mild affine and colour jitter (albumentations)."""
+def default_augmentation(ignore_value: int = 0, square: bool = True):
+    """Flips, 90° rotations (square inputs only: they would swap H and W), a mild affine and
+    colour jitter (albumentations)."""
     import albumentations as A
 
     return A.Compose([
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),
-        A.RandomRotate90(p=0.5),
+        *([A.RandomRotate90(p=0.5)] if square else []),
         A.Affine(scale=(0.85, 1.15), translate_percent=(-0.06, 0.06), rotate=(-20, 20), p=0.5,
                  border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_value),
         A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),

@@ -295,7 +295,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     log(f"data: {cfg.data} ({fmt.name}) train {len(parts['train'])} / val {len(parts['val'])} / test {len(parts['test'])} images")
 
     ignore = labels.ignore_index if labels.ignore_index is not None else 255
-    aug = default_augmentation(0 if binary else ignore) if cfg.augment else None
+    aug = default_augmentation(0 if binary else ignore, square=H == W) if cfg.augment else None
     common = dict(input_hw=(H, W), mean=mean, std=std, resize=cfg.resize, binary=binary, reader=fmt.read,
                   ignore_index=ignore)
     train_ds = SegmentationDataset(parts["train"], augment=aug, **common)
@@ -341,7 +341,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         best_es = st["best_es"]
         log(f"resumed from epoch {start_epoch} (best {best:.4f} at epoch {best_epoch})")
 
-    log(f"model: {cfg.model} {sum(p.numel() for p in model.parameters()):,} params, input {W}x{H}, loss {loss_name}, "
+    log(f"model: {cfg.model} {sum(p.numel() for p in model.parameters()):,} params, input {W}x{H} (WxH), loss {loss_name}, "
         f"{cfg.optimizer} lr {cfg.lr:g} + {cfg.scheduler}, {'bf16 autocast' if use_bf16 else 'fp32'}, channels_last, "
         f"{torch.get_num_threads()} threads{f', {world} processes (DDP)' if world > 1 else ''}")
     stop_reason = "epochs"
