@@ -202,7 +202,9 @@ def test_udp_mpegts_source_from_a_real_sender(tmp_path, backend, sender, net_cli
     src = rep.sources[0]
     assert src.live and "no data" in (src.error or "") and any("no data" in m for m in logs)
     assert src.frames + src.drops == 50  # every frame sent was received: written or counted as dropped
-    assert src.frames >= 25
+    # how many are dropped depends on the machine's load (dropping under backpressure is the point of
+    # a live source); that frames flowed at all is what this test needs
+    assert src.frames >= 5
     pts, frames, info = decode_video(out, fmt=None)
     assert len(frames) == src.frames and (info["width"], info["height"]) == (320, 180)
     t = np.array(video_pts_seconds(out))
