@@ -221,6 +221,9 @@ def _plot_curves(history: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     ax[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train loss")
     ax[0].plot(ep, [h["val_loss"] for h in history], "o-", label="val loss")
+    losses = [v for h in history for v in (h["train_loss"], h["val_loss"]) if np.isfinite(v) and v > 0]
+    if losses and max(losses) / min(losses) > 100:  # an early eval-mode spike would flatten the curve
+        ax[0].set_yscale("log")
     ax[0].set_xlabel("epoch"), ax[0].set_ylabel("loss"), ax[0].legend(), ax[0].grid(alpha=0.3)
     for k, c in (("val_dice", "C2"), ("val_iou", "C3"), ("val_miou", "C2"), ("val_pixel_accuracy", "C4")):
         if k in history[0]:
