@@ -269,7 +269,6 @@ def test_cityscapes_fixture(tmp_path):
 # ------------------------------------------------------------------------------------------------ COCO
 
 def test_coco_fixture(tmp_path, kvasir):
-    pytest.importorskip("pycocotools")
     from pycocotools import mask as mask_utils
 
     H, W = 48, 64

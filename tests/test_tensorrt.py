@@ -432,8 +432,6 @@ def test_build_validates_options_before_anything_else(eunet_onnx, tmp_path):
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
 def test_cli_build_engine_tensorrt_exits_2(tmp_path, capsys):
-    if importlib.util.find_spec("rtseg.export.command") is None:
-        pytest.skip("rtseg.export.command (build-engine) is not written yet")
     from rtseg.checkpoint import ModelMeta, save_checkpoint
     from rtseg.cli import main
 

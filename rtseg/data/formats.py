@@ -30,6 +30,8 @@ All user-facing problems (missing folders, unpaired files, unreadable labels) ra
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import base64
 import contextlib
 import io
@@ -73,7 +75,7 @@ class LabelSpec:
     ignore_index: int | None
 
 
-class DataFormat:
+class DataFormat(ABC):
     """A dataset layout: subclasses set :attr:`name`, :attr:`labels` and implement :meth:`splits` / :meth:`read`."""
 
     name: str = ""
@@ -81,13 +83,13 @@ class DataFormat:
     #: one line for split.json: how :meth:`splits` decides train/val/test
     split_rule: str = "sort stems by sha256(stem); 80/10/10"
 
+    @abstractmethod
     def splits(self, root: str | Path) -> dict[str, list[Sample]]:
         """``{"train": [...], "val": [...], "test": [...]}``, each sorted by stem (see the subclass for the rule)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def read(self, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
         """``(uint8[H, W, 3] RGB image, uint8[H, W] label)``; binary → {0, 1}, multi-class → train ids / 255."""
-        raise NotImplementedError
 
     def all_samples(self, root: str | Path) -> list[Sample]:
         """Every distinct sample of the splits, sorted by stem (``--split all``)."""

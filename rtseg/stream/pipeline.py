@@ -423,11 +423,7 @@ def run_stream(backend, sources: Sequence, outputs: Sequence | None = None, *, b
         natural_end = True
         try:
             while True:
-                with st.out_cond:
-                    while not st.out_q:
-                        st.out_cond.wait(0.1)
-                    it = st.out_q.popleft()
-                    st.out_cond.notify_all()
+                it = _pop_out(st)
                 if it is _EOS:
                     break
                 if abort.is_set():
@@ -607,16 +603,20 @@ def _out_put(st: _SourceState, item, cap: int | None, abort: threading.Event) ->
         st.out_cond.notify_all()
 
 
+def _pop_out(st: _SourceState):
+    """Block until the source's output queue has an item; pop it and wake a waiting producer."""
+    with st.out_cond:
+        while not st.out_q:
+            st.out_cond.wait(0.1)
+        it = st.out_q.popleft()
+        st.out_cond.notify_all()
+    return it
+
+
 def _drain_out(st: _SourceState) -> None:
     """After a sink failure: keep consuming (so the batcher never blocks) until EOS."""
-    while True:
-        with st.out_cond:
-            while not st.out_q:
-                st.out_cond.wait(0.1)
-            it = st.out_q.popleft()
-            st.out_cond.notify_all()
-        if it is _EOS:
-            return
+    while _pop_out(st) is not _EOS:
+        pass
 
 
 def _mux_audio(st: _SourceState, sinks: list, up_to_s: float) -> None:

@@ -23,6 +23,8 @@ flooded.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import os
 import time
 from fractions import Fraction
@@ -42,7 +44,7 @@ CODEC_ALIASES = {"h264": "libx264", "x264": "libx264", "avc": "libx264", "hevc":
 _PICT_NONE = 0
 
 
-class Sink:
+class Sink(ABC):
     """Base class: ``open(info, audio)`` once, ``write(frame)`` per frame, ``write_audio(packet)``,
     ``close()`` (flush + finalise; idempotent). ``accepts_audio`` tells whether audio is copied."""
 
@@ -53,8 +55,9 @@ class Sink:
     def open(self, info: VideoInfo, audio=None, *, live: bool = False) -> None:
         self.info = info
 
+    @abstractmethod
     def write(self, frame: av.VideoFrame) -> None:
-        raise NotImplementedError
+        """Encode/store one frame."""
 
     def write_audio(self, packet: av.Packet) -> None:
         pass

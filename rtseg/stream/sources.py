@@ -22,6 +22,8 @@ Every user error is an :class:`rtseg.errors.RtsegError` with one line (problem +
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import glob
 import os
 import re
@@ -74,7 +76,7 @@ class Item:
     decode_ms: float = 0.0
 
 
-class Source:
+class Source(ABC):
     """Base class. Subclasses set ``name``, ``live``, ``network`` and, after :meth:`open`, ``info``
     (:class:`VideoInfo`) and ``audio`` (the input ``av.AudioStream`` to copy, or ``None``).
 
@@ -92,12 +94,13 @@ class Source:
         self.audio = None
         self.decode_errors = 0
 
+    @abstractmethod
     def open(self) -> None:
-        raise NotImplementedError
+        """Open the input (raises RtsegError if it cannot be opened)."""
 
+    @abstractmethod
     def read(self) -> Iterator[Item]:
         """Yield items until the input ends (``StopIteration``) or fails (exception)."""
-        raise NotImplementedError
 
     def close(self) -> None:
         """Release the input (idempotent)."""
