@@ -163,7 +163,7 @@ def stream_row(backend, video: str, batch: int, output: str | None, max_frames: 
 def run_bench(targets: list[str], video: str, batch_sizes: list[int], seconds: float = 3.0, warmup: int = 3,
               threads: int | None = None, torch_ref: bool = True, stream: bool = True, stream_batch: int | None = None,
               stream_output: str | None = None, n_frames: int = 32, backend: str | None = None,
-              stream_frames: int | None = None, log=print) -> BenchReport:
+              stream_frames: int | None = None, allow_failed_gate: bool = False, log=print) -> BenchReport:
     """Benchmark each target (engine or checkpoint folder). See module docstring.
 
     Raises:
@@ -175,7 +175,7 @@ def run_bench(targets: list[str], video: str, batch_sizes: list[int], seconds: f
     if not targets:
         raise RtsegError("nothing to benchmark; pass --engine DIR (repeatable) or --checkpoint DIR")
     backends = [load_engine(t, backend=backend if backend and (Path(t) / "engine.json").exists() else None,
-                            num_threads=threads) for t in targets]
+                            num_threads=threads, allow_failed_gate=allow_failed_gate) for t in targets]
     if torch_ref:
         seen = {str(Path(t).resolve()) for t in targets}
         for b in list(backends):
@@ -231,10 +231,11 @@ def _ints(s: str) -> list[int]:
 @click.option("--stream-batch", default=1, show_default=True, type=int)
 @click.option("--stream-frames", default=None, type=int, help="Stream at most N frames (default: the whole video).")
 @click.option("--stream-output", default=None, help="Where the stream writes (default: a temporary .mp4; 'none' = no encode).")
+@click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
 @click.option("--out", "out_json", type=click.Path(), help="Also write the JSON report to this file.")
 def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, threads, backend, no_torch, stream,
-                  stream_batch, stream_frames, stream_output, as_json, out_json):
+                  stream_batch, stream_frames, stream_output, allow_failed_gate, as_json, out_json):
     """Latency p50/p99 and throughput at each batch size on real frames, for engines and the PyTorch
     reference, plus the stream's end-to-end FPS on --video.
 
@@ -243,7 +244,8 @@ def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, thr
     log = (lambda *a: None) if as_json else (lambda m: click.echo(m, err=True))
     rep = run_bench(list(engines) + list(checkpoints), video, _ints(batch_sizes), seconds=seconds, warmup=warmup,
                     threads=threads, torch_ref=not no_torch, stream=stream, stream_batch=stream_batch,
-                    stream_output=stream_output, backend=backend, stream_frames=stream_frames, log=log)
+                    stream_output=stream_output, backend=backend, stream_frames=stream_frames,
+                    allow_failed_gate=allow_failed_gate, log=log)
     if out_json:
         Path(out_json).write_text(json.dumps(rep.to_dict(), indent=2))
     if as_json:

@@ -165,10 +165,11 @@ def format_table(result: dict) -> str:
 @click.option("--limit", default=0, type=int, help="Evaluate at most N images.")
 @click.option("--save-overlays", default=0, type=int, help="Write a grid PNG of image / ground truth / prediction for the first N images.")
 @click.option("--overlays-path", default="eval_overlays.png", show_default=True, type=click.Path(), help="Where --save-overlays writes.")
+@click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
 @click.option("--out", "out_json", type=click.Path(), help="Also write the JSON result to this file.")
 def eval_command(target, checkpoint, engine, data, data_format, split, batch_size, threads, limit, save_overlays,
-                 overlays_path, as_json, out_json):
+                 overlays_path, allow_failed_gate, as_json, out_json):
     """Dice, IoU, accuracy, recall, specificity, precision (per-image mean and dataset-global) of a
     checkpoint or an engine, on a split or a folder.
 
@@ -179,7 +180,7 @@ def eval_command(target, checkpoint, engine, data, data_format, split, batch_siz
     path = engine or checkpoint or target
     if not path:
         raise RtsegError("nothing to evaluate; pass --checkpoint DIR or --engine DIR")
-    backend = load_engine(path, num_threads=threads)
+    backend = load_engine(path, num_threads=threads, allow_failed_gate=allow_failed_gate)
     if backend.max_batch:
         batch_size = min(batch_size, backend.max_batch)
     samples, reader, where = _resolve_samples(data, split, backend.meta.get("model", {}), data_format)

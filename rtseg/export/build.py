@@ -21,8 +21,10 @@ tensorrt    fp32/fp16/ ``model.engine`` by :func:`rtseg.export.tensorrt_build.bu
 Every OpenVINO engine is compiled once in a child process before the folder is published
 (:func:`rtseg.export.calibrate.verify_openvino`): a native crash of the compiler becomes an
 :class:`~rtseg.errors.RtsegError`. Every engine is run on two real images (or seeded noise when no
-images are at hand) and compared with PyTorch; the result is ``engine.json`` ``verify`` (recorded,
-not a gate: the accuracy gate of issue 5 comes later and will read it).
+images are at hand) and compared with PyTorch; the result is ``engine.json`` ``verify``. Reduced
+precisions then pass the accuracy gate (:mod:`rtseg.export.gate`): task metric against FP32 on
+held-out labelled images, with per-layer repair for int8; its record is ``engine.json``
+``accuracy_gate``.
 
 The folder is built in a temporary sibling and renamed into place, so a failed build never leaves
 a half-written engine behind (an existing engine is replaced only by a complete one).
@@ -31,6 +33,7 @@ a half-written engine behind (an existing engine is replaced only by a complete 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import shutil
 import time
@@ -110,6 +113,9 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
                  out: str | Path | None = None, calib_data: str | Path | None = None, calib_method: str = "entropy",
                  num_calib: int | None = None, seed: int = 0, img_size=None, opset: int = 17,
                  qdq_from: str | Path | None = None, weight_bits: int | None = None,
+                 gate: bool = True, gate_data: str | Path | None = None, gate_split: str | None = None,
+                 gate_images: int | None = None, gate_tolerance: float | None = None,
+                 gate_max_rounds: int | None = None, threads: int | None = None,
                  log: Callable[[str], None] | None = None, **backend_opts: Any) -> Path:
     """Build an engine folder from a checkpoint (docs/internals.md "Engine folder").
 
@@ -126,6 +132,17 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
         opset: ONNX opset of the export.
         qdq_from: int8 only: reuse the Q/DQ ONNX of a ``rtseg calibrate`` folder (same checkpoint)
             instead of calibrating again — one Q/DQ ONNX for every backend.
+        gate: run the accuracy gate on a reduced-precision engine (int8/bf16/fp16; see
+            :mod:`rtseg.export.gate`): evaluate it against FP32 on held-out labelled images and, for
+            int8, keep the most sensitive layers in float until it passes. The result is
+            ``engine.json`` ``accuracy_gate``; a failed engine is still written (for inspection) but
+            marked ``"failed"`` and refused by :func:`rtseg.runtime.load_engine`.
+        gate_data, gate_split, gate_images: the gate's labelled images (default the checkpoint's
+            ``val`` split, at most 200 images); with no labelled data reachable the gate is recorded
+            as ``"skipped"`` unless ``gate_data`` was given (then :class:`RtsegError`).
+        gate_tolerance: allowed drop in points (default 0.5 Dice / 1.0 mIoU).
+        gate_max_rounds: repair rounds (default 5).
+        threads: inference threads for the gate's evaluations and latency measurements.
         log: progress callback (one line per step).
         **backend_opts: TensorRT options passed through (``min_batch``, ``opt_batch``, ``max_batch``,
             ``workspace_mb``, ``timing_cache``, ``version_compatible``, ``hardware_compatibility_level``).
@@ -217,6 +234,10 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
             "rtseg_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
+        if precision != "fp32" and gate:
+            engine["accuracy_gate"] = _gate(tmp, engine, meta, backend, precision, hw, sample, reference, backend_opts,
+                                            gate_data, gate_split, gate_images, gate_tolerance, gate_max_rounds, threads,
+                                            log)
         write_json(tmp / "engine.json", engine)
         _publish(tmp, out)
     except BaseException:
@@ -224,6 +245,42 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
         raise
     log(f"engine written to {out}")
     return out
+
+
+def _gate(folder: Path, engine: dict, meta, backend: str, precision: str, hw, sample, reference, backend_opts,
+          gate_data, gate_split, gate_images, gate_tolerance, gate_max_rounds, threads, log) -> dict[str, Any]:
+    """Run the accuracy gate on the engine in ``folder`` (see :func:`build_engine`)."""
+    from . import calibrate as cal
+    from . import gate as g
+
+    try:
+        gs = g.gate_set(meta.to_dict(), gate_data, gate_split,
+                        g.DEFAULT_GATE_IMAGES if gate_images is None else gate_images)
+    except RtsegError as e:
+        if gate_data is not None:
+            raise
+        log(f"warning: accuracy gate skipped: {e}")
+        return {"format": g.GATE_FORMAT, "status": "skipped", "reason": str(e)}
+
+    def rebuild(qdq_path: Path) -> dict[str, Any]:
+        if backend == "openvino":
+            info = _build_openvino(qdq_path, folder, precision, sample)
+        elif backend == "onnxruntime":
+            info = _build_onnxruntime(qdq_path, folder, sample)
+        else:
+            info = _build_tensorrt(qdq_path, folder, precision, hw, backend_opts)
+        y = info.get("output_sample")
+        return {"verify": _compare(y, reference) if y is not None else {}}
+
+    kw = {} if gate_max_rounds is None else {"max_rounds": gate_max_rounds}
+    record = g.run_gate(folder, engine, gs, tolerance_pt=gate_tolerance,
+                        rebuild=rebuild if precision == "int8" else None, threads=threads, log=log, **kw)
+    if record["excluded_layers"] and engine.get("calibration"):
+        from ..checkpoint import file_sha256
+
+        engine["calibration"]["repaired_qdq_sha256"] = file_sha256(folder / cal.QDQ_ONNX)
+        engine["calibration"]["calibrated_qdq_file"] = "model.qdq.calibrated.onnx"
+    return record
 
 
 def _publish(tmp: Path, out: Path) -> None:
@@ -323,3 +380,117 @@ def _build_tensorrt(source_onnx: Path, folder: Path, precision: str, hw, opts: d
     info.pop("precision", None)
     build = info.pop("build", {}) or {}
     return {**info, **build}
+
+
+def build_auto(checkpoint: str | Path, backend: str = "openvino", out: str | Path | None = None,
+               bench_batch: int = 1, bench_seconds: float = 3.0, threads: int | None = None,
+               log: Callable[[str], None] | None = None, **build_kw: Any) -> Path:
+    """``build-engine --precision auto``: build every precision ``backend`` can run here, measure
+    each on real frames, keep the fastest that passes the accuracy gate (issue 5).
+
+    Candidates are built into ``engines/<model>/<backend>-<precision>`` next to ``out`` (each with
+    its own gate). Latency is measured round-robin (3 rounds of ``bench_seconds / 3`` per
+    candidate, median of the per-round medians, batch ``bench_batch``, ``threads`` threads) on the
+    gate's real images preprocessed to the engine size, so background load hits every candidate
+    alike. The winner is the lowest-latency candidate whose gate passed (fp32 is the reference and
+    always passes); it is copied to ``out`` (default ``engines/<model>/<backend>-auto``) and
+    ``engine.json`` ``selection`` records the table and the reason.
+
+    Returns:
+        the ``out`` folder.
+
+    Raises:
+        RtsegError: as :func:`build_engine`; no labelled images to measure on (pass ``gate_data``).
+    """
+    from ..checkpoint import load_checkpoint, resolve_checkpoint, write_json
+    from ..runtime import load_engine
+    from . import gate as g
+
+    log = log or (lambda m: None)
+    check_backend_precision(backend, "fp32")
+    _, meta = load_checkpoint(resolve_checkpoint(checkpoint))
+    out = Path(out) if out is not None else default_engine_dir(meta.model, backend, "auto")
+    gs = g.gate_set(meta.to_dict(), build_kw.get("gate_data"), build_kw.get("gate_split"),
+                    build_kw.get("gate_images") or g.DEFAULT_GATE_IMAGES)
+    rows: list[dict[str, Any]] = []
+    for p in PRECISIONS[backend]:
+        if backend == "openvino" and p == "bf16":
+            from ..runtime.openvino_backend import openvino_device_info
+
+            if "BF16" not in openvino_device_info()["capabilities"]:
+                rows.append({"precision": p, "status": "skipped", "why": "this CPU has no native bf16 (OpenVINO would run f32)"})
+                continue
+        log(f"--- candidate {backend} {p}")
+        kw = dict(build_kw)
+        if p != "int8":  # calibration options are int8-only
+            kw.update(calib_data=None, qdq_from=None)
+        folder = build_engine(checkpoint, backend=backend, precision=p, out=out.parent / f"{backend}-{p}",
+                              threads=threads, log=log, **kw)
+        rows.append({"precision": p, "folder": str(folder)})
+    built = [r for r in rows if "folder" in r]
+    backends = {r["precision"]: load_engine(r["folder"], num_threads=threads, allow_failed_gate=True) for r in built}
+    frames = g.gate_frames(next(iter(backends.values())), gs, 16)
+    lat: dict[str, list[float]] = {p: [] for p in backends}
+    log(f"measuring latency on {len(frames)} real frames, batch {bench_batch}, {threads or 'default'} threads")
+    for _ in range(3):
+        for p, b in backends.items():
+            lat[p].append(g.latency_ms(b, frames, bench_batch, seconds=bench_seconds / 3))
+    for r in built:
+        p = r["precision"]
+        b = backends[p]
+        gate = b.meta.get("accuracy_gate")
+        if p == "fp32":
+            score = g.task_score(b, gs)
+            r.update(status="passed", score=round(score, 4), delta_pt=0.0, excluded_layers=0,
+                     why="fp32 reference")
+        elif gate and gate.get("status") in ("passed", "failed"):
+            r.update(status=gate["status"], score=gate["after"]["score"], delta_pt=gate["after"]["delta_pt"],
+                     excluded_layers=len(gate["excluded_layers"]),
+                     why=(f"gate {gate['status']} ({-gate['after']['delta_pt']:+.2f} pt, tolerance {gate['tolerance_pt']} pt"
+                          + (f", {len(gate['excluded_layers'])} layer(s) kept float)" if gate["excluded_layers"] else ")")))
+        else:
+            r.update(status="unverified", why="accuracy gate not run (no labelled data)")
+        r["latency_ms"] = round(float(np.median(lat[p])), 3)
+        r["fps"] = round(1000.0 * bench_batch / r["latency_ms"], 2)
+        b.close()
+    ok = [r for r in built if r["status"] == "passed"]
+    winner = min(ok, key=lambda r: r["latency_ms"])
+    fp32 = next(r for r in built if r["precision"] == "fp32")
+    reasons = []
+    for r in built:
+        if r is winner:
+            continue
+        if r["status"] != "passed":
+            reasons.append(f"{r['precision']} {r['why']}")
+        else:
+            reasons.append(f"{r['precision']} is slower ({r['latency_ms']:.2f} ms)")
+    reason = (f"{winner['precision']} is the fastest engine that passes the accuracy gate: {winner['latency_ms']:.2f} ms "
+              f"per batch of {bench_batch}" + (f" ({fp32['latency_ms'] / winner['latency_ms']:.2f}x fp32)" if winner is not fp32 else "")
+              + ("; " + "; ".join(reasons) if reasons else ""))
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(winner["folder"], tmp)
+    engine = json.loads((tmp / "engine.json").read_text())
+    engine["selection"] = {"rule": "fastest candidate whose accuracy gate passed", "winner": winner["precision"],
+                           "reason": reason, "batch": bench_batch, "threads": threads,
+                           "frames": f"{len(frames)} images of {gs.description}", "candidates": rows}
+    write_json(tmp / "engine.json", engine)
+    _publish(tmp, out)
+    log(f"engine written to {out}")
+    return out
+
+
+def format_selection(selection: dict) -> str:
+    """The ``--precision auto`` table (engine.json ``selection``) as text."""
+    head = f"{'precision':9s} {'gate':10s} {'metric':>8s} {'Δ pt':>7s} {'float layers':>12s} {'ms/batch':>9s} {'FPS':>7s}"
+    lines = [head, "-" * len(head)]
+    for r in selection["candidates"]:
+        if "latency_ms" not in r:
+            lines.append(f"{r['precision']:9s} {r['status']:10s} {'':>8s} {'':>7s} {'':>12s} {'':>9s} {'':>7s}  {r['why']}")
+            continue
+        mark = "  <- chosen" if r["precision"] == selection["winner"] else ""
+        lines.append(f"{r['precision']:9s} {r['status']:10s} {r.get('score', float('nan')):8.2f} {-r.get('delta_pt', 0.0):+7.2f} "
+                     f"{r.get('excluded_layers', 0):12d} {r['latency_ms']:9.2f} {r['fps']:7.1f}{mark}")
+    lines.append(selection["reason"])
+    return "\n".join(lines)

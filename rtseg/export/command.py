@@ -105,7 +105,8 @@ def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img
 @click.command("build-engine", cls=_Command)
 @_ckpt_option
 @click.option("--backend", type=click.Choice(["openvino", "onnxruntime", "tensorrt"]), default="openvino", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8", "auto"]), default="fp32", show_default=True,
+              help="auto: build every precision the backend runs here, keep the fastest that passes the accuracy gate.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="Engine folder (default engines/<model>/<backend>-<precision>).")
 @_img_size_option
@@ -118,6 +119,17 @@ def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img
 @click.option("--weight-bits", type=click.Choice(["7", "8"]), default=None, help="int8: weight range (default 8).")
 @click.option("--qdq-from", type=click.Path(path_type=Path), default=None,
               help="int8: reuse the Q/DQ ONNX of a 'rtseg calibrate' folder instead of calibrating again.")
+@click.option("--no-gate", is_flag=True, help="Skip the accuracy gate of int8/bf16/fp16 engines (recorded as not run).")
+@click.option("--gate-data", type=click.Path(path_type=Path), default=None,
+              help="Labelled folder for the accuracy gate (default: the checkpoint's val split).")
+@click.option("--gate-split", default=None, help="Split of --gate-data (train/val/test/all; default val of the training data, else all).")
+@click.option("--gate-images", type=int, default=None, help="Gate on at most N images (default 200).")
+@click.option("--gate-tolerance", type=float, default=None,
+              help="Allowed drop vs fp32 in points (default 0.5 Dice for binary, 1.0 mIoU for multi-class).")
+@click.option("--gate-max-rounds", type=int, default=None, help="int8 repair rounds (each keeps 2x more layers in float; default 5).")
+@click.option("--threads", type=int, default=None, help="Inference threads for the gate and the auto-precision timing.")
+@click.option("--bench-batch", type=int, default=1, show_default=True, help="auto: batch size of the latency measurement.")
+@click.option("--bench-seconds", type=float, default=3.0, show_default=True, help="auto: timed seconds per candidate.")
 @click.option("--min-batch", type=int, default=None, help="TensorRT profile: smallest batch.")
 @click.option("--opt-batch", type=int, default=None, help="TensorRT profile: batch to optimise for.")
 @click.option("--max-batch", type=int, default=None, help="TensorRT profile: largest batch.")
@@ -127,10 +139,20 @@ def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img
 @click.option("--hardware-compatibility-level", type=click.Choice(["none", "ampere_plus", "same_compute_capability"]),
               default=None, help="TensorRT hardware compatibility.")
 def build_engine_command(checkpoint, backend, precision, out, img_size, opset, calib_data, calib_method, num_calib, seed,
-                         weight_bits, qdq_from, min_batch, opt_batch, max_batch, workspace_mb, timing_cache,
+                         weight_bits, qdq_from, no_gate, gate_data, gate_split, gate_images, gate_tolerance, gate_max_rounds,
+                         threads, bench_batch, bench_seconds, min_batch, opt_batch, max_batch, workspace_mb, timing_cache,
                          version_compatible, hardware_compatibility_level) -> None:
-    """Build an inference engine folder from a checkpoint."""
-    from .build import build_engine, parse_img_size
+    """Build an inference engine folder from a checkpoint.
+
+    int8/bf16/fp16 engines pass an accuracy gate against fp32 on held-out labelled images (int8 ones
+    are repaired by keeping their most sensitive layers in float); an engine that still fails is
+    written, marked failed in engine.json, refused by stream/eval/bench without --allow-failed-gate,
+    and this command exits with status 2.
+
+    Example: rtseg build-engine --checkpoint runs/eunet-s --backend openvino --precision auto --threads 2
+    """
+    from .build import build_auto, build_engine, format_selection, parse_img_size
+    from .gate import describe_gate
 
     trt_opts = {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch, "workspace_mb": workspace_mb,
                 "timing_cache": timing_cache, "version_compatible": version_compatible,
@@ -138,12 +160,29 @@ def build_engine_command(checkpoint, backend, precision, out, img_size, opset, c
     given = [k for k, v in trt_opts.items() if v not in (None, False)]
     if given and backend != "tensorrt":
         raise RtsegError(f"--{given[0].replace('_', '-')} is a TensorRT option; pass --backend tensorrt or drop it")
-    folder = build_engine(checkpoint, backend=backend, precision=precision, out=out, calib_data=calib_data,
-                          calib_method=calib_method, num_calib=num_calib, seed=seed, img_size=parse_img_size(img_size), opset=opset,
-                          qdq_from=qdq_from, weight_bits=int(weight_bits) if weight_bits else None, log=_log, **trt_opts)
+    kw = dict(calib_data=calib_data, calib_method=calib_method, num_calib=num_calib, seed=seed,
+              img_size=parse_img_size(img_size), opset=opset, qdq_from=qdq_from,
+              weight_bits=int(weight_bits) if weight_bits else None, gate=not no_gate, gate_data=gate_data,
+              gate_split=gate_split, gate_images=gate_images, gate_tolerance=gate_tolerance,
+              gate_max_rounds=gate_max_rounds, log=_log, **trt_opts)
+    if precision == "auto":
+        if no_gate:
+            raise RtsegError("--precision auto needs the accuracy gate; drop --no-gate")
+        folder = build_auto(checkpoint, backend=backend, out=out, bench_batch=bench_batch, bench_seconds=bench_seconds,
+                            threads=threads, **kw)
+    else:
+        folder = build_engine(checkpoint, backend=backend, precision=precision, out=out, threads=threads, **kw)
     meta = json.loads((folder / "engine.json").read_text())
+    if meta.get("selection"):
+        click.echo(format_selection(meta["selection"]))
     v = meta.get("verify") or {}
     extra = ""
     if "mask_agreement" in v:
         extra = f"  vs PyTorch: max|Δlogit| {v['max_abs_diff']:.3g}, mask agreement {100 * v['mask_agreement']:.2f} %"
-    click.echo(f"{folder}  {backend} {precision}{extra}")
+    click.echo(f"{folder}  {backend} {meta.get('precision')}{extra}")
+    if meta.get("precision") != "fp32":
+        click.echo(describe_gate(meta.get("accuracy_gate")))
+    if (meta.get("accuracy_gate") or {}).get("status") == "failed":
+        raise RtsegError(f"{folder} failed the accuracy gate; it is marked failed in engine.json and refused without "
+                         f"--allow-failed-gate — try more --num-calib, --calib-method entropy, more --gate-max-rounds, "
+                         f"or --precision fp32")

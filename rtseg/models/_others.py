@@ -23,6 +23,12 @@ register_model(
     backbone="densenet121",
 )
 register_model(
+    "visionfusenet-lite0-rt", VisionFuseNet,
+    "VisionFuseNet (§1) real-time variant for CPUs: EfficientNet-Lite0 backbone, MHSAR width 64 (1 head), "
+    "decoder 32, low 16; 1.36M params; the default model (README model card)",
+    backbone="tf_efficientnet_lite0", dim=64, heads=1, mlp_dim=128, decoder_dim=32, low_dim=16,
+)
+register_model(
     "contrafusionnet", ContraFusionNet,
     "ContraFusionNet (§3): SegFormer-style encoder + MLP decoder, 17.8M deployed params; "
     "ResNet-50 contrastive branch at training time only",

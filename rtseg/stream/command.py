@@ -47,10 +47,12 @@ Examples:
 @click.option("--fps", default=None, type=click.FloatRange(min=0.01, min_open=False), help="Frame rate of image-folder sources (default 25) / asked of cameras.")
 @click.option("--show", is_flag=True, help="Show the overlaid video in a window (needs a display).")
 @click.option("--metrics-jsonl", default=None, type=click.Path(dir_okay=False), help="Write metrics once per second as JSON lines.")
+@click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and --json).")
 def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeout_ms, alpha, contour, codec, preset, crf,
-                   threads, max_frames, max_latency_ms, reconnect, stall_timeout, fps, show, metrics_jsonl, as_json, quiet):
+                   threads, max_frames, max_latency_ms, reconnect, stall_timeout, fps, show, metrics_jsonl, allow_failed_gate,
+                   as_json, quiet):
     """Segment a video/camera/network stream and write the overlaid output.
 
     Decoding, batched inference and overlay+encoding run in parallel threads; the output keeps the
@@ -64,7 +66,7 @@ def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeou
         raise RtsegError("--no-output and --output exclude each other; drop one of them")
     if not no_output and not outputs and not show:
         raise RtsegError("no --output given; pass --output out.mp4 (or a URL/folder), --show, or --no-output")
-    backend = load_engine(engine, num_threads=threads)
+    backend = load_engine(engine, num_threads=threads, allow_failed_gate=allow_failed_gate)
     if not quiet:
         click.echo(f"engine: {backend.describe()} ({engine})", err=True)
     report = run_stream(backend, list(sources), [] if no_output else list(outputs), batch_size=batch_size,

@@ -1,0 +1,423 @@
+"""The accuracy gate of reduced-precision engines, with per-layer repair (issue 5).
+
+After ``build-engine`` has built an int8 (or bf16/fp16) engine, the gate evaluates it against the
+FP32 model on a **held-out labelled split** with the task metric — per-image mean Dice (×100, in
+points) for binary models, mIoU (×100) for multi-class — exactly as ``rtseg eval`` does (same
+preprocessing, predictions mapped back to each image's resolution). The FP32 reference is the
+engine folder's own ``model.onnx`` run by ONNX Runtime (parity with PyTorch ≤ 1e-4, checked at
+export), so the difference is the quantization alone.
+
+The gate passes when ``fp32 − engine ≤ tolerance`` (default 0.5 pt Dice, 1.0 pt mIoU). If an int8
+engine fails, the gate **repairs** it:
+
+1. *Per-layer sensitivity* (:func:`layer_sensitivity`): for every quantized compute node of the
+   Q/DQ ONNX, the node alone is put back in float (its Q/DQ inputs replaced by the FP32 tensors) and
+   the whole network is run by ONNX Runtime on a few gate images; the node's score is how much the
+   output error against FP32 falls (mean squared difference of the sigmoid/softmax probabilities).
+2. The highest-scoring nodes are kept in float by rewriting the Q/DQ ONNX (:func:`keep_float`; the
+   other nodes keep their calibrated scales, so nothing is re-calibrated), the backend engine is
+   rebuilt from it and the gate is evaluated again. Each round doubles the float set (1, 2, 4, 8 …)
+   and re-ranks the remaining layers on the partly repaired graph (greedy: errors compound, so a
+   one-shot ranking is worse — on EUNet-S with outlier-calibrated minmax, 16 layers chosen greedily
+   left 75e-4 output error against 117e-4 for a one-shot ranking), until the gate passes or
+   ``max_rounds`` / ``max_excluded_fraction`` is reached.
+
+The result — metric before and after, excluded layers with their scores, latency before and after
+(the speed cost) and each round — is ``engine.json`` ``accuracy_gate``. An engine whose gate failed
+is published with ``status: "failed"`` and :func:`rtseg.runtime.load_engine` refuses it unless the
+caller passes ``allow_failed_gate`` (``--allow-failed-gate``): it is never used silently.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import RtsegError
+
+GATE_FORMAT = "rtseg-gate/1"
+#: default tolerance in points (metric × 100): Dice for binary models, mIoU for multi-class ones
+DEFAULT_TOLERANCE = {"dice": 0.5, "miou": 1.0}
+DEFAULT_MAX_ROUNDS = 5
+DEFAULT_MAX_EXCLUDED_FRACTION = 0.5
+DEFAULT_SENSITIVITY_IMAGES = 8
+DEFAULT_GATE_IMAGES = 200
+
+
+@dataclass
+class GateSet:
+    """The labelled images a gate evaluates on.
+
+    Attributes:
+        samples: data-format samples (``rtseg.data``), read by ``reader(sample) -> (uint8[h, w, 3] RGB,
+            labels uint8[h, w])``.
+        description: where they come from (folder, split, count), for ``engine.json``.
+        metric: ``"dice"`` (binary: per-image mean Dice) or ``"miou"`` (multi-class).
+    """
+
+    samples: list
+    reader: Callable
+    description: str
+    metric: str
+
+
+def gate_set(model_meta: dict, data: str | Path | None = None, split: str | None = None, limit: int = DEFAULT_GATE_IMAGES,
+             data_format: str | None = None) -> GateSet:
+    """The held-out labelled split a gate uses.
+
+    Args:
+        model_meta: ``model.json`` as a dict (``ModelMeta.to_dict()``).
+        data: a labelled folder; default the model's training data (``model.json`` ``data.root``).
+        split: ``train``/``val``/``test``/``all``; default ``val`` of the training data (held out from
+            training and from calibration, which uses ``train``), ``all`` of another folder.
+        limit: use at most this many images (0 = all).
+
+    Raises:
+        RtsegError: no labelled data reachable (no ``data`` and no recorded training data, or a
+            missing folder), or an empty split.
+    """
+    from ..evaluate import _resolve_samples
+
+    if split is None and data is None:
+        split = "val"
+    samples, reader, desc = _resolve_samples(str(data) if data is not None else None, split, model_meta, data_format)
+    if not samples:
+        raise RtsegError(f"the accuracy gate has no labelled images in {desc}; pass --gate-data DIR with images and masks")
+    if limit and len(samples) > limit:
+        samples = samples[:limit]
+        desc += f", first {limit}"
+    metric = "dice" if int(model_meta.get("num_classes", 1)) == 1 else "miou"
+    return GateSet(list(samples), reader, desc, metric)
+
+
+def task_score(backend, gs: GateSet, batch_size: int = 8) -> float:
+    """The gate metric of ``backend`` on ``gs`` in points (per-image mean Dice × 100 or mIoU × 100)."""
+    from ..evaluate import evaluate_backend
+
+    bs = min(batch_size, backend.max_batch) if backend.max_batch else batch_size
+    res = evaluate_backend(backend, gs.samples, batch_size=bs, reader=gs.reader)
+    value = res["per_image"]["dice"] if gs.metric == "dice" else res["miou"]
+    return 100.0 * float(value)
+
+
+def gate_frames(backend, gs: GateSet, n: int = 16) -> np.ndarray:
+    """``uint8[n, H, W, 3]``: the first ``n`` gate images preprocessed for ``backend`` (real frames
+    for the latency measurements)."""
+    from ..data.transforms import Preprocessor
+
+    pre = Preprocessor(backend.input_hw, backend.meta.get("model", {}).get("resize", "stretch"))
+    return np.stack([pre(gs.reader(s)[0])[0] for s in gs.samples[:n]])
+
+
+def latency_ms(backend, frames: np.ndarray, batch: int = 1, seconds: float = 1.0, rounds: int = 1) -> float:
+    """Median latency per call in ms of ``backend.infer_u8`` on ``frames`` at ``batch`` (median of
+    ``rounds`` medians of ``seconds`` each; see :func:`rtseg.bench.time_backend`)."""
+    from ..bench import time_backend
+
+    meds = [time_backend(backend, frames, batch, seconds=seconds, warmup=2).p50_ms for _ in range(max(1, rounds))]
+    return float(np.median(meds))
+
+
+# ------------------------------------------------------------------------------------------------
+# Q/DQ graph surgery and per-layer sensitivity
+# ------------------------------------------------------------------------------------------------
+def quantized_nodes(model) -> list[str]:
+    """Names of the compute nodes of a Q/DQ ONNX ``ModelProto`` that take a DequantizeLinear input,
+    in graph order."""
+    from .calibrate import QUANT_OP_TYPES
+
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for n in model.graph.node:
+        if n.op_type in QUANT_OP_TYPES and any(
+                (src := producer.get(i)) is not None and src.op_type == "DequantizeLinear" for i in n.input):
+            out.append(n.name)
+    return out
+
+
+def keep_float(qdq_model, fp32_model, names: Sequence[str]):
+    """A copy of ``qdq_model`` in which the nodes ``names`` compute in float.
+
+    Each named node gets the inputs of the same-named node of ``fp32_model`` (the float activation
+    tensor, which the Q/DQ graph still contains as the QuantizeLinear input, and the float weight
+    initializer, copied over); the Q/DQ nodes and int8 initializers nothing reads any more are
+    removed. The scales of all other nodes are untouched, so the result is deterministic.
+
+    Raises:
+        RtsegError: a name that is not a node of both graphs.
+    """
+    q = copy.deepcopy(qdq_model)
+    fnodes = {n.name: n for n in fp32_model.graph.node}
+    finits = {t.name: t for t in fp32_model.graph.initializer}
+    have = {t.name for t in q.graph.initializer}
+    known = have | {i.name for i in q.graph.input} | {o for n in q.graph.node for o in n.output}
+    wanted = set(names)
+    read_before: dict[str, set[str]] = {}
+    for n in q.graph.node:
+        for i in n.input:
+            read_before.setdefault(i, set()).add(n.name)
+    for n in q.graph.node:
+        if n.name not in wanted:
+            continue
+        f = fnodes.get(n.name)
+        if f is None or f.op_type != n.op_type:
+            raise RtsegError(f"node {n.name!r} of the Q/DQ ONNX has no {n.op_type} twin in the FP32 ONNX; re-run the calibration")
+        for i in f.input:
+            if i in finits and i not in have:
+                q.graph.initializer.append(finits[i])
+                have.add(i)
+            elif i and i not in known and i not in finits:
+                raise RtsegError(f"the float input {i!r} of node {n.name!r} is missing from the Q/DQ ONNX; re-run the calibration")
+        del n.input[:]
+        n.input.extend(f.input)
+        wanted.discard(n.name)
+    if wanted:
+        raise RtsegError(f"no node named {sorted(wanted)[0]!r} in the Q/DQ ONNX; pass names from engine.json accuracy_gate")
+    # ONNX Runtime puts an activation Q→DQ pair on the inputs *and* outputs of each quantized compute
+    # node; other readers of the tensor (HardSwish, Add, Concat, ...) share the pair. A pair that no
+    # still-quantized compute node reads or produces any more is removed and its readers get the
+    # float tensor back, so a node kept in float has float inputs and a float output.
+    from .calibrate import QUANT_OP_TYPES
+
+    float_set = set(names)
+    still_quantized = set(quantized_nodes(q))  # after the rewiring above
+    producer = {o: n for n in q.graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in q.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    for dq in [n for n in q.graph.node if n.op_type == "DequantizeLinear"]:
+        qn = producer.get(dq.input[0])
+        if qn is None or qn.op_type != "QuantizeLinear":
+            continue
+        users = readers.get(dq.output[0], [])
+        made_by = producer.get(qn.input[0])
+        owners = [u for u in users if u.name in still_quantized]
+        if made_by is not None and made_by.op_type in QUANT_OP_TYPES and made_by.name in still_quantized:
+            owners.append(made_by)
+        freed = bool(read_before.get(dq.output[0], set()) & float_set) or (made_by is not None and made_by.name in float_set)
+        if owners or not freed:
+            continue
+        for u in users:
+            for j, i in enumerate(u.input):
+                if i == dq.output[0]:
+                    u.input[j] = qn.input[0]
+    _prune(q)
+    return q
+
+
+def _prune(model) -> None:
+    """Remove nodes whose outputs nothing reads (Q/DQ orphans) and initializers nothing reads."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    while True:
+        read = {i for n in g.node for i in n.input} | outputs
+        dead = [n for n in g.node if not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    read = {i for n in g.node for i in n.input} | outputs
+    for t in [t for t in g.initializer if t.name not in read]:
+        g.initializer.remove(t)
+
+
+def _probs(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    if z.shape[1] == 1:
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def output_error(z: np.ndarray, ref: np.ndarray) -> float:
+    """Mean squared difference of the probabilities (sigmoid for C = 1, softmax over C otherwise)
+    of logits ``z`` and ``ref`` (``float32[N, C, H, W]``)."""
+    return float(np.mean((_probs(z) - _probs(ref)) ** 2))
+
+
+def _run_onnx(model_or_path, x: np.ndarray, folder: Path, threads: int | None) -> np.ndarray:
+    from ..runtime.onnxruntime_backend import make_session
+
+    if isinstance(model_or_path, (str, Path)):
+        path = Path(model_or_path)
+    else:
+        path = folder / "candidate.onnx"
+        path.write_bytes(model_or_path.SerializeToString())
+    sess = make_session(path, num_threads=threads, level="all")
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + 4]})[0] for i in range(0, len(x), 4)])
+
+
+def layer_sensitivity(fp32_onnx: str | Path, qdq_onnx: str | Path, x: np.ndarray, threads: int | None = None,
+                      already_float: Sequence[str] = (), log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Rank the quantized nodes of ``qdq_onnx`` by how much of its error against ``fp32_onnx`` each
+    one causes (ONNX Runtime, CPU).
+
+    Args:
+        fp32_onnx, qdq_onnx: the FP32 ONNX and its Q/DQ ONNX (same node names).
+        x: ``float32[N, 3, H, W]`` preprocessed real images (a few suffice).
+        already_float: nodes already kept in float (a repair in progress): the ranking is of the
+            remaining quantized nodes, measured on that partly repaired graph.
+
+    Returns:
+        ``[{"node", "op_type", "score", "error_if_float"}]`` sorted by ``score`` descending (ties by
+        name): ``score = error(current graph) − error(current graph with this node float)``, errors
+        from :func:`output_error` ×1e4.
+    """
+    import onnx
+
+    log = log or (lambda m: None)
+    fm, qm = onnx.load(str(fp32_onnx)), onnx.load(str(qdq_onnx))
+    ops = {n.name: n.op_type for n in qm.graph.node}
+    done = list(already_float)
+    names = [n for n in quantized_nodes(qm) if n not in set(done)]
+    with tempfile.TemporaryDirectory(prefix="rtseg-sens-") as td:
+        ref = _run_onnx(fp32_onnx, x, Path(td), threads)
+        base = output_error(_run_onnx(keep_float(qm, fm, done), x, Path(td), threads), ref)
+        log(f"sensitivity of {len(names)} quantized layers on {len(x)} images (output error {1e4 * base:.3f}e-4)")
+        rows = []
+        for name in names:
+            err = output_error(_run_onnx(keep_float(qm, fm, done + [name]), x, Path(td), threads), ref)
+            rows.append({"node": name, "op_type": ops[name], "score": round(1e4 * (base - err), 6),
+                         "error_if_float": round(1e4 * err, 6)})
+    rows.sort(key=lambda r: (-r["score"], r["node"]))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# the gate
+# ------------------------------------------------------------------------------------------------
+def run_gate(folder: Path, engine: dict, gs: GateSet, *, tolerance_pt: float | None = None,
+             rebuild: Callable[[Path], dict] | None = None, max_rounds: int = DEFAULT_MAX_ROUNDS,
+             max_excluded_fraction: float = DEFAULT_MAX_EXCLUDED_FRACTION,
+             sensitivity_images: int = DEFAULT_SENSITIVITY_IMAGES, threads: int | None = None,
+             latency_seconds: float = 1.0, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Evaluate (and for int8, repair) the engine being built in ``folder``.
+
+    Args:
+        folder: the (unpublished) engine folder: ``model.onnx`` (FP32), the engine file and, for
+            int8, ``model.qdq.onnx``.
+        engine: its ``engine.json`` dict so far (the backend is opened from it); updated in place
+            when a repair rebuilds the engine (``engine_file``, ``verify``).
+        gs: the labelled held-out images (:func:`gate_set`).
+        tolerance_pt: allowed drop in points; default :data:`DEFAULT_TOLERANCE` for ``gs.metric``.
+        rebuild: int8 repair hook: ``rebuild(qdq_path) -> info`` rebuilds the engine file in
+            ``folder`` from the rewritten Q/DQ ONNX (``None``: no repair).
+        max_rounds: repair rounds (each keeps 2× more layers in float than the last).
+        max_excluded_fraction: never keep more than this fraction of the quantized layers in float.
+        sensitivity_images: gate images used for the per-layer sensitivity.
+        threads: inference threads for the evaluations and latencies.
+        latency_seconds: timed seconds per latency measurement (batch 1, real gate images).
+
+    Returns:
+        the ``accuracy_gate`` record (see module docstring); ``status`` is ``"passed"`` or
+        ``"failed"``.
+    """
+    import onnx
+
+    from ..runtime import backend_from_meta
+    from ..runtime.onnxruntime_backend import onnxruntime_version
+    from . import calibrate as cal
+
+    log = log or (lambda m: None)
+    t0 = time.perf_counter()
+    tol = float(DEFAULT_TOLERANCE[gs.metric] if tolerance_pt is None else tolerance_pt)
+    ref_meta = {**engine, "backend": "onnxruntime", "backend_version": onnxruntime_version(), "precision": "fp32",
+                "engine_file": cal.FP32_ONNX, "accuracy_gate": None}
+    ref_backend = backend_from_meta(folder, ref_meta, num_threads=threads)
+    ref_score = task_score(ref_backend, gs)
+    ref_backend.close()
+    log(f"accuracy gate on {gs.description}: fp32 {gs.metric} {ref_score:.2f}")
+
+    def measure(label: str) -> dict[str, Any]:
+        b = backend_from_meta(folder, {**engine, "accuracy_gate": None}, num_threads=threads)
+        try:
+            score = task_score(b, gs)
+            lat = latency_ms(b, gate_frames(b, gs), 1, seconds=latency_seconds)
+        finally:
+            b.close()
+        delta = ref_score - score
+        row = {"score": round(score, 4), "delta_pt": round(delta, 4), "passed": bool(delta <= tol),
+               "latency_ms": round(lat, 3)}
+        log(f"  {label}: {engine['precision']} {gs.metric} {score:.2f} ({-delta:+.2f} pt), "
+            f"{'pass' if row['passed'] else 'FAIL'}, {lat:.2f} ms/frame")
+        return row
+
+    before = measure("as calibrated")
+    rounds = [{"excluded": [], **before}]
+    ranking: list[dict[str, Any]] = []
+    excluded: list[str] = []
+    after = before
+    qdq_path = folder / cal.QDQ_ONNX
+    if not before["passed"] and rebuild is not None and qdq_path.is_file():
+        qm, fm = onnx.load(str(qdq_path)), onnx.load(str(folder / cal.FP32_ONNX))
+        original = qdq_path.with_name("model.qdq.calibrated.onnx")
+        original.write_bytes(qdq_path.read_bytes())
+        n_quant = len(quantized_nodes(qm))
+        limit = max(1, int(max_excluded_fraction * n_quant))
+        probe_b = backend_from_meta(folder, ref_meta)
+        x = probe_b.normalize(gate_frames(probe_b, gs, sensitivity_images))
+        probe_b.close()
+        k = 1
+        for _ in range(max_rounds):
+            k = min(k, limit)
+            ranked = layer_sensitivity(folder / cal.FP32_ONNX, original, x, threads=threads, already_float=excluded, log=log)
+            ranking += ranked[: k - len(excluded)]
+            excluded = [r["node"] for r in ranking]
+            repaired = keep_float(qm, fm, excluded)
+            tmp = qdq_path.with_name(f".{qdq_path.name}.tmp")
+            tmp.write_bytes(repaired.SerializeToString())
+            tmp.replace(qdq_path)
+            info = rebuild(qdq_path)
+            engine["verify"] = {**engine.get("verify", {}), **info.get("verify", {})}
+            after = measure(f"{k} layer(s) in float")
+            rounds.append({"excluded": list(excluded), **after})
+            if after["passed"] or k >= limit:
+                break
+            k *= 2
+    status = "passed" if after["passed"] else "failed"
+    score_of = {r["node"]: r for r in ranking}
+    record = {
+        "format": GATE_FORMAT,
+        "status": status,
+        "metric": gs.metric,
+        "tolerance_pt": tol,
+        "data": gs.description,
+        "images": len(gs.samples),
+        "reference": {"what": "model.onnx (FP32) in ONNX Runtime", "score": round(ref_score, 4)},
+        "before": before,
+        "after": after,
+        "excluded_layers": [{"node": n, "op_type": score_of[n]["op_type"], "score": score_of[n]["score"]}
+                            for n in excluded],
+        "speed_cost_pct": round(100.0 * (after["latency_ms"] / before["latency_ms"] - 1.0), 2) if excluded else 0.0,
+        "rounds": rounds,
+        "sensitivity": {"images": sensitivity_images,
+                        "measure": "greedy leave-one-out per round: error(current graph) - error(this layer also float), "
+                                   "mean squared sigmoid/softmax difference vs fp32 x 1e4 (ONNX Runtime)"} if ranking else None,
+        "threads": threads,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    return record
+
+
+def describe_gate(record: dict | None) -> str:
+    """One line summarising an ``accuracy_gate`` record (for the CLI)."""
+    if not record:
+        return "accuracy gate: not run"
+    if record.get("status") == "skipped":
+        return f"accuracy gate: skipped ({record.get('reason')})"
+    b, a = record["before"], record["after"]
+    s = (f"accuracy gate {record['status'].upper()}: {record['metric']} {a['score']:.2f} vs fp32 "
+         f"{record['reference']['score']:.2f} ({-a['delta_pt']:+.2f} pt, tolerance {record['tolerance_pt']} pt)")
+    if record["excluded_layers"]:
+        s += (f"; repaired from {-b['delta_pt']:+.2f} pt by keeping {len(record['excluded_layers'])} layer(s) in float "
+              f"({', '.join(e['node'] for e in record['excluded_layers'][:4])}{' …' if len(record['excluded_layers']) > 4 else ''}), "
+              f"latency {b['latency_ms']:.2f} → {a['latency_ms']:.2f} ms ({record['speed_cost_pct']:+.1f} %)")
+    return s
