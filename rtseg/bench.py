@@ -51,7 +51,25 @@ class BenchReport:
 
     def to_dict(self) -> dict:
         return {"machine": self.machine, "video": self.video, "input_hw": list(self.input_hw),
-                "rows": [asdict(r) for r in self.rows]}
+                "rows": [asdict(r) for r in self.rows], "comparison": self.comparison()}
+
+    def comparison(self) -> list[dict]:
+        """``--compare`` ratios: per engine, inference FPS at the stream batch / torch eager at the same
+        batch (batch 1 if torch was not run at it),
+        end-to-end stream FPS / naive loop, and pipeline efficiency = stream FPS / inference FPS at the
+        same batch. Only rows present in the report are used."""
+        naive = next((r for r in self.rows if r.kind == "naive"), None)
+        torch1 = next((r for r in self.rows if r.kind == "infer" and r.backend == "torch" and r.batch == 1), None)
+        out = []
+        for st in (r for r in self.rows if r.kind == "stream"):
+            inf = next((r for r in self.rows if r.kind == "infer" and r.target == st.target and r.batch == st.batch), None)
+            tref = next((r for r in self.rows if r.kind == "infer" and r.backend == "torch" and r.batch == st.batch), torch1)
+            out.append({"engine": f"{st.backend}-{st.precision}", "batch": st.batch, "stream_fps": st.fps,
+                        "infer_fps": inf.fps if inf else None,
+                        "infer_vs_torch": inf.fps / tref.fps if inf and tref else None,
+                        "stream_vs_naive": st.fps / naive.fps if naive else None,
+                        "pipeline_efficiency": st.fps / inf.fps if inf else None})
+        return out
 
     def table(self) -> str:
         """Text table; with several targets, adds the speed-up of each over the slowest batch-1 row."""
@@ -67,6 +85,16 @@ class BenchReport:
             for r in self.rows:
                 if r.kind in ("infer", "stream") and r.backend != "torch":
                     lines.append(f"  {r.backend}-{r.precision} {r.kind} batch {r.batch}: {r.fps / ref[0].fps:.2f}x")
+        comp = self.comparison()
+        if comp and any(c["stream_vs_naive"] for c in comp):
+            lines.append("")
+            lines.append("comparison (end to end = decode → infer → overlay → H.264 encode):")
+            for c in comp:
+                f = lambda v, fmt: "n/a" if v is None else format(v, fmt)  # noqa: E731
+                lines.append(f"  {c['engine']} batch {c['batch']}: stream {c['stream_fps']:.1f} FPS = "
+                             f"{f(c['stream_vs_naive'], '.2f')}x naive loop; inference {f(c['infer_fps'], '.1f')} FPS = "
+                             f"{f(c['infer_vs_torch'], '.2f')}x torch eager; pipeline efficiency "
+                             f"{f(c['pipeline_efficiency'], '.2f')} (stream / inference FPS)")
         return "\n".join(lines)
 
 
@@ -160,11 +188,76 @@ def stream_row(backend, video: str, batch: int, output: str | None, max_frames: 
                     calls=rep.frames, p50_ms=p50, p99_ms=p99, mean_ms=float("nan"), fps=rep.fps, kind="stream")
 
 
+def naive_row(torch_backend, video: str, max_frames: int | None = None, alpha: float = 0.5) -> BenchRow:
+    """End-to-end FPS of the naive loop a user would write first, as the baseline of ``--compare``:
+    ``cv2.VideoCapture`` read → resize + normalise → PyTorch eager (batch 1) → threshold/argmax →
+    mask resized to the frame → ``cv2.addWeighted`` over the whole frame → ``cv2.VideoWriter``
+    (MPEG-4 'mp4v') write — one frame at a time in one thread.
+
+    Args:
+        torch_backend: a :class:`rtseg.runtime.torch_backend.TorchBackend` (the checkpoint).
+        video: real video file; max_frames: stop after N frames (default: the whole video).
+
+    Raises:
+        RtsegError: unreadable video.
+    """
+    import cv2
+    import torch
+
+    cap = cv2.VideoCapture(str(video))
+    if not cap.isOpened():
+        raise RtsegError(f"OpenCV cannot open {video}; pass a video file FFmpeg can read")
+    fps_in = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    h_net, w_net = torch_backend.input_hw
+    mean = torch.tensor(torch_backend.mean).view(1, 3, 1, 1)
+    std = torch.tensor(torch_backend.std).view(1, 3, 1, 1)
+    color = np.array([0, 255, 0], np.uint8)
+    lat = []
+    with tempfile.TemporaryDirectory() as td:
+        writer = None
+        t0 = time.perf_counter()
+        n = 0
+        while max_frames is None or n < max_frames:
+            s = time.perf_counter()
+            ok, frame = cap.read()
+            if not ok:
+                break
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            x = torch.from_numpy(cv2.resize(rgb, (w_net, h_net))).permute(2, 0, 1)[None].float() / 255.0
+            with torch.inference_mode():
+                z = torch_backend.model((x - mean) / std)
+            m = (z[0, 0] > 0) if z.shape[1] == 1 else (z[0].argmax(0) > 0)
+            mask = cv2.resize(m.numpy().astype(np.uint8), (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
+            tint = np.where(mask[..., None] > 0, color, frame)
+            out = cv2.addWeighted(frame, 1 - alpha, tint, alpha, 0)
+            if writer is None:
+                writer = cv2.VideoWriter(str(Path(td) / "naive.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps_in,
+                                         (frame.shape[1], frame.shape[0]))
+            writer.write(out)
+            lat.append((time.perf_counter() - s) * 1000)
+            n += 1
+        total = time.perf_counter() - t0
+        if writer is not None:
+            writer.release()
+    cap.release()
+    if not lat:
+        raise RtsegError(f"OpenCV decoded no frames from {video}; pass another video")
+    a = np.asarray(lat)
+    return BenchRow(target=str(torch_backend.folder or ""), backend="torch", precision=torch_backend.precision, batch=1,
+                    calls=len(lat), p50_ms=float(np.median(a)), p99_ms=float(np.percentile(a, 99)), mean_ms=float(a.mean()),
+                    fps=len(lat) / total, kind="naive")
+
+
 def run_bench(targets: list[str], video: str, batch_sizes: list[int], seconds: float = 3.0, warmup: int = 3,
               threads: int | None = None, torch_ref: bool = True, stream: bool = True, stream_batch: int | None = None,
               stream_output: str | None = None, n_frames: int = 32, backend: str | None = None,
-              stream_frames: int | None = None, allow_failed_gate: bool = False, log=print) -> BenchReport:
+              stream_frames: int | None = None, allow_failed_gate: bool = False, compare: bool = False,
+              log=print) -> BenchReport:
     """Benchmark each target (engine or checkpoint folder). See module docstring.
+
+    ``compare=True`` (``--compare``) also runs the naive loop (:func:`naive_row`) on the PyTorch
+    reference and forces the torch row and the stream rows, so one report holds naive loop, torch
+    eager, every engine (inference-only and end to end) and their ratios (:meth:`BenchReport.comparison`).
 
     Raises:
         RtsegError: unreadable targets or video.
@@ -174,6 +267,8 @@ def run_bench(targets: list[str], video: str, batch_sizes: list[int], seconds: f
 
     if not targets:
         raise RtsegError("nothing to benchmark; pass --engine DIR (repeatable) or --checkpoint DIR")
+    if compare and not torch_ref:
+        raise RtsegError("--compare needs the PyTorch reference; drop --no-torch")
     backends = [load_engine(t, backend=backend if backend and (Path(t) / "engine.json").exists() else None,
                             num_threads=threads, allow_failed_gate=allow_failed_gate) for t in targets]
     if torch_ref:
@@ -198,7 +293,15 @@ def run_bench(targets: list[str], video: str, batch_sizes: list[int], seconds: f
             row = time_backend(b, net, bs, seconds=seconds, warmup=warmup)
             log(f"  {b.describe()} batch {bs}: p50 {row.p50_ms:.2f} ms, {row.fps:.1f} FPS")
             report.rows.append(row)
-    if stream:
+    if compare:
+        ref = next((b for b in backends if b.name == "torch"), None)
+        if ref is None:
+            raise RtsegError("--compare needs the PyTorch reference: pass engines built by 'rtseg build-engine' "
+                             "(their engine.json names the checkpoint) or add --checkpoint DIR")
+        row = naive_row(ref, video, stream_frames)
+        log(f"  naive loop (cv2 read → torch eager → cv2 overlay → cv2 write): {row.fps:.1f} FPS end to end")
+        report.rows.append(row)
+    if stream or compare:
         for b in backends:
             if b.name == "torch":
                 continue
@@ -232,10 +335,13 @@ def _ints(s: str) -> list[int]:
 @click.option("--stream-frames", default=None, type=int, help="Stream at most N frames (default: the whole video).")
 @click.option("--stream-output", default=None, help="Where the stream writes (default: a temporary .mp4; 'none' = no encode).")
 @click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
+@click.option("--compare", is_flag=True,
+              help="Also run the naive loop (cv2 read → torch eager → cv2 overlay → cv2 write) and print the ratios: "
+                   "engine vs torch eager, stream vs naive loop, stream vs inference-only FPS.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
 @click.option("--out", "out_json", type=click.Path(), help="Also write the JSON report to this file.")
 def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, threads, backend, no_torch, stream,
-                  stream_batch, stream_frames, stream_output, allow_failed_gate, as_json, out_json):
+                  stream_batch, stream_frames, stream_output, allow_failed_gate, compare, as_json, out_json):
     """Latency p50/p99 and throughput at each batch size on real frames, for engines and the PyTorch
     reference, plus the stream's end-to-end FPS on --video.
 
@@ -245,7 +351,7 @@ def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, thr
     rep = run_bench(list(engines) + list(checkpoints), video, _ints(batch_sizes), seconds=seconds, warmup=warmup,
                     threads=threads, torch_ref=not no_torch, stream=stream, stream_batch=stream_batch,
                     stream_output=stream_output, backend=backend, stream_frames=stream_frames,
-                    allow_failed_gate=allow_failed_gate, log=log)
+                    allow_failed_gate=allow_failed_gate, compare=compare, log=log)
     if out_json:
         Path(out_json).write_text(json.dumps(rep.to_dict(), indent=2))
     if as_json:

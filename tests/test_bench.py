@@ -55,3 +55,27 @@ def test_bench_table_and_wrong_backend(capsys, engine, clip):
         raise SystemExit(0)
     out = capsys.readouterr().out
     assert "p50 ms" in out and "openvino-fp32" in out and "speed-up over torch eager" in out
+
+
+def test_bench_compare_has_naive_loop_torch_engines_and_ratios(capsys, engine, clip):
+    """Issue 8: one run prints naive loop, torch eager, each engine (inference and end to end) and the ratios."""
+    eng, _ = engine
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--engine", str(eng), "--video", str(clip), "--batch-sizes", "1", "--seconds", "0.2",
+              "--warmup", "1", "--threads", "1", "--stream-frames", "12", "--no-stream", "--compare", "--json"])
+        raise SystemExit(0)
+    assert e.value.code == 0
+    rep = json.loads(capsys.readouterr().out)
+    kinds = {(r["backend"], r["kind"]) for r in rep["rows"]}
+    assert {("torch", "naive"), ("torch", "infer"), ("openvino", "infer"), ("openvino", "stream")} <= kinds
+    naive = next(r for r in rep["rows"] if r["kind"] == "naive")
+    assert naive["calls"] == 12 and naive["fps"] > 0 and naive["p50_ms"] > 0
+    (c,) = rep["comparison"]
+    rows = {(r["backend"], r["kind"]): r for r in rep["rows"]}
+    assert c["engine"] == "openvino-fp32" and c["batch"] == 1
+    assert c["stream_vs_naive"] == pytest.approx(rows["openvino", "stream"]["fps"] / naive["fps"])
+    assert c["infer_vs_torch"] == pytest.approx(rows["openvino", "infer"]["fps"] / rows["torch", "infer"]["fps"])
+    assert c["pipeline_efficiency"] == pytest.approx(rows["openvino", "stream"]["fps"] / rows["openvino", "infer"]["fps"])
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--engine", str(eng), "--video", str(clip), "--no-torch", "--compare", "--seconds", "0.1"])
+    assert e.value.code == 2 and "--compare needs the PyTorch reference" in capsys.readouterr().err

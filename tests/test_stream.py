@@ -484,3 +484,33 @@ def test_codec_choice():
         resolve_codec("h264_doesnotexist")
     with pytest.raises(RtsegError, match="not a video encoder"):
         resolve_codec("aac")
+
+
+def test_loop_continues_timestamps_and_reports_rss(tmp_path, clip):
+    """--loop: a second pass over the file continues the timeline (one frame after the last), so the
+    output is one playable clip of twice the frames; the report carries RSS samples."""
+    from rtseg.stream import run_stream
+    from rtseg.stream.sources import open_source
+
+    src = open_source(str(clip))
+    n = sum(1 for it in src.read() if it.kind == "video")
+    src.close()
+
+    class Identity:
+        name, precision, input_hw, num_classes, max_batch, meta, folder = "none", "fp32", (32, 32), 1, None, {}, None
+
+        def predict_u8(self, frames):
+            return np.zeros(frames.shape[:3], np.uint8)
+
+        def describe(self):
+            return "identity"
+
+    out = tmp_path / "loop.mp4"
+    rep = run_stream(Identity(), [str(clip)], [str(out)], loop=2, handle_signals=False)
+    assert rep.frames == 2 * n
+    with av.open(str(out)) as c:
+        pts = [f.pts for f in c.decode(video=0)]
+    assert len(pts) == 2 * n and all(b > a for a, b in zip(pts, pts[1:]))
+    assert rep.rss_mb["samples"] >= 1 and rep.rss_mb["max"] >= rep.rss_mb["first"] > 0
+    with pytest.raises(RtsegError, match="--loop applies to video files"):
+        run_stream(Identity(), ["lavfi:testsrc2=size=64x64:rate=5"], [], loop=2, max_frames=2, handle_signals=False)

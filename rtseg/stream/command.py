@@ -27,7 +27,9 @@ Examples:
 
 
 @click.command("stream", epilog=_EPILOG, context_settings={"max_content_width": 100})
-@click.option("--engine", "engine", required=True, type=click.Path(), help="Engine folder (engine.json) or checkpoint folder (PyTorch reference).")
+@click.option("--engine", "engine", default=None, type=click.Path(),
+              help="Engine folder (engine.json) or checkpoint folder (PyTorch reference); default: rtseg's shipped "
+                   "polyp model (its OpenVINO engine is built into the cache on first use).")
 @click.option("--source", "sources", multiple=True, required=True, help="Input (repeatable): file, cameraN, URL, image folder/glob, lavfi:GRAPH.")
 @click.option("--output", "outputs", multiple=True, help="Output (repeatable): file, URL, image folder, null.")
 @click.option("--no-output", is_flag=True, help="Write nothing (measure the pipeline).")
@@ -40,6 +42,8 @@ Examples:
               help="x264/x265 preset: ultrafast keeps 720p real time on 2 cores; superfast/veryfast give smaller files.")
 @click.option("--crf", default=23, show_default=True, type=click.IntRange(0, 51), help="x264/x265 constant rate factor (lower = better quality).")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="Inference threads (default: the backend's choice).")
+@click.option("--loop", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Passes over each video-file source (0 = until stopped); timestamps continue, audio is dropped.")
 @click.option("--max-frames", default=None, type=click.IntRange(min=1), help="Stop after N frames per source.")
 @click.option("--max-latency-ms", default=None, type=click.FloatRange(min=1), help="Drop live frames that waited longer than this before inference.")
 @click.option("--reconnect/--no-reconnect", default=False, show_default=True, help="Reopen failed or stalled network sources with backoff.")
@@ -51,7 +55,7 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and --json).")
 def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeout_ms, alpha, contour, codec, preset, crf,
-                   threads, max_frames, max_latency_ms, reconnect, stall_timeout, fps, show, metrics_jsonl, allow_failed_gate,
+                   threads, loop, max_frames, max_latency_ms, reconnect, stall_timeout, fps, show, metrics_jsonl, allow_failed_gate,
                    as_json, quiet):
     """Segment a video/camera/network stream and write the overlaid output.
 
@@ -66,13 +70,19 @@ def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeou
         raise RtsegError("--no-output and --output exclude each other; drop one of them")
     if not no_output and not outputs and not show:
         raise RtsegError("no --output given; pass --output out.mp4 (or a URL/folder), --show, or --no-output")
-    backend = load_engine(engine, num_threads=threads, allow_failed_gate=allow_failed_gate)
+    if engine is None:
+        from ..defaults import load_default_engine
+
+        backend = load_default_engine(num_threads=threads, log=None if quiet else (lambda m: click.echo(m, err=True)))
+        engine = f"default model, {backend.folder}"
+    else:
+        backend = load_engine(engine, num_threads=threads, allow_failed_gate=allow_failed_gate)
     if not quiet:
         click.echo(f"engine: {backend.describe()} ({engine})", err=True)
     report = run_stream(backend, list(sources), [] if no_output else list(outputs), batch_size=batch_size,
                         batch_timeout_ms=batch_timeout_ms, alpha=alpha, contour=contour, codec=codec, preset=preset,
                         crf=crf, max_frames=max_frames, max_latency_ms=max_latency_ms, reconnect=reconnect,
-                        stall_timeout=stall_timeout, fps=fps, show=show, metrics_jsonl=metrics_jsonl,
+                        stall_timeout=stall_timeout, fps=fps, show=show, metrics_jsonl=metrics_jsonl, loop=loop,
                         log=None if not quiet else (lambda m: None))
     if as_json:
         click.echo(json.dumps(report.to_dict()))

@@ -122,6 +122,8 @@ class StreamReport:
         sources: one :class:`SourceReport` per source, in ``--source`` order.
         stopped: why the run ended (``"end of input"``, ``"max frames"``, ``"SIGINT"``, ...).
         backend: the backend's one-line description.
+        rss_mb: resident memory of the process in MiB, sampled once per second: ``first``, ``last``,
+            ``max``, ``samples``.
     """
 
     frames: int = 0
@@ -134,6 +136,7 @@ class StreamReport:
     sources: list[SourceReport] = field(default_factory=list)
     stopped: str = "end of input"
     backend: str = ""
+    rss_mb: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (NaN → ``None``)."""
@@ -152,6 +155,9 @@ class StreamReport:
             lines.append(f"  {name:<12}{_fmt(lat.p50_ms):>9}{_fmt(lat.p99_ms):>9}{_fmt(lat.mean_ms):>9}{lat.count:>8}")
         if self.queue_max:
             lines.append("  queue max depth: " + ", ".join(f"{k} {v}" for k, v in self.queue_max.items()))
+        if self.rss_mb:
+            r = self.rss_mb
+            lines.append(f"  RSS MiB: first {r['first']:.1f}, last {r['last']:.1f}, max {r['max']:.1f} ({r['samples']} samples)")
         for i, s in enumerate(self.sources):
             extra = []
             if s.drops:

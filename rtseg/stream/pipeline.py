@@ -196,6 +196,7 @@ def run_stream(backend, sources: Sequence, outputs: Sequence | None = None, *, b
                preset: str = "ultrafast", crf: int = 23, max_frames: int | None = None,
                max_latency_ms: float | None = None, reconnect: bool = False, fps: float | None = None,
                stall_timeout: float = 5.0, show: bool = False, metrics_jsonl: str | os.PathLike | None = None,
+               loop: int = 1,
                overlay: bool = True, stop_event: threading.Event | None = None, handle_signals: bool = True,
                log=None) -> StreamReport:
     """Segment one or more video sources with ``backend`` and write the overlaid video.
@@ -220,6 +221,9 @@ def run_stream(backend, sources: Sequence, outputs: Sequence | None = None, *, b
         stall_timeout: a network source silent this long (s) has failed.
         show: also show each source in a window (needs a display).
         metrics_jsonl: write one JSON line of metrics per second to this file.
+        loop: passes over each video-file source (1 = once, 0 = until stopped); the timestamps
+            continue across passes; audio is not copied when looping. ``RtsegError`` for live or
+            network sources.
         overlay: draw the masks (``False``: frames pass through unchanged, for measurements).
         stop_event: set it from another thread to stop the stream gracefully.
         handle_signals: in the main thread, turn SIGINT/SIGTERM into a graceful stop (a second one
@@ -255,6 +259,13 @@ def run_stream(backend, sources: Sequence, outputs: Sequence | None = None, *, b
     try:
         for s in sources:
             opened.append(s if isinstance(s, Source) else _open(s, fps, stall_timeout, reconnect, stop, log))
+            if loop != 1:
+                from .sources import AVSource
+
+                src = opened[-1]
+                if not isinstance(src, AVSource) or src.live or src.network or src.format is not None:
+                    raise RtsegError(f"--loop applies to video files, not {src.name}; drop --loop for live sources")
+                src.loop, src.audio = int(loop), None
         per_src_sinks = _map_outputs(outputs, opened, codec=codec, preset=preset, crf=crf)
         if show:
             from .sinks import DisplaySink
@@ -482,7 +493,8 @@ def run_stream(backend, sources: Sequence, outputs: Sequence | None = None, *, b
             lat[stage] = {"p50_ms": L.p50_ms, "p99_ms": L.p99_ms}
         total = sum(new["frames"])
         line = {"t": round(now - t_start, 3), "frames": total, "fps": (total - sum(marks["frames"])) / dt,
-                "drops": sum(inq.drops), "sources": src_lines, "latency": lat}
+                "drops": sum(inq.drops), "rss_mb": round(proc.memory_info().rss / 2**20, 1), "sources": src_lines,
+                "latency": lat}
         return line, new
 
     threads = [threading.Thread(target=source_loop, args=(st,), name=f"rtseg-src{st.idx}", daemon=True) for st in states]
@@ -505,6 +517,9 @@ def run_stream(backend, sources: Sequence, outputs: Sequence | None = None, *, b
         for sig in (signal.SIGINT, signal.SIGTERM):
             old_handlers[sig] = signal.signal(sig, on_signal)
     writer = None
+    import psutil
+
+    proc, rss = psutil.Process(), []
     t_start = time.perf_counter()
     try:
         if metrics_jsonl:
@@ -515,7 +530,11 @@ def run_stream(backend, sources: Sequence, outputs: Sequence | None = None, *, b
             writer.start()
         for t in threads + sink_threads:
             t.start()
+        next_rss = 0.0
         while any(t.is_alive() for t in sink_threads):
+            if time.perf_counter() >= next_rss:  # resident memory once per second (flat = no leak)
+                rss.append(proc.memory_info().rss / 2**20)
+                next_rss = time.perf_counter() + 1.0
             for t in sink_threads:
                 t.join(timeout=0.1)
             if stop.is_set():
@@ -557,6 +576,9 @@ def run_stream(backend, sources: Sequence, outputs: Sequence | None = None, *, b
     report.drops = sum(inq.drops)
     report.batch_mean = float(np.mean(batch_sizes)) if batch_sizes else 0.0
     report.queue_max = {"in": sum(inq.max_depth), "out": sum(s.out_max for s in states)}
+    if rss:
+        report.rss_mb = {"first": round(rss[0], 1), "last": round(rss[-1], 1), "max": round(max(rss), 1),
+                         "samples": len(rss)}
     for stage in STAGES:
         recs = [infer_lat] if stage == "infer" else [s.lat[stage] for s in states]
         report.latency[stage] = Latency.of([r.samples() for r in recs])

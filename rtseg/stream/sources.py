@@ -177,7 +177,30 @@ class AVSource(Source):
                               int(_attr(cc, "colorspace", 2)), int(_attr(cc, "color_range", 0)),
                               int(_attr(cc, "color_primaries", 2)), int(_attr(cc, "color_trc", 2)))
 
+    #: passes over a video file (``--loop``): 1 = once, 0 = until stopped (files only; audio is
+    #: not copied when looping)
+    loop = 1
+
     def read(self) -> Iterator[Item]:
+        passes, last_out = 0, None
+        frame_ticks = _frame_ticks(self.info)
+        while True:
+            offset = None
+            for item in self._read_once():
+                if item.kind == "video" and passes:
+                    f = item.obj
+                    if offset is None:  # continue the timeline one frame after the last pass
+                        offset = last_out + frame_ticks - f.pts
+                    f.pts += offset
+                if item.kind == "video":
+                    last_out = item.obj.pts
+                yield item
+            passes += 1
+            if self._interrupted or last_out is None or (self.loop and passes >= self.loop):
+                return
+            self.container.seek(0)
+
+    def _read_once(self) -> Iterator[Item]:
         vs, aus = self.vstream, self.audio
         w, h = self.info.width, self.info.height
         frame_ticks = _frame_ticks(self.info)
