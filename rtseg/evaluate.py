@@ -171,16 +171,20 @@ def format_table(result: dict) -> str:
 def eval_command(target, checkpoint, engine, data, data_format, split, batch_size, threads, limit, save_overlays,
                  overlays_path, allow_failed_gate, as_json, out_json):
     """Dice, IoU, accuracy, recall, specificity, precision (per-image mean and dataset-global) of a
-    checkpoint or an engine, on a split or a folder.
+    checkpoint or an engine (default: rtseg's shipped polyp model), on a split or a folder.
 
     Example: rtseg eval --engine engines/eunet-s/openvino-fp32 --data ../shared/data/cvc-clinicdb-256
     """
     from .runtime import load_engine
 
     path = engine or checkpoint or target
-    if not path:
-        raise RtsegError("nothing to evaluate; pass --checkpoint DIR or --engine DIR")
-    backend = load_engine(path, num_threads=threads, allow_failed_gate=allow_failed_gate)
+    if not path:  # the shipped default model (its engine is built into the cache on first use)
+        from .defaults import load_default_engine
+
+        backend = load_default_engine(num_threads=threads, log=None if as_json else (lambda m: click.echo(m, err=True)))
+        path = f"default model ({backend.folder})"
+    else:
+        backend = load_engine(path, num_threads=threads, allow_failed_gate=allow_failed_gate)
     if backend.max_batch:
         batch_size = min(batch_size, backend.max_batch)
     samples, reader, where = _resolve_samples(data, split, backend.meta.get("model", {}), data_format)

@@ -490,7 +490,7 @@ def format_selection(selection: dict) -> str:
             lines.append(f"{r['precision']:9s} {r['status']:10s} {'':>8s} {'':>7s} {'':>12s} {'':>9s} {'':>7s}  {r['why']}")
             continue
         mark = "  <- chosen" if r["precision"] == selection["winner"] else ""
-        lines.append(f"{r['precision']:9s} {r['status']:10s} {r.get('score', float('nan')):8.2f} {-r.get('delta_pt', 0.0):+7.2f} "
+        lines.append(f"{r['precision']:9s} {r['status']:10s} {r.get('score', float('nan')):8.2f} {0.0 - r.get('delta_pt', 0.0):+7.2f} "
                      f"{r.get('excluded_layers', 0):12d} {r['latency_ms']:9.2f} {r['fps']:7.1f}{mark}")
     lines.append(selection["reason"])
     return "\n".join(lines)

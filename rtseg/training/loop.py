@@ -316,7 +316,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
                                          drop_last=len(train_ds) // world > cfg.batch_size, generator=g)
     steps = cfg.epochs * len(loader)
     sched, step_per = make_scheduler(cfg.scheduler, opt, cfg.lr, steps, cfg.epochs, cfg.plateau_patience)
-    meta = ModelMeta(model=cfg.model, num_classes=labels.num_classes, model_kwargs=dict(cfg.model_kwargs),
+    # the architecture only: an ImageNet weights file is an input of this training, not of the model
+    # (rebuilding it from model.json must not need that file or package)
+    arch_kwargs = {k: v for k, v in cfg.model_kwargs.items() if k != "pretrained_weights"}
+    meta = ModelMeta(model=cfg.model, num_classes=labels.num_classes, model_kwargs=arch_kwargs,
                      class_names=list(labels.class_names), palette=[list(c) for c in labels.palette], input_size=[H, W],
                      mean=mean, std=std, resize=cfg.resize, task="binary" if binary else "multiclass",
                      ignore_index=labels.ignore_index,
