@@ -198,12 +198,7 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
             source_onnx = tmp / cal.QDQ_ONNX
 
         log(f"building the {backend} {precision} engine")
-        if backend == "openvino":
-            info = _build_openvino(source_onnx, tmp, precision, sample)
-        elif backend == "onnxruntime":
-            info = _build_onnxruntime(source_onnx, tmp, sample)
-        else:
-            info = _build_tensorrt(source_onnx, tmp, precision, hw, backend_opts)
+        info = _build_backend(backend, source_onnx, tmp, precision, hw, sample, backend_opts)
         output = info.pop("output_sample", None)
         verify = {"input": sample_desc, "reference": "pytorch fp32"}
         if output is not None:
@@ -263,13 +258,7 @@ def _gate(folder: Path, engine: dict, meta, backend: str, precision: str, hw, sa
         return {"format": g.GATE_FORMAT, "status": "skipped", "reason": str(e)}
 
     def rebuild(qdq_path: Path) -> dict[str, Any]:
-        if backend == "openvino":
-            info = _build_openvino(qdq_path, folder, precision, sample)
-        elif backend == "onnxruntime":
-            info = _build_onnxruntime(qdq_path, folder, sample)
-        else:
-            info = _build_tensorrt(qdq_path, folder, precision, hw, backend_opts)
-        y = info.get("output_sample")
+        y = _build_backend(backend, qdq_path, folder, precision, hw, sample, backend_opts).get("output_sample")
         return {"verify": _compare(y, reference) if y is not None else {}}
 
     kw = {} if gate_max_rounds is None else {"max_rounds": gate_max_rounds}
@@ -325,6 +314,16 @@ def _int8_qdq(ckpt: Path, folder: Path, hw, calib_data, method, num_calib, seed,
             "source": rec.get("source"), "scheme": {k: rec.get("quantization", {}).get(k) for k in
                                                      ("activations", "weights", "op_types", "weight_bits", "excluded_nodes")},
             "from": str(Path(qdq_from).resolve()) if qdq_from is not None else None}
+
+
+def _build_backend(backend: str, source_onnx: Path, folder: Path, precision: str, hw, sample: np.ndarray,
+                   backend_opts: dict[str, Any]) -> dict[str, Any]:
+    """Build ``backend``'s engine file in ``folder`` from ``source_onnx``; the builder's info dict."""
+    if backend == "openvino":
+        return _build_openvino(source_onnx, folder, precision, sample)
+    if backend == "onnxruntime":
+        return _build_onnxruntime(source_onnx, folder, sample)
+    return _build_tensorrt(source_onnx, folder, precision, hw, backend_opts)
 
 
 def _build_openvino(source_onnx: Path, folder: Path, precision: str, sample: np.ndarray) -> dict[str, Any]:

@@ -333,6 +333,9 @@ def run_gate(folder: Path, engine: dict, gs: GateSet, *, tolerance_pt: float | N
                 "engine_file": cal.FP32_ONNX, "accuracy_gate": None}
     ref_backend = backend_from_meta(folder, ref_meta, num_threads=threads)
     ref_score = task_score(ref_backend, gs)
+    # real frames at the engine size, read once: latencies every round, sensitivity on the first ones
+    frames = gate_frames(ref_backend, gs, max(16, sensitivity_images))
+    x_sens = ref_backend.normalize(frames[:sensitivity_images])
     ref_backend.close()
     log(f"accuracy gate on {gs.description}: fp32 {gs.metric} {ref_score:.2f}")
 
@@ -340,7 +343,7 @@ def run_gate(folder: Path, engine: dict, gs: GateSet, *, tolerance_pt: float | N
         b = backend_from_meta(folder, {**engine, "accuracy_gate": None}, num_threads=threads)
         try:
             score = task_score(b, gs)
-            lat = latency_ms(b, gate_frames(b, gs), 1, seconds=latency_seconds)
+            lat = latency_ms(b, frames, 1, seconds=latency_seconds)
         finally:
             b.close()
         delta = ref_score - score
@@ -362,13 +365,11 @@ def run_gate(folder: Path, engine: dict, gs: GateSet, *, tolerance_pt: float | N
         original.write_bytes(qdq_path.read_bytes())
         n_quant = len(quantized_nodes(qm))
         limit = max(1, int(max_excluded_fraction * n_quant))
-        probe_b = backend_from_meta(folder, ref_meta)
-        x = probe_b.normalize(gate_frames(probe_b, gs, sensitivity_images))
-        probe_b.close()
         k = 1
         for _ in range(max_rounds):
             k = min(k, limit)
-            ranked = layer_sensitivity(folder / cal.FP32_ONNX, original, x, threads=threads, already_float=excluded, log=log)
+            ranked = layer_sensitivity(folder / cal.FP32_ONNX, original, x_sens, threads=threads, already_float=excluded,
+                                       log=log)
             ranking += ranked[: k - len(excluded)]
             excluded = [r["node"] for r in ranking]
             repaired = keep_float(qm, fm, excluded)
