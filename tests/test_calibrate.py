@@ -15,6 +15,8 @@ from rtseg.checkpoint import ModelMeta, save_checkpoint
 from rtseg.errors import RtsegError
 from rtseg.export import calibrate as cal
 from rtseg.export.onnx import export_onnx
+from rtseg.runtime.child import run_guarded
+from rtseg.runtime.openvino_backend import verify_openvino
 from rtseg.models import create_model
 
 HW = (64, 64)
@@ -128,9 +130,9 @@ def test_no_calibration_data_is_an_error(tmp_path):
 def test_native_crash_in_child_becomes_rtseg_error():
     crash = "import ctypes; ctypes.string_at(0)"  # a real SIGSEGV
     with pytest.raises(RtsegError, match=r"crashed \(SIG(SEGV|BUS)\).*; use the fix"):
-        cal.run_guarded(crash, [], what="the test child", fix="use the fix")
+        run_guarded(crash, [], what="the test child", fix="use the fix")
     with pytest.raises(RtsegError, match="failed .*boom"):
-        cal.run_guarded("raise SystemExit('boom')", [], what="the test child", fix="x")
+        run_guarded("raise SystemExit('boom')", [], what="the test child", fix="x")
 
 
 def test_onnxruntime_default_qdq_cannot_crash_rtseg(tmp_path, fp32_onnx, images):
@@ -142,14 +144,14 @@ def test_onnxruntime_default_qdq_cannot_crash_rtseg(tmp_path, fp32_onnx, images)
     cal.calibrate_onnx(fp32_onnx, tmp_path / "ort-default.onnx", data, activation="uint8", symmetric=False,
                        op_types=None)
     try:
-        cal.verify_openvino(tmp_path / "ort-default.onnx", data[:1])
+        verify_openvino(tmp_path / "ort-default.onnx", data[:1])
     except RtsegError as e:
         assert "crashed (SIGSEGV)" in str(e) and "--backend onnxruntime" in str(e)
     else:
         assert openvino_version() != "2026.4.1", "OpenVINO 2026.4.1 was seen to crash here; the guard missed it"
     # rtseg's own scheme compiles and runs, static and dynamic batch
     cal.calibrate_onnx(fp32_onnx, tmp_path / "rtseg.onnx", data)
-    assert cal.verify_openvino(tmp_path / "rtseg.onnx", data[:1]).shape == (1, 1, 64, 64)
+    assert verify_openvino(tmp_path / "rtseg.onnx", data[:1]).shape == (1, 1, 64, 64)
 
 
 def test_entropy_amax_matches_the_reference_loop():

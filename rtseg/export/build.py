@@ -19,7 +19,7 @@ tensorrt    fp32/fp16/ ``model.engine`` by :func:`rtseg.export.tensorrt_build.bu
 ==========  =========  ===========================================================================
 
 Every OpenVINO engine is compiled once in a child process before the folder is published
-(:func:`rtseg.export.calibrate.verify_openvino`): a native crash of the compiler becomes an
+(:func:`rtseg.runtime.openvino_backend.verify_openvino`): a native crash of the compiler becomes an
 :class:`~rtseg.errors.RtsegError`. Every engine is run on two real images (or seeded noise when no
 images are at hand) and compared with PyTorch; the result is ``engine.json`` ``verify``. Reduced
 precisions then pass the accuracy gate (:mod:`rtseg.export.gate`): task metric against FP32 on
@@ -329,8 +329,7 @@ def _build_backend(backend: str, source_onnx: Path, folder: Path, precision: str
 def _build_openvino(source_onnx: Path, folder: Path, precision: str, sample: np.ndarray) -> dict[str, Any]:
     import openvino as ov
 
-    from ..runtime.openvino_backend import PRECISION_HINTS, openvino_device_info, openvino_version
-    from .calibrate import verify_openvino
+    from ..runtime.openvino_backend import PRECISION_HINTS, openvino_device_info, openvino_version, verify_openvino
 
     try:
         ov_model = ov.convert_model(str(source_onnx))

@@ -49,9 +49,7 @@ import hashlib
 import io
 import json
 import os
-import signal
 import struct
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -467,93 +465,6 @@ def qdq_summary(path: str | Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------
-# native-crash guard
-# ------------------------------------------------------------------------------------------------
-# Compiles the model as rtseg runs it (dynamic batch) and once more with the batch fixed to the
-# sample's: OpenVINO 2026.4 segfaulted on ONNX Runtime's default Q/DQ only in the static-shape case.
-_OV_CHILD = r"""
-import json, sys, numpy as np, openvino as ov
-path, config, x_path, y_path = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
-device = config.pop("device", "CPU")
-x = np.load(x_path)
-core = ov.Core()
-outs = []
-for static in (False, True):
-    model = core.read_model(path)
-    if static:
-        model.reshape({model.inputs[0].get_any_name(): list(x.shape)})
-    compiled = core.compile_model(model, device, config)
-    req = compiled.create_infer_request()
-    req.infer({0: x})
-    outs.append(np.array(req.get_output_tensor(0).data, dtype=np.float32))
-np.save(y_path, outs[0])
-print(json.dumps({"precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
-                  "static_vs_dynamic": float(np.max(np.abs(outs[0] - outs[1])))}))
-"""
-
-
-def run_guarded(code: str, args: Sequence[str], what: str, fix: str, timeout: float = 900.0) -> str:
-    """Run ``python -c code args...`` in a child process; return its stdout.
-
-    A native crash (segfault, abort) or a failure in the child becomes an :class:`RtsegError`
-    ``"<what> crashed (SIGSEGV) ...; <fix>"`` — the caller never dies with it.
-
-    Raises:
-        RtsegError: the child was killed by a signal, exited non-zero, or ran past ``timeout`` s.
-    """
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        p = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                           timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        raise RtsegError(f"{what} did not finish in {timeout:.0f} s; {fix}") from None
-    if p.returncode < 0:
-        try:
-            sig = signal.Signals(-p.returncode).name
-        except ValueError:
-            sig = f"signal {-p.returncode}"
-        raise RtsegError(f"{what} crashed ({sig}) in a guarded child process; {fix}")
-    if p.returncode != 0:
-        lines = [ln for ln in (p.stderr or "").strip().splitlines() if ln.strip()]
-        raise RtsegError(f"{what} failed ({lines[-1].strip() if lines else f'exit code {p.returncode}'}); {fix}")
-    return p.stdout
-
-
-def verify_openvino(model_path: str | Path, sample: np.ndarray, config: dict[str, str] | None = None,
-                    device: str = "CPU", fix: str | None = None, timeout: float = 900.0) -> np.ndarray:
-    """Compile ``model_path`` (ONNX or IR) with OpenVINO and run ``sample`` in a child process,
-    twice: with its dynamic batch (as :class:`~rtseg.runtime.openvino_backend.OpenVINOBackend` runs
-    it) and reshaped to the sample's static shape (where OpenVINO 2026.4 segfaulted on ONNX Runtime's
-    default Q/DQ).
-
-    Args:
-        model_path: ONNX or ``.xml`` file.
-        sample: ``float32[N, 3, H, W]`` input.
-        config: compile properties (e.g. ``{"INFERENCE_PRECISION_HINT": "f32"}``).
-
-    Returns:
-        the output ``float32[N, C, H, W]``.
-
-    Raises:
-        RtsegError: OpenVINO crashed or failed on this graph (message names the cause and the fix).
-    """
-    from ..runtime.openvino_backend import openvino_version
-
-    cfg = dict(config or {})
-    cfg["device"] = device
-    fix = fix or ("this Q/DQ graph is not supported by this OpenVINO version; rebuild it with rtseg's default scheme "
-                  "('rtseg calibrate', symmetric int8) or use --backend onnxruntime")
-    with tempfile.TemporaryDirectory(prefix="rtseg-ov-") as tmp:
-        x, y = Path(tmp) / "x.npy", Path(tmp) / "y.npy"
-        np.save(x, np.ascontiguousarray(sample, dtype=np.float32))
-        run_guarded(_OV_CHILD, [str(model_path), json.dumps(cfg), str(x), str(y)],
-                    what=f"OpenVINO {openvino_version()} compiling {Path(model_path).name} on {device}", fix=fix,
-                    timeout=timeout)
-        return np.load(y)
-
-
-# ------------------------------------------------------------------------------------------------
 # TensorRT <= 10 calibration cache
 # ------------------------------------------------------------------------------------------------
 def activation_scales(qdq_path: str | Path) -> dict[str, float]:
@@ -734,6 +645,8 @@ def calibrate_checkpoint(checkpoint: str | Path, calib_data: str | Path | None =
 
         log("checking the Q/DQ ONNX with OpenVINO in a child process")
         probe = data[:2]
+        from ..runtime.openvino_backend import verify_openvino
+
         y = verify_openvino(qdq, probe, {"INFERENCE_PRECISION_HINT": "f32"})
         sess = make_session(qdq, num_threads=1)
         y_ort = sess.run(None, {sess.get_inputs()[0].name: probe})[0]

@@ -27,6 +27,8 @@ reusable infer request; calls are serialised with a lock (one request in flight 
 
 from __future__ import annotations
 
+import json
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -128,7 +130,7 @@ class OpenVINOBackend(Backend):
             raise RtsegError(f"OpenVINO cannot compile {xml} ({str(e).strip().splitlines()[0]}); {rebuild}") from None
         if precision == "bf16":
             got = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
-            if "bf16" not in got:
+            if "bf16" not in got and "bfloat16" not in got:  # OpenVINO prints <Type: 'bfloat16'>
                 raise RtsegError(f"OpenVINO compiled {folder} at {got}, not bf16, on this {device}; use the fp32 engine here")
         self._request = self._compiled.create_infer_request()
         self._compiled_u8 = None
@@ -180,3 +182,62 @@ class OpenVINOBackend(Backend):
         """Drop the compiled models and requests."""
         self._request = self._request_u8 = None
         self._compiled = self._compiled_u8 = None
+
+
+# ------------------------------------------------------------------------------------------------
+# native-crash guard
+# ------------------------------------------------------------------------------------------------
+# Compiles the model as rtseg runs it (dynamic batch) and once more with the batch fixed to the
+# sample's: OpenVINO 2026.4 segfaulted on ONNX Runtime's default Q/DQ only in the static-shape case.
+_OV_CHILD = r"""
+import json, sys, numpy as np, openvino as ov
+path, config, x_path, y_path = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+device = config.pop("device", "CPU")
+x = np.load(x_path)
+core = ov.Core()
+outs = []
+for static in (False, True):
+    model = core.read_model(path)
+    if static:
+        model.reshape({model.inputs[0].get_any_name(): list(x.shape)})
+    compiled = core.compile_model(model, device, config)
+    req = compiled.create_infer_request()
+    req.infer({0: x})
+    outs.append(np.array(req.get_output_tensor(0).data, dtype=np.float32))
+np.save(y_path, outs[0])
+print(json.dumps({"precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
+                  "static_vs_dynamic": float(np.max(np.abs(outs[0] - outs[1])))}))
+"""
+
+
+def verify_openvino(model_path: str | Path, sample: np.ndarray, config: dict[str, str] | None = None,
+                    device: str = "CPU", fix: str | None = None, timeout: float = 900.0) -> np.ndarray:
+    """Compile ``model_path`` (ONNX or IR) with OpenVINO and run ``sample`` in a child process,
+    twice: with its dynamic batch (as :class:`~rtseg.runtime.openvino_backend.OpenVINOBackend` runs
+    it) and reshaped to the sample's static shape (where OpenVINO 2026.4 segfaulted on ONNX Runtime's
+    default Q/DQ).
+
+    Args:
+        model_path: ONNX or ``.xml`` file.
+        sample: ``float32[N, 3, H, W]`` input.
+        config: compile properties (e.g. ``{"INFERENCE_PRECISION_HINT": "f32"}``).
+
+    Returns:
+        the output ``float32[N, C, H, W]``.
+
+    Raises:
+        RtsegError: OpenVINO crashed or failed on this graph (message names the cause and the fix).
+    """
+    cfg = dict(config or {})
+    cfg["device"] = device
+    fix = fix or ("this Q/DQ graph is not supported by this OpenVINO version; rebuild it with rtseg's default scheme "
+                  "('rtseg calibrate', symmetric int8) or use --backend onnxruntime")
+    with tempfile.TemporaryDirectory(prefix="rtseg-ov-") as tmp:
+        x, y = Path(tmp) / "x.npy", Path(tmp) / "y.npy"
+        np.save(x, np.ascontiguousarray(sample, dtype=np.float32))
+        from .child import run_guarded
+
+        run_guarded(_OV_CHILD, [str(model_path), json.dumps(cfg), str(x), str(y)],
+                    what=f"OpenVINO {openvino_version()} compiling {Path(model_path).name} on {device}", fix=fix,
+                    timeout=timeout)
+        return np.load(y)
