@@ -10,34 +10,15 @@ video and its end-to-end FPS is reported. Medians, not means: the machines are s
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import click
 import numpy as np
 
 from .errors import RtsegError
-
-
-@dataclass
-class BenchRow:
-    """One measurement: ``target`` at ``batch``; latencies in ms per call, ``fps`` in frames/s."""
-
-    target: str
-    backend: str
-    precision: str
-    batch: int
-    calls: int
-    p50_ms: float
-    p99_ms: float
-    mean_ms: float
-    fps: float
-    kind: str = "infer"  # infer | stream | naive
+from .timing import BenchRow, load_frames, machine_info, time_backend
 
 
 @dataclass
@@ -96,82 +77,6 @@ class BenchReport:
                              f"{f(c['infer_vs_torch'], '.2f')}x torch eager; pipeline efficiency "
                              f"{f(c['pipeline_efficiency'], '.2f')} (stream / inference FPS)")
         return "\n".join(lines)
-
-
-def machine_info(threads: int | None) -> dict:
-    """CPU model, cores, SIMD features, library versions: printed with every benchmark."""
-    flags: set[str] = set()
-    model = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    import onnxruntime
-    import openvino
-    import torch
-
-    return {"cpu": model, "cores": os.cpu_count(), "threads": threads,
-            "simd": sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "avx_vnni", "fma")),
-            "torch": torch.__version__, "openvino": openvino.__version__, "onnxruntime": onnxruntime.__version__}
-
-
-def load_frames(video: str | Path, n: int) -> list[np.ndarray]:
-    """Decode the first ``n`` frames of ``video`` as ``uint8[h, w, 3]`` RGB (PyAV).
-
-    Raises:
-        RtsegError: missing or unreadable video.
-    """
-    import av
-
-    p = Path(video)
-    if not p.is_file():
-        raise RtsegError(f"video {p} does not exist; pass --video FILE (e.g. ../shared/data/video/endo_laparoscopy.mp4)")
-    frames = []
-    try:
-        with av.open(str(p)) as c:
-            for f in c.decode(video=0):
-                frames.append(f.to_ndarray(format="rgb24"))
-                if len(frames) >= n:
-                    break
-    except (av.error.FFmpegError, IndexError) as e:
-        raise RtsegError(f"cannot decode video {p} ({e}); pass a video file FFmpeg can read") from None
-    if not frames:
-        raise RtsegError(f"video {p} has no frames; pass another video")
-    return frames
-
-
-def time_backend(backend, frames_net: np.ndarray, batch: int, seconds: float, warmup: int, min_calls: int = 5) -> BenchRow:
-    """Time ``backend.infer_u8`` on batches of ``batch`` preprocessed frames (``uint8[N, H, W, 3]``)."""
-    n = len(frames_net)
-    idx = 0
-
-    def next_batch():
-        nonlocal idx
-        sel = [(idx + k) % n for k in range(batch)]
-        idx = (idx + batch) % n
-        return frames_net[sel]
-
-    batches = [next_batch() for _ in range(max(1, min(8, n // batch)))]
-    for i in range(warmup):
-        backend.infer_u8(batches[i % len(batches)])
-    lat = []
-    t_end = time.perf_counter() + seconds
-    t0 = time.perf_counter()
-    while time.perf_counter() < t_end or len(lat) < min_calls:
-        b = batches[len(lat) % len(batches)]
-        s = time.perf_counter()
-        backend.infer_u8(b)
-        lat.append((time.perf_counter() - s) * 1000)
-    total = time.perf_counter() - t0
-    lat_a = np.asarray(lat)
-    return BenchRow(target=str(backend.folder or ""), backend=backend.name, precision=backend.precision, batch=batch,
-                    calls=len(lat), p50_ms=float(np.median(lat_a)), p99_ms=float(np.percentile(lat_a, 99)),
-                    mean_ms=float(lat_a.mean()), fps=batch * len(lat) / total)
 
 
 def stream_row(backend, video: str, batch: int, output: str | None, max_frames: int | None = None) -> BenchRow:
@@ -312,52 +217,4 @@ def run_bench(targets: list[str], video: str, batch_sizes: list[int], seconds: f
     return report
 
 
-def _ints(s: str) -> list[int]:
-    try:
-        return [int(v) for v in str(s).replace(" ", "").split(",") if v]
-    except ValueError:
-        raise click.BadParameter(f"{s!r} is not a comma-separated list of integers") from None
-
-
-@click.command("bench")
-@click.option("--engine", "engines", multiple=True, type=click.Path(), help="Engine or checkpoint folder (repeatable).")
-@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(), help="Checkpoint folder (PyTorch eager).")
-@click.option("--video", required=True, type=click.Path(), help="Real video whose frames are used (and streamed).")
-@click.option("--batch-sizes", default="1,2,4,8", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--seconds", default=3.0, show_default=True, type=float, help="Timed seconds per row.")
-@click.option("--warmup", default=3, show_default=True, type=int, help="Untimed calls before each row.")
-@click.option("--threads", default=None, type=int, help="Inference threads (default: backend's choice).")
-@click.option("--backend", default=None, type=click.Choice(["openvino", "onnxruntime", "tensorrt"]),
-              help="Expect engines of this backend (a folder of another backend is refused).")
-@click.option("--no-torch", is_flag=True, help="Skip the PyTorch eager reference.")
-@click.option("--stream/--no-stream", default=True, show_default=True, help="Also measure end-to-end stream FPS.")
-@click.option("--stream-batch", default=1, show_default=True, type=int)
-@click.option("--stream-frames", default=None, type=int, help="Stream at most N frames (default: the whole video).")
-@click.option("--stream-output", default=None, help="Where the stream writes (default: a temporary .mp4; 'none' = no encode).")
-@click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
-@click.option("--compare", is_flag=True,
-              help="Also run the naive loop (cv2 read → torch eager → cv2 overlay → cv2 write) and print the ratios: "
-                   "engine vs torch eager, stream vs naive loop, stream vs inference-only FPS.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
-@click.option("--out", "out_json", type=click.Path(), help="Also write the JSON report to this file.")
-def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, threads, backend, no_torch, stream,
-                  stream_batch, stream_frames, stream_output, allow_failed_gate, compare, as_json, out_json):
-    """Latency p50/p99 and throughput at each batch size on real frames, for engines and the PyTorch
-    reference, plus the stream's end-to-end FPS on --video.
-
-    Example: rtseg bench --engine engines/eunet-s/openvino-fp32 --video ../shared/data/video/endo_laparoscopy.mp4 --threads 2
-    """
-    log = (lambda *a: None) if as_json else (lambda m: click.echo(m, err=True))
-    rep = run_bench(list(engines) + list(checkpoints), video, _ints(batch_sizes), seconds=seconds, warmup=warmup,
-                    threads=threads, torch_ref=not no_torch, stream=stream, stream_batch=stream_batch,
-                    stream_output=stream_output, backend=backend, stream_frames=stream_frames,
-                    allow_failed_gate=allow_failed_gate, compare=compare, log=log)
-    if out_json:
-        Path(out_json).write_text(json.dumps(rep.to_dict(), indent=2))
-    if as_json:
-        click.echo(json.dumps(rep.to_dict(), indent=2))
-    else:
-        m = rep.machine
-        click.echo(f"machine: {m['cpu']} ({m['cores']} cores; {' '.join(m['simd'])}); threads {m['threads'] or 'default'}; "
-                   f"input {rep.input_hw[1]}x{rep.input_hw[0]}; frames from {Path(video).name}")
-        click.echo(rep.table())
+__all__ = ["BenchReport", "BenchRow", "naive_row", "run_bench", "stream_row", "load_frames", "machine_info", "time_backend"]

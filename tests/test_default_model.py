@@ -19,7 +19,7 @@ def cache(tmp_path, monkeypatch):
 
 def test_default_model_builds_its_engine_and_reaches_dice_085_on_the_real_test_split(cache, kvasir):
     from rtseg.data.formats import get_format
-    from rtseg.evaluate import evaluate_backend
+    from rtseg.evaluation import evaluate_backend
 
     meta = json.loads((default_model_dir() / "model.json").read_text())
     assert meta["model"] == "visionfusenet-lite0-rt" and meta["num_classes"] == 1

@@ -89,7 +89,7 @@ def test_export_parity_failure_is_an_error(tmp_path, monkeypatch):
 def test_export_cli_img_size_two_ints(tmp_path, tiny_ckpt):
     from click.testing import CliRunner
 
-    from rtseg.export.command import export_command
+    from rtseg.commands.export import export_command
 
     r = CliRunner().invoke(export_command, ["--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "x.onnx"),
                                             "--img-size", "64", "96"])

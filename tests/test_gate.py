@@ -18,7 +18,7 @@ import pytest
 from rtseg.cli import main
 from rtseg.errors import RtsegError
 from rtseg.export import calibrate as cal
-from rtseg.export.build import build_auto, build_engine
+from rtseg.export.build import build_engine
 from rtseg.export.gate import keep_float, quantized_nodes
 from rtseg.runtime import load_engine
 

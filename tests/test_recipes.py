@@ -1,7 +1,5 @@
 """Issue 4: recipes, losses, schedules, early stopping, exact resume, DDP with gloo."""
 
-import json
-import math
 import os
 import subprocess
 import sys

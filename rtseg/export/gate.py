@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import RtsegError
+from ..timing import latency_ms
 
 GATE_FORMAT = "rtseg-gate/1"
 #: default tolerance in points (metric × 100): Dice for binary models, mIoU for multi-class ones
@@ -82,11 +83,11 @@ def gate_set(model_meta: dict, data: str | Path | None = None, split: str | None
         RtsegError: no labelled data reachable (no ``data`` and no recorded training data, or a
             missing folder), or an empty split.
     """
-    from ..evaluate import _resolve_samples
+    from ..evaluation import resolve_samples
 
     if split is None and data is None:
         split = "val"
-    samples, reader, desc = _resolve_samples(str(data) if data is not None else None, split, model_meta, data_format)
+    samples, reader, desc = resolve_samples(str(data) if data is not None else None, split, model_meta, data_format)
     if not samples:
         raise RtsegError(f"the accuracy gate has no labelled images in {desc}; pass --gate-data DIR with images and masks")
     if limit and len(samples) > limit:
@@ -98,7 +99,7 @@ def gate_set(model_meta: dict, data: str | Path | None = None, split: str | None
 
 def task_score(backend, gs: GateSet, batch_size: int = 8) -> float:
     """The gate metric of ``backend`` on ``gs`` in points (per-image mean Dice × 100 or mIoU × 100)."""
-    from ..evaluate import evaluate_backend
+    from ..evaluation import evaluate_backend
 
     bs = min(batch_size, backend.max_batch) if backend.max_batch else batch_size
     res = evaluate_backend(backend, gs.samples, batch_size=bs, reader=gs.reader)
@@ -113,15 +114,6 @@ def gate_frames(backend, gs: GateSet, n: int = 16) -> np.ndarray:
 
     pre = Preprocessor(backend.input_hw, backend.meta.get("model", {}).get("resize", "stretch"))
     return np.stack([pre(gs.reader(s)[0])[0] for s in gs.samples[:n]])
-
-
-def latency_ms(backend, frames: np.ndarray, batch: int = 1, seconds: float = 1.0, rounds: int = 1) -> float:
-    """Median latency per call in ms of ``backend.infer_u8`` on ``frames`` at ``batch`` (median of
-    ``rounds`` medians of ``seconds`` each; see :func:`rtseg.bench.time_backend`)."""
-    from ..bench import time_backend
-
-    meds = [time_backend(backend, frames, batch, seconds=seconds, warmup=2).p50_ms for _ in range(max(1, rounds))]
-    return float(np.median(meds))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``rtseg eval``: the metric table of docs/networks.md §5 for a checkpoint or an engine.
+"""Evaluation of any backend on labelled images: the metric table of docs/networks.md §5 (library part of ``rtseg eval``).
 
 Every image is preprocessed exactly as the stream does it (``Preprocessor`` with the model's resize
 policy), run through the backend, and the prediction is mapped back to the image's own resolution
@@ -8,11 +8,9 @@ mask, so metrics on full-resolution sets (PolypGen) are at full resolution.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-import click
 import cv2
 import numpy as np
 
@@ -22,8 +20,8 @@ from .errors import RtsegError
 from .metrics import BINARY_KEYS, BinaryMetrics, MulticlassMetrics
 
 
-def _resolve_samples(data: str | None, split: str | None, model_meta: dict, data_format: str | None = None):
-    """(samples, reader, description) to evaluate.
+def resolve_samples(data: str | None, split: str | None, model_meta: dict, data_format: str | None = None):
+    """(samples, reader, description) to evaluate: ``reader(sample) -> (uint8[h, w, 3] RGB, uint8[h, w] labels)``.
 
     Without ``--data`` the model's training data is used; with the training data the default split
     is ``test``, with any other folder it is ``all``. The layout is ``--data-format``, else the
@@ -151,62 +149,3 @@ def format_table(result: dict) -> str:
         for n, v in zip(names, result["per_class_iou"]):
             lines.append(f"  {n:14s} IoU {'   n/a' if v is None else f'{v:.4f}'}")
     return "\n".join(lines)
-
-
-@click.command("eval")
-@click.argument("target", required=False, type=click.Path())
-@click.option("--checkpoint", "checkpoint", type=click.Path(), help="Checkpoint folder (PyTorch reference).")
-@click.option("--engine", "engine", type=click.Path(), help="Engine folder (engine.json).")
-@click.option("--data", type=click.Path(), help="Labelled folder (images/ + masks/); default: the model's training data.")
-@click.option("--data-format", default=None, help="Dataset layout (polyp, camvid, cityscapes, coco, fsoco); default: detected.")
-@click.option("--split", default=None, help="train/val/test/all; default: test if --data is the training data, else all.")
-@click.option("--batch-size", default=8, show_default=True, type=int)
-@click.option("--threads", default=None, type=int, help="Inference threads.")
-@click.option("--limit", default=0, type=int, help="Evaluate at most N images.")
-@click.option("--save-overlays", default=0, type=int, help="Write a grid PNG of image / ground truth / prediction for the first N images.")
-@click.option("--overlays-path", default="eval_overlays.png", show_default=True, type=click.Path(), help="Where --save-overlays writes.")
-@click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
-@click.option("--out", "out_json", type=click.Path(), help="Also write the JSON result to this file.")
-def eval_command(target, checkpoint, engine, data, data_format, split, batch_size, threads, limit, save_overlays,
-                 overlays_path, allow_failed_gate, as_json, out_json):
-    """Dice, IoU, accuracy, recall, specificity, precision (per-image mean and dataset-global) of a
-    checkpoint or an engine (default: rtseg's shipped polyp model), on a split or a folder.
-
-    Example: rtseg eval --engine engines/eunet-s/openvino-fp32 --data ../shared/data/cvc-clinicdb-256
-    """
-    from .runtime import load_engine
-
-    path = engine or checkpoint or target
-    if not path:  # the shipped default model (its engine is built into the cache on first use)
-        from .defaults import load_default_engine
-
-        backend = load_default_engine(num_threads=threads, log=None if as_json else (lambda m: click.echo(m, err=True)))
-        path = f"default model ({backend.folder})"
-    else:
-        backend = load_engine(path, num_threads=threads, allow_failed_gate=allow_failed_gate)
-    if backend.max_batch:
-        batch_size = min(batch_size, backend.max_batch)
-    samples, reader, where = _resolve_samples(data, split, backend.meta.get("model", {}), data_format)
-    res = evaluate_backend(backend, samples, batch_size=batch_size, limit=limit, progress=not as_json, reader=reader,
-                           keep=save_overlays)
-    kept = res.pop("_kept", None)
-    if kept:
-        mm = backend.meta.get("model", {})
-        grid = overlay_grid(kept, mm.get("palette", [[0, 0, 0], [0, 255, 0]]), mm.get("ignore_index"))
-        Path(overlays_path).parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(overlays_path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-            raise RtsegError(f"cannot write {overlays_path}; check that the folder is writable")
-        res["overlays"] = str(overlays_path)
-    res["class_names"] = backend.meta.get("model", {}).get("class_names")
-    res |= {"target": str(path), "backend": backend.name, "precision": backend.precision, "data": where}
-    if out_json:
-        Path(out_json).write_text(json.dumps(res, indent=2))
-    if as_json:
-        click.echo(json.dumps(res, indent=2))
-    else:
-        click.echo(f"{backend.describe()} on {where}")
-        click.echo(format_table(res))
-        click.echo(f"inference {res['ms_per_image']:.1f} ms/image (batch {batch_size})")
-        if res.get("overlays"):
-            click.echo(f"overlays: {res['overlays']}")

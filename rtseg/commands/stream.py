@@ -64,7 +64,7 @@ def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeou
     p50/p99) is printed at the end.
     """
     from ..runtime import load_engine
-    from .pipeline import run_stream
+    from ..stream.pipeline import run_stream
 
     if no_output and outputs:
         raise RtsegError("--no-output and --output exclude each other; drop one of them")

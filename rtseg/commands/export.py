@@ -58,8 +58,8 @@ def _ckpt_option(f):
 def export_command(checkpoint: Path, out: Path | None, img_size, opset: int) -> None:
     """Export a checkpoint to ONNX (dynamic batch, fixed H×W), checked against PyTorch with ONNX Runtime."""
     from ..checkpoint import load_checkpoint
-    from .build import parse_img_size
-    from .onnx import export_onnx
+    from ..export.build import parse_img_size
+    from ..export.onnx import export_onnx
 
     model, meta = load_checkpoint(checkpoint)
     hw = parse_img_size(img_size) or meta.input_hw
@@ -91,8 +91,8 @@ def export_command(checkpoint: Path, out: Path | None, img_size, opset: int) -> 
 def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img_size, opset, weight_bits, percentile,
                       trt_cache, no_verify) -> None:
     """Calibrate INT8: write one Q/DQ ONNX for every backend and its calibration record."""
-    from .build import parse_img_size
-    from .calibrate import DEFAULT_NUM_IMAGES, calibrate_checkpoint
+    from ..export.build import parse_img_size
+    from ..export.calibrate import DEFAULT_NUM_IMAGES, calibrate_checkpoint
 
     kw = {"weight_bits": int(weight_bits)} if weight_bits else {}
     rec = calibrate_checkpoint(checkpoint, calib_data=calib_data, method=method,
@@ -151,8 +151,8 @@ def build_engine_command(checkpoint, backend, precision, out, img_size, opset, c
 
     Example: rtseg build-engine --checkpoint runs/eunet-s --backend openvino --precision auto --threads 2
     """
-    from .build import build_auto, build_engine, format_selection, parse_img_size
-    from .gate import describe_gate
+    from ..export.build import build_auto, build_engine, format_selection, parse_img_size
+    from ..export.gate import describe_gate
 
     trt_opts = {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch, "workspace_mb": workspace_mb,
                 "timing_cache": timing_cache, "version_compatible": version_compatible,

@@ -1,0 +1,62 @@
+"""``rtseg bench``: latency and throughput of engines on real frames, and the stream's end-to-end FPS
+(click command over :mod:`rtseg.bench`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..bench import run_bench
+
+
+def _ints(s: str) -> list[int]:
+    try:
+        return [int(v) for v in str(s).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise click.BadParameter(f"{s!r} is not a comma-separated list of integers") from None
+
+
+@click.command("bench")
+@click.option("--engine", "engines", multiple=True, type=click.Path(), help="Engine or checkpoint folder (repeatable).")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(), help="Checkpoint folder (PyTorch eager).")
+@click.option("--video", required=True, type=click.Path(), help="Real video whose frames are used (and streamed).")
+@click.option("--batch-sizes", default="1,2,4,8", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--seconds", default=3.0, show_default=True, type=float, help="Timed seconds per row.")
+@click.option("--warmup", default=3, show_default=True, type=int, help="Untimed calls before each row.")
+@click.option("--threads", default=None, type=int, help="Inference threads (default: backend's choice).")
+@click.option("--backend", default=None, type=click.Choice(["openvino", "onnxruntime", "tensorrt"]),
+              help="Expect engines of this backend (a folder of another backend is refused).")
+@click.option("--no-torch", is_flag=True, help="Skip the PyTorch eager reference.")
+@click.option("--stream/--no-stream", default=True, show_default=True, help="Also measure end-to-end stream FPS.")
+@click.option("--stream-batch", default=1, show_default=True, type=int)
+@click.option("--stream-frames", default=None, type=int, help="Stream at most N frames (default: the whole video).")
+@click.option("--stream-output", default=None, help="Where the stream writes (default: a temporary .mp4; 'none' = no encode).")
+@click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
+@click.option("--compare", is_flag=True,
+              help="Also run the naive loop (cv2 read → torch eager → cv2 overlay → cv2 write) and print the ratios: "
+                   "engine vs torch eager, stream vs naive loop, stream vs inference-only FPS.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+@click.option("--out", "out_json", type=click.Path(), help="Also write the JSON report to this file.")
+def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, threads, backend, no_torch, stream,
+                  stream_batch, stream_frames, stream_output, allow_failed_gate, compare, as_json, out_json):
+    """Latency p50/p99 and throughput at each batch size on real frames, for engines and the PyTorch
+    reference, plus the stream's end-to-end FPS on --video.
+
+    Example: rtseg bench --engine engines/eunet-s/openvino-fp32 --video ../shared/data/video/endo_laparoscopy.mp4 --threads 2
+    """
+    log = (lambda *a: None) if as_json else (lambda m: click.echo(m, err=True))
+    rep = run_bench(list(engines) + list(checkpoints), video, _ints(batch_sizes), seconds=seconds, warmup=warmup,
+                    threads=threads, torch_ref=not no_torch, stream=stream, stream_batch=stream_batch,
+                    stream_output=stream_output, backend=backend, stream_frames=stream_frames,
+                    allow_failed_gate=allow_failed_gate, compare=compare, log=log)
+    if out_json:
+        Path(out_json).write_text(json.dumps(rep.to_dict(), indent=2))
+    if as_json:
+        click.echo(json.dumps(rep.to_dict(), indent=2))
+    else:
+        m = rep.machine
+        click.echo(f"machine: {m['cpu']} ({m['cores']} cores; {' '.join(m['simd'])}); threads {m['threads'] or 'default'}; "
+                   f"input {rep.input_hw[1]}x{rep.input_hw[0]}; frames from {Path(video).name}")
+        click.echo(rep.table())
