@@ -33,7 +33,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -254,27 +254,68 @@ def _set_rng_state(st: dict, g: torch.Generator) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
 
 
-def train(cfg: TrainConfig, log=print) -> dict:
-    """Train ``cfg.model`` on ``cfg.data``; returns the summary dict (also ``OUT/summary.json``).
+def _no_log(*args, **kwargs) -> None:
+    """The ``log`` of ranks other than 0 (only rank 0 logs)."""
 
-    Raises:
-        RtsegError: bad data folder/format, unknown model/loss/optimizer, nothing to resume.
-    """
-    from tqdm import tqdm
 
-    from ..data.formats import get_format
+@dataclass
+class _Progress:
+    """Epoch bookkeeping saved in ``last/train_state.pt`` and restored by ``--resume``."""
 
-    t_start = time.time()
-    rank, world = _dist_setup()
-    is_main = rank == 0
-    log = log if is_main else (lambda *a, **k: None)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    _seed_all(cfg.seed)
-    out = Path(cfg.out)
-    fmt = get_format(cfg.data_format)
-    labels = fmt.labels
-    binary = labels.binary
+    start_epoch: int = 0
+    best: float = -math.inf  # best selection score (headline metric) so far
+    best_epoch: int = -1  # 1-based epoch of ``best``; -1 before the first epoch
+    history: list[dict] = field(default_factory=list)  # one metrics.jsonl record per epoch (without "val")
+    since_best: int = 0  # epochs without improvement of the early-stopping metric
+    best_es: float = -math.inf  # best early-stopping score so far
+    stop_reason: str = "epochs"
+
+
+@dataclass
+class _Run:
+    """Everything one training run needs, built once by :func:`_setup` (the model in NCHW channels_last)."""
+
+    cfg: TrainConfig
+    log: Callable[..., None]
+    rank: int
+    world: int
+    out: Path
+    fmt: Any  # rtseg.data.formats.DataFormat
+    model: torch.nn.Module
+    ddp_model: torch.nn.Module  # ``model`` itself, or its DistributedDataParallel wrapper
+    loss_name: str
+    loss_fn: Callable
+    eval_loss: Callable
+    parts: dict[str, list]  # train / val / test samples
+    common: dict[str, Any]  # SegmentationDataset keyword arguments shared by every split
+    aug: Any  # the augmentation pipeline, or None
+    val_ds: SegmentationDataset
+    use_bf16: bool
+    opt: torch.optim.Optimizer
+    g: torch.Generator  # the loader's shuffling RNG
+    sampler: Any  # DistributedSampler under DDP, else None
+    loader: torch.utils.data.DataLoader
+    steps: int  # scheduler steps of the whole run (epochs × batches per epoch)
+    sched: Any
+    step_per: str  # "batch" | "metric" | other (see make_scheduler)
+    meta: ModelMeta
+    progress: _Progress = field(default_factory=_Progress)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def binary(self) -> bool:
+        return self.fmt.labels.binary
+
+    @property
+    def state_file(self) -> Path:
+        return self.out / "last" / "train_state.pt"
+
+
+def _create_model(cfg: TrainConfig, labels) -> tuple[torch.nn.Module, list[float], list[float]]:
+    """The network and its input normalisation (mean, std); checks ``cfg.img_size`` against ``input_multiple``."""
     model = create_model(cfg.model, num_classes=labels.num_classes, **cfg.model_kwargs)
     H, W = cfg.img_size
     mult = getattr(model, "input_multiple", 1)
@@ -282,10 +323,20 @@ def train(cfg: TrainConfig, log=print) -> dict:
         raise RtsegError(f"--img-size {H}x{W} is not a multiple of {mult}, which {cfg.model} needs; use e.g. {max(mult, H // mult * mult)}")
     mean = list(getattr(model, "default_mean", (0.485, 0.456, 0.406)))
     std = list(getattr(model, "default_std", (0.229, 0.224, 0.225)))
+    return model, mean, std
+
+
+def _losses(cfg: TrainConfig, labels) -> tuple[str, Callable, Callable]:
+    """(loss name, training loss, validation loss: bce_dice / ce_dice whatever the training loss)."""
+    binary = labels.binary
     loss_name = cfg.loss if cfg.loss != "auto" else ("bce_dice" if binary else "ce_dice")
     loss_fn = make_loss(loss_name, binary, cfg.lambda_dice, cfg.lambda_con, labels.ignore_index or 255)
     eval_loss = make_loss("bce_dice" if binary else "ce_dice", binary, cfg.lambda_dice, cfg.lambda_con, labels.ignore_index or 255)
+    return loss_name, loss_fn, eval_loss
 
+
+def _split_data(cfg: TrainConfig, fmt, out: Path, is_main: bool, log) -> tuple[dict[str, list], list]:
+    """(train/val/test samples, all samples before ``max_images``); rank 0 writes ``OUT/split.json``."""
     parts = fmt.splits(cfg.data)
     all_samples = [s for v in parts.values() for s in v]
     if cfg.max_images:
@@ -296,152 +347,261 @@ def train(cfg: TrainConfig, log=print) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         write_split(out / "split.json", cfg.data, parts, fmt.split_rule)
     log(f"data: {cfg.data} ({fmt.name}) train {len(parts['train'])} / val {len(parts['val'])} / test {len(parts['test'])} images")
+    return parts, all_samples
 
+
+def _datasets(cfg: TrainConfig, fmt, parts: dict[str, list], mean: list[float], std: list[float]):
+    """(augmentation or None, shared dataset kwargs, train dataset, validation dataset)."""
+    labels = fmt.labels
+    H, W = cfg.img_size
     ignore = labels.ignore_index if labels.ignore_index is not None else 255
-    aug = default_augmentation(0 if binary else ignore, square=H == W) if cfg.augment else None
-    common = dict(input_hw=(H, W), mean=mean, std=std, resize=cfg.resize, binary=binary, reader=fmt.read,
+    aug = default_augmentation(0 if labels.binary else ignore, square=H == W) if cfg.augment else None
+    common = dict(input_hw=(H, W), mean=mean, std=std, resize=cfg.resize, binary=labels.binary, reader=fmt.read,
                   ignore_index=ignore)
     train_ds = SegmentationDataset(parts["train"], augment=aug, **common)
     val_ds = SegmentationDataset(parts["val"], **common)
+    return aug, common, train_ds, val_ds
 
-    model = model.to(memory_format=torch.channels_last)
-    ddp_model = model
-    if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model)
-    use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and cpu_has_bf16())
-    opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
-    g = torch.Generator().manual_seed(cfg.seed)
+
+def _loader(cfg: TrainConfig, train_ds: SegmentationDataset, g: torch.Generator, rank: int, world: int):
+    """(DistributedSampler or None, the training DataLoader)."""
     sampler = torch.utils.data.distributed.DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
     loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                                          drop_last=len(train_ds) // world > cfg.batch_size, generator=g)
-    steps = cfg.epochs * len(loader)
-    sched, step_per = make_scheduler(cfg.scheduler, opt, cfg.lr, steps, cfg.epochs, cfg.plateau_patience)
+    return sampler, loader
+
+
+def _model_meta(cfg: TrainConfig, fmt, parts: dict[str, list], all_samples: list, mean: list[float], std: list[float],
+                run_info: dict[str, Any]) -> ModelMeta:
+    """``model.json`` of the run (metrics are added per epoch); ``run_info``: bf16, loss, world_size."""
+    labels = fmt.labels
+    H, W = cfg.img_size
     # the architecture only: an ImageNet weights file is an input of this training, not of the model
     # (rebuilding it from model.json must not need that file or package)
     arch_kwargs = {k: v for k, v in cfg.model_kwargs.items() if k != "pretrained_weights"}
-    meta = ModelMeta(model=cfg.model, num_classes=labels.num_classes, model_kwargs=arch_kwargs,
+    data = {"root": str(Path(cfg.data).resolve()), "format": fmt.name, "fingerprint": fingerprint(all_samples),
+            "split": "split.json", "n_train": len(parts["train"]), "n_val": len(parts["val"]), "n_test": len(parts["test"])}
+    training = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()} | run_info
+    return ModelMeta(model=cfg.model, num_classes=labels.num_classes, model_kwargs=arch_kwargs,
                      class_names=list(labels.class_names), palette=[list(c) for c in labels.palette], input_size=[H, W],
-                     mean=mean, std=std, resize=cfg.resize, task="binary" if binary else "multiclass",
-                     ignore_index=labels.ignore_index,
-                     data={"root": str(Path(cfg.data).resolve()), "format": fmt.name, "fingerprint": fingerprint(all_samples),
-                           "split": "split.json", "n_train": len(parts["train"]), "n_val": len(parts["val"]), "n_test": len(parts["test"])},
-                     training={k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()} | {"bf16": use_bf16, "loss": loss_name, "world_size": world})
+                     mean=mean, std=std, resize=cfg.resize, task="binary" if labels.binary else "multiclass",
+                     ignore_index=labels.ignore_index, data=data, training=training)
 
-    start_epoch, best, best_epoch, history, since_best, best_es = 0, -math.inf, -1, [], 0, -math.inf
-    state_file = out / "last" / "train_state.pt"
-    if cfg.resume:
-        if not state_file.exists():
-            raise RtsegError(f"--resume: {state_file} not found; start without --resume or point --out at an earlier run")
-        m_last, _ = load_checkpoint(out / "last")
-        model.load_state_dict(m_last.state_dict())
-        st = torch.load(state_file, map_location="cpu", weights_only=True)
-        opt.load_state_dict(st["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(st["scheduler"])
-            if hasattr(sched, "total_steps") and sched.total_steps != max(steps, 1):
-                log(f"--epochs changed to {cfg.epochs}: the {cfg.scheduler} schedule is stretched to {steps} steps")
-                sched.total_steps = max(steps, 1)
-        start_epoch, best, best_epoch, since_best = st["epoch"] + 1, st["best"], st["best_epoch"], st["since_best"]
-        history = json.loads(st["history"])
-        _set_rng_state(st, g)
-        best_es = st["best_es"]
-        log(f"resumed from epoch {start_epoch} (best {best:.4f} at epoch {best_epoch})")
 
-    log(f"model: {cfg.model} {sum(p.numel() for p in model.parameters()):,} params, input {W}x{H} (WxH), loss {loss_name}, "
-        f"{cfg.optimizer} lr {cfg.lr:g} + {cfg.scheduler}, {'bf16 autocast' if use_bf16 else 'fp32'}, channels_last, "
-        f"{torch.get_num_threads()} threads{f', {world} processes (DDP)' if world > 1 else ''}")
-    stop_reason = "epochs"
-    ran = 0
-    for epoch in range(start_epoch, cfg.epochs):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        if aug is not None:  # re-seeded per epoch and rank: a resumed run draws the same augmentations
-            aug.set_random_seed(cfg.seed * 100_003 + epoch * 101 + rank)
-        ddp_model.train()
-        t0 = time.time()
-        losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not (cfg.progress and is_main) or None,
-                   dynamic_ncols=True)
-        for x, t, v in bar:
-            x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                y = ddp_model(x)
-            loss = loss_fn(y, t, v)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip_value:
-                torch.nn.utils.clip_grad_value_(model.parameters(), cfg.grad_clip_value)
-            opt.step()
-            if step_per == "batch":
-                sched.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
-        train_loss = float(np.mean(losses)) if losses else float("nan")
-        if world > 1:
-            tl = torch.tensor([train_loss])
-            dist.all_reduce(tl)
-            train_loss = float(tl) / world
-        m, val_loss = evaluate_model(model, val_ds, labels.num_classes, cfg.batch_size, use_bf16, labels.ignore_index,
-                                     eval_loss, rank, world)
-        score = headline(m)
-        es_score = headline(m, cfg.early_stop_metric)
-        if step_per == "metric":
-            sched.step(score)
-        rec = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "seconds": round(time.time() - t0, 2),
-               "lr": opt.param_groups[0]["lr"]}
-        rec |= ({"val_dice": m["per_image"]["dice"], "val_iou": m["per_image"]["iou"]} if binary
-                else {"val_miou": m["miou"], "val_mean_dice": m["mean_dice"], "val_pixel_accuracy": m["pixel_accuracy"]})
-        history.append(rec)
-        improved = score > best
-        if improved:
-            best, best_epoch = score, epoch + 1
-        if es_score > best_es:
-            best_es, since_best = es_score, 0
-        else:
-            since_best += 1
-        if is_main:
-            if improved:
-                meta.metrics = {"val": m, "epoch": epoch + 1}
-                save_checkpoint(out, model, meta)
-            save_checkpoint(out / "last", model, ModelMeta.from_dict(meta.to_dict() | {"metrics": {"val": m, "epoch": epoch + 1}}))
-            st = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else {},
-                  "epoch": epoch, "best": best, "best_epoch": best_epoch, "since_best": since_best,
-                  "best_es": best_es, "history": json.dumps(history)} | _rng_state(g)
-            torch.save(st, state_file.with_suffix(".tmp"))
-            os.replace(state_file.with_suffix(".tmp"), state_file)
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(rec | {"val": m}) + "\n")
-            _plot_curves(history, out / "curves.png")
-        key = "val_dice" if binary else "val_miou"
-        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {train_loss:.4f} val_loss {val_loss:.4f} {key} {rec[key]:.4f}"
-            f"{' *best*' if improved else ''} ({rec['seconds']:.0f}s)")
-        if world > 1:
-            dist.barrier()
-        ran += 1
-        if cfg.early_stop_patience and since_best >= cfg.early_stop_patience:
-            stop_reason = f"early stopping: no improvement for {since_best} epochs"
-            log(stop_reason)
-            break
-        if cfg.stop_after_epochs and ran >= cfg.stop_after_epochs:
-            return {"stopped": "stop_after_epochs", "epoch": epoch + 1}
+def _setup(cfg: TrainConfig, log) -> _Run:
+    """Process group, seeds, model, data, optimiser, scheduler and metadata, in this order (it fixes the RNG draws)."""
+    from ..data.formats import get_format
 
+    rank, world = _dist_setup()
+    log = log if rank == 0 else _no_log
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _seed_all(cfg.seed)
+    out = Path(cfg.out)
+    fmt = get_format(cfg.data_format)
+    model, mean, std = _create_model(cfg, fmt.labels)
+    loss_name, loss_fn, eval_loss = _losses(cfg, fmt.labels)
+    parts, all_samples = _split_data(cfg, fmt, out, rank == 0, log)
+    aug, common, train_ds, val_ds = _datasets(cfg, fmt, parts, mean, std)
+    model = model.to(memory_format=torch.channels_last)
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and cpu_has_bf16())
+    opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay, cfg.betas)
+    g = torch.Generator().manual_seed(cfg.seed)
+    sampler, loader = _loader(cfg, train_ds, g, rank, world)
+    steps = cfg.epochs * len(loader)
+    sched, step_per = make_scheduler(cfg.scheduler, opt, cfg.lr, steps, cfg.epochs, cfg.plateau_patience)
+    meta = _model_meta(cfg, fmt, parts, all_samples, mean, std, {"bf16": use_bf16, "loss": loss_name, "world_size": world})
+    return _Run(cfg=cfg, log=log, rank=rank, world=world, out=out, fmt=fmt, model=model, ddp_model=ddp_model,
+                loss_name=loss_name, loss_fn=loss_fn, eval_loss=eval_loss, parts=parts, common=common, aug=aug,
+                val_ds=val_ds, use_bf16=use_bf16, opt=opt, g=g, sampler=sampler, loader=loader, steps=steps,
+                sched=sched, step_per=step_per, meta=meta)
+
+
+def _resume(run: _Run) -> None:
+    """Restore weights, optimiser, scheduler, epoch, early-stopping state and RNGs from ``OUT/last``.
+
+    Raises:
+        RtsegError: ``OUT/last/train_state.pt`` does not exist.
+    """
+    cfg, state_file = run.cfg, run.state_file
+    if not state_file.exists():
+        raise RtsegError(f"--resume: {state_file} not found; start without --resume or point --out at an earlier run")
+    m_last, _ = load_checkpoint(run.out / "last")
+    run.model.load_state_dict(m_last.state_dict())
+    st = torch.load(state_file, map_location="cpu", weights_only=True)
+    run.opt.load_state_dict(st["optimizer"])
+    if run.sched is not None:
+        run.sched.load_state_dict(st["scheduler"])
+        if hasattr(run.sched, "total_steps") and run.sched.total_steps != max(run.steps, 1):
+            run.log(f"--epochs changed to {cfg.epochs}: the {cfg.scheduler} schedule is stretched to {run.steps} steps")
+            run.sched.total_steps = max(run.steps, 1)
+    p = run.progress
+    p.start_epoch, p.best, p.best_epoch, p.since_best = st["epoch"] + 1, st["best"], st["best_epoch"], st["since_best"]
+    p.history = json.loads(st["history"])
+    _set_rng_state(st, run.g)
+    p.best_es = st["best_es"]
+    run.log(f"resumed from epoch {p.start_epoch} (best {p.best:.4f} at epoch {p.best_epoch})")
+
+
+def _log_model(run: _Run) -> None:
+    cfg = run.cfg
+    H, W = cfg.img_size
+    run.log(f"model: {cfg.model} {sum(p.numel() for p in run.model.parameters()):,} params, input {W}x{H} (WxH), "
+            f"loss {run.loss_name}, {cfg.optimizer} lr {cfg.lr:g} + {cfg.scheduler}, "
+            f"{'bf16 autocast' if run.use_bf16 else 'fp32'}, channels_last, "
+            f"{torch.get_num_threads()} threads{f', {run.world} processes (DDP)' if run.world > 1 else ''}")
+
+
+def _train_step(run: _Run, x: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> float:
+    """One optimiser step on a batch (x float32 NCHW, targets t, valid mask v) → the batch loss."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.use_bf16):
+        y = run.ddp_model(x)
+    loss = run.loss_fn(y, t, v)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if run.cfg.grad_clip_value:
+        torch.nn.utils.clip_grad_value_(run.model.parameters(), run.cfg.grad_clip_value)
+    run.opt.step()
+    if run.step_per == "batch":
+        run.sched.step()
+    return float(loss.detach())
+
+
+def _train_epoch(run: _Run, epoch: int) -> float:
+    """Train one epoch (0-based ``epoch``) → mean training loss over the batches (averaged over ranks)."""
+    from tqdm import tqdm
+
+    cfg = run.cfg
+    if run.sampler is not None:
+        run.sampler.set_epoch(epoch)
+    if run.aug is not None:  # re-seeded per epoch and rank: a resumed run draws the same augmentations
+        run.aug.set_random_seed(cfg.seed * 100_003 + epoch * 101 + run.rank)
+    run.ddp_model.train()
+    losses = []
+    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not (cfg.progress and run.is_main) or None, dynamic_ncols=True)
+    for x, t, v in bar:
+        losses.append(_train_step(run, x, t, v))
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{run.opt.param_groups[0]['lr']:.2e}")
+    train_loss = float(np.mean(losses)) if losses else float("nan")
+    if run.world > 1:
+        tl = torch.tensor([train_loss])
+        dist.all_reduce(tl)
+        train_loss = float(tl) / run.world
+    return train_loss
+
+
+def _validate(run: _Run, epoch: int, train_loss: float, t0: float) -> tuple[dict, dict, bool]:
+    """Evaluate on the validation split, step a metric scheduler, update the best/early-stopping state.
+
+    Returns:
+        (the epoch's metrics.jsonl record without "val", the validation metrics, improved on the best).
+    """
+    cfg, labels, p = run.cfg, run.fmt.labels, run.progress
+    m, val_loss = evaluate_model(run.model, run.val_ds, labels.num_classes, cfg.batch_size, run.use_bf16,
+                                 labels.ignore_index, run.eval_loss, run.rank, run.world)
+    score = headline(m)
+    es_score = headline(m, cfg.early_stop_metric)
+    if run.step_per == "metric":
+        run.sched.step(score)
+    rec = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "seconds": round(time.time() - t0, 2),
+           "lr": run.opt.param_groups[0]["lr"]}
+    rec |= ({"val_dice": m["per_image"]["dice"], "val_iou": m["per_image"]["iou"]} if run.binary
+            else {"val_miou": m["miou"], "val_mean_dice": m["mean_dice"], "val_pixel_accuracy": m["pixel_accuracy"]})
+    p.history.append(rec)
+    improved = score > p.best
+    if improved:
+        p.best, p.best_epoch = score, epoch + 1
+    if es_score > p.best_es:
+        p.best_es, p.since_best = es_score, 0
+    else:
+        p.since_best += 1
+    return rec, m, improved
+
+
+def _save_epoch(run: _Run, epoch: int, rec: dict, m: dict, improved: bool) -> None:
+    """Rank 0: best checkpoint (if improved), ``last/`` + train_state.pt, a metrics.jsonl line, curves.png."""
+    p, out = run.progress, run.out
+    if improved:
+        run.meta.metrics = {"val": m, "epoch": epoch + 1}
+        save_checkpoint(out, run.model, run.meta)
+    save_checkpoint(out / "last", run.model, ModelMeta.from_dict(run.meta.to_dict() | {"metrics": {"val": m, "epoch": epoch + 1}}))
+    st = {"optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict() if run.sched is not None else {},
+          "epoch": epoch, "best": p.best, "best_epoch": p.best_epoch, "since_best": p.since_best,
+          "best_es": p.best_es, "history": json.dumps(p.history)} | _rng_state(run.g)
+    torch.save(st, run.state_file.with_suffix(".tmp"))
+    os.replace(run.state_file.with_suffix(".tmp"), run.state_file)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(rec | {"val": m}) + "\n")
+    _plot_curves(p.history, out / "curves.png")
+
+
+def _log_epoch(run: _Run, rec: dict, improved: bool) -> None:
+    key = "val_dice" if run.binary else "val_miou"
+    run.log(f"epoch {rec['epoch']}/{run.cfg.epochs}: loss {rec['train_loss']:.4f} val_loss {rec['val_loss']:.4f} "
+            f"{key} {rec[key]:.4f}{' *best*' if improved else ''} ({rec['seconds']:.0f}s)")
+
+
+def _finish(run: _Run, t_start: float) -> dict[str, Any]:
+    """Rank 0: test metrics of the best checkpoint into model.json, ``OUT/summary.json`` → the summary ({} elsewhere)."""
+    cfg, out, labels, p = run.cfg, run.out, run.fmt.labels, run.progress
     summary: dict[str, Any] = {}
-    if is_main:
+    if run.is_main:
         best_model, _ = load_checkpoint(out)
         best_model = best_model.to(memory_format=torch.channels_last)
         test_m = None
-        if parts["test"]:
-            test_ds = SegmentationDataset(parts["test"], **common)
-            test_m, _ = evaluate_model(best_model, test_ds, labels.num_classes, cfg.batch_size, use_bf16, labels.ignore_index)
+        if run.parts["test"]:
+            test_ds = SegmentationDataset(run.parts["test"], **run.common)
+            test_m, _ = evaluate_model(best_model, test_ds, labels.num_classes, cfg.batch_size, run.use_bf16,
+                                       labels.ignore_index)
             meta_best = ModelMeta.from_dict(json.loads((out / "model.json").read_text()))
             meta_best.metrics = meta_best.metrics | {"test": test_m}
             write_json(out / "model.json", meta_best.to_dict())
-        summary = {"model": cfg.model, "out": str(out), "epochs": cfg.epochs, "epochs_run": len(history),
-                   "stopped": stop_reason, "best_epoch": best_epoch, "best_val": best,
+        summary = {"model": cfg.model, "out": str(out), "epochs": cfg.epochs, "epochs_run": len(p.history),
+                   "stopped": p.stop_reason, "best_epoch": p.best_epoch, "best_val": p.best,
                    "val": json.loads((out / "model.json").read_text())["metrics"].get("val"), "test": test_m,
-                   "seconds": round(time.time() - t_start, 1), "bf16": use_bf16, "world_size": world, "history": history}
+                   "seconds": round(time.time() - t_start, 1), "bf16": run.use_bf16, "world_size": run.world,
+                   "history": p.history}
         write_json(out / "summary.json", summary)
-    if world > 1:
+    if run.world > 1:
         dist.barrier()
     return summary
 
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Train ``cfg.model`` on ``cfg.data``; returns the summary dict (also ``OUT/summary.json``).
+
+    The summary holds ``model, out, epochs, epochs_run, stopped, best_epoch, best_val`` (the selection
+    score: per-image Dice or mIoU), ``val`` and ``test`` metrics of the best checkpoint, ``seconds``
+    (wall time in s), ``bf16``, ``world_size`` and ``history`` (the metrics.jsonl records). Ranks other
+    than 0 return ``{}``; with ``cfg.stop_after_epochs`` the run stops early (as if killed) and returns
+    ``{"stopped": "stop_after_epochs", "epoch": n}``.
+
+    Raises:
+        RtsegError: bad data folder/format, unknown model/loss/optimizer, nothing to resume.
+    """
+    t_start = time.time()
+    run = _setup(cfg, log)
+    if cfg.resume:
+        _resume(run)
+    _log_model(run)
+    ran = 0
+    for epoch in range(run.progress.start_epoch, cfg.epochs):
+        t0 = time.time()
+        train_loss = _train_epoch(run, epoch)
+        rec, m, improved = _validate(run, epoch, train_loss, t0)
+        if run.is_main:
+            _save_epoch(run, epoch, rec, m, improved)
+        _log_epoch(run, rec, improved)
+        if run.world > 1:
+            dist.barrier()
+        ran += 1
+        if cfg.early_stop_patience and run.progress.since_best >= cfg.early_stop_patience:
+            run.progress.stop_reason = f"early stopping: no improvement for {run.progress.since_best} epochs"
+            run.log(run.progress.stop_reason)
+            break
+        if cfg.stop_after_epochs and ran >= cfg.stop_after_epochs:
+            return {"stopped": "stop_after_epochs", "epoch": epoch + 1}
+    return _finish(run, t_start)
