@@ -89,8 +89,9 @@ def test_qdq_scheme_is_tensorrt_friendly(tmp_path, fp32_onnx, images):
 def test_calibrate_checkpoint_writes_record_and_trt_cache(tmp_path, kvasir):
     meta = ModelMeta(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, input_size=list(HW), data={})
     ckpt = save_checkpoint(tmp_path / "ckpt", _tiny(), meta)
-    rec = cal.calibrate_checkpoint(ckpt, calib_data=kvasir / "images", method="minmax", num_images=3, seed=7,
-                                   out=tmp_path / "calib", verify=True, trt_cache=True)
+    opts = cal.CalibOptions(calib_data=kvasir / "images", method="minmax", num_images=3, seed=7,
+                            out=tmp_path / "calib", verify=True, trt_cache=True)
+    rec = cal.calibrate_checkpoint(ckpt, opts)
     folder = tmp_path / "calib"
     on_disk = json.loads((folder / "calib.json").read_text())
     assert on_disk["method"] == "minmax" and on_disk["seed"] == 7 and on_disk["num_images"] == 3
@@ -115,16 +116,48 @@ def test_no_calibration_data_is_an_error(tmp_path):
     meta = ModelMeta(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, input_size=list(HW), data={})
     ckpt = save_checkpoint(tmp_path / "ckpt", _tiny(), meta)
     with pytest.raises(RtsegError, match="no calibration data"):
-        cal.calibrate_checkpoint(ckpt, out=tmp_path / "c", verify=False)
+        cal.calibrate_checkpoint(ckpt, cal.CalibOptions(out=tmp_path / "c", verify=False))
     (tmp_path / "empty").mkdir()
     with pytest.raises(RtsegError, match="holds no images"):
-        cal.calibrate_checkpoint(ckpt, calib_data=tmp_path / "empty", out=tmp_path / "c", verify=False)
+        cal.calibrate_checkpoint(ckpt, cal.CalibOptions(calib_data=tmp_path / "empty", out=tmp_path / "c", verify=False))
     with pytest.raises(RtsegError, match="does not exist"):
-        cal.calibrate_checkpoint(ckpt, calib_data=tmp_path / "missing", out=tmp_path / "c", verify=False)
+        cal.calibrate_checkpoint(ckpt, cal.CalibOptions(calib_data=tmp_path / "missing", out=tmp_path / "c",
+                                                        verify=False))
     with pytest.raises(RtsegError, match="no calibration data"):
         cal.calibrate_onnx(tmp_path / "x.onnx", tmp_path / "q.onnx", np.zeros((0, 3, 64, 64), np.float32))
     with pytest.raises(RtsegError, match="never"):
         cal.select_images([], 10)
+    with pytest.raises(RtsegError, match="unknown calibration method 'kl'"):
+        cal.calibrate_checkpoint(ckpt, cal.CalibOptions(method="kl", out=tmp_path / "c", verify=False))
+
+
+def test_bad_scheme_arguments_are_rtseg_errors(tmp_path, fp32_onnx, images):
+    data = cal.preprocess_images(cal.select_images(images, 1, seed=0), HW, "stretch", MEAN, STD)
+    with pytest.raises(RtsegError, match="unknown activation type 'int4'"):
+        cal.calibrate_onnx(fp32_onnx, tmp_path / "q.onnx", data, activation="int4")
+    with pytest.raises(RtsegError, match="--weight-bits must be 7 or 8, got 6"):
+        cal.calibrate_onnx(fp32_onnx, tmp_path / "q.onnx", data, weight_bits=6)
+    with pytest.raises(RtsegError, match=r"shape \(1, 3, 32, 32\) but the model takes \[-1, 3, 64, 64\]"):
+        cal.calibrate_onnx(fp32_onnx, tmp_path / "q.onnx", np.zeros((1, 3, 32, 32), np.float32))
+    assert not (tmp_path / "q.onnx").exists()
+    (tmp_path / "x.cache").write_text("not a cache\n")
+    with pytest.raises(RtsegError, match="not a TensorRT calibration cache"):
+        cal.read_tensorrt_cache(tmp_path / "x.cache")
+
+
+def test_calibrate_module_reexports_the_split_modules():
+    """build.py, gate.py and the CLI import these names from rtseg.export.calibrate."""
+    from rtseg.export import calib_constants, calib_images, qdq, ranges, trt_cache
+
+    assert cal.QUANT_OP_TYPES is calib_constants.QUANT_OP_TYPES == ("Conv", "ConvTranspose", "MatMul", "Gemm")
+    assert (cal.FP32_ONNX, cal.QDQ_ONNX, cal.CALIB_JSON) == ("model.onnx", "model.qdq.onnx", "calib.json")
+    assert cal.select_images is calib_images.select_images and cal.calib_source is calib_images.calib_source
+    assert cal.preprocess_images is calib_images.preprocess_images and cal.entropy_amax is ranges.entropy_amax
+    assert cal.qdq_summary is qdq.qdq_summary and cal.write_tensorrt_cache is trt_cache.write_tensorrt_cache
+    opts = cal.CalibOptions()  # the defaults of the former keyword arguments
+    assert (opts.method, opts.num_images, opts.seed, opts.opset, opts.verify, opts.trt_cache) == \
+        ("entropy", 100, 0, 17, True, False)
+    assert (opts.percentile, opts.weight_bits, opts.calib_data, opts.out, opts.onnx_path) == (99.999, 8, None, None, None)
 
 
 def test_native_crash_in_child_becomes_rtseg_error():
