@@ -15,57 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import __version__
 from .errors import RtsegError
+from .meta import CHECKPOINT_FORMAT as FORMAT, ModelMeta
 
-FORMAT = "rtseg-checkpoint/1"
 WEIGHTS = "model.safetensors"
 META = "model.json"
 
-BINARY_PALETTE = [[0, 0, 0], [0, 255, 0]]
-
-
-@dataclass
-class ModelMeta:
-    """The content of ``model.json`` (see module docstring)."""
-
-    model: str
-    num_classes: int = 1
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    class_names: list[str] = field(default_factory=lambda: ["background", "foreground"])
-    palette: list[list[int]] = field(default_factory=lambda: [list(c) for c in BINARY_PALETTE])
-    input_size: list[int] = field(default_factory=lambda: [256, 256])
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    resize: str = "stretch"
-    task: str = "binary"
-    ignore_index: int | None = None
-    data: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
-    rtseg_version: str = __version__
-    format: str = FORMAT
-
-    @property
-    def input_hw(self) -> tuple[int, int]:
-        """(H, W) of the network input in pixels."""
-        return int(self.input_size[0]), int(self.input_size[1])
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelMeta":
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "model" not in known:
-            raise RtsegError("model.json has no 'model' entry; it was not written by rtseg — retrain or re-save the checkpoint")
-        return cls(**known)
 
 
 def atomic_write_bytes(path: Path, data) -> None:
@@ -129,7 +89,7 @@ def load_meta(path: str | Path) -> ModelMeta:
         d = json.loads((folder / META).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise RtsegError(f"{folder / META} is not valid JSON ({e}); the checkpoint is corrupt — retrain or restore it") from None
-    return ModelMeta.from_dict(d)
+    return ModelMeta.from_dict(d, str(folder / META))
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, ModelMeta]:

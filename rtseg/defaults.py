@@ -79,5 +79,5 @@ def load_default_engine(backend: str = DEFAULT_BACKEND, precision: str = DEFAULT
     except OSError as e:
         raise RtsegError(f"cannot create the engine cache {folder.parent} ({e.strerror}); set RTSEG_CACHE to a writable folder") from None
     log(f"building the default model's {backend} {precision} engine (first use) into {folder}")
-    build_engine(default_model_dir(), backend=backend, precision=precision, out=folder, log=log)
+    build_engine(default_model_dir(), backend, precision, folder, log=log)
     return load_engine(folder, num_threads=num_threads)

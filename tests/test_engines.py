@@ -13,10 +13,13 @@ import torch
 
 from rtseg.checkpoint import ModelMeta, save_checkpoint
 from rtseg.errors import RtsegError
-from rtseg.export.build import build_engine
+from rtseg.export.build import BuildOptions, build_engine
+from rtseg.export.gate import GateOptions
 from rtseg.export.calibrate import preprocess_images, select_images
 from rtseg.models import create_model
 from rtseg.runtime import load_engine, logits_to_mask
+
+NO_GATE = GateOptions(enabled=False)
 
 HW = (64, 64)
 WIDTHS = [8, 16, 32, 64]
@@ -59,9 +62,10 @@ def reference(frames):
 
 @pytest.fixture(scope="module")
 def calib_folder(work, ckpt, kvasir):
-    from rtseg.export.calibrate import calibrate_checkpoint
+    from rtseg.export.calibrate import CalibOptions, calibrate_checkpoint
 
-    calibrate_checkpoint(ckpt, calib_data=kvasir / "images", num_images=4, seed=0, out=work / "calib", verify=False)
+    calibrate_checkpoint(ckpt, CalibOptions(calib_data=kvasir / "images", num_images=4, seed=0, out=work / "calib",
+                                            verify=False))
     return work / "calib"
 
 
@@ -79,11 +83,12 @@ def engines(work, ckpt, kvasir, calib_folder):
     return {
         ("openvino", "fp32"): work / ov32,
         # random weights: the accuracy gate is tested on a trained model in test_gate.py
-        ("openvino", "int8"): build_engine(ckpt, "openvino", "int8", out=work / "ov-int8", qdq_from=calib_folder,
-                                           gate=False),
+        ("openvino", "int8"): build_engine(ckpt, "openvino", "int8", out=work / "ov-int8",
+                                           options=BuildOptions(qdq_from=calib_folder, gate=NO_GATE)),
         ("onnxruntime", "fp32"): build_engine(ckpt, "onnxruntime", "fp32", out=work / "ort-fp32"),
         ("onnxruntime", "int8"): build_engine(ckpt, "onnxruntime", "int8", out=work / "ort-int8",
-                                              calib_data=kvasir / "images", num_calib=4, weight_bits=7, gate=False),
+                                              options=BuildOptions(calib_data=kvasir / "images", num_calib=4,
+                                                                   weight_bits=7, gate=NO_GATE)),
     }
 
 
@@ -177,7 +182,7 @@ def test_bad_backend_precision_combinations(ckpt, work):
     with pytest.raises(RtsegError, match="not 'bf16'"):
         build_engine(ckpt, "onnxruntime", "bf16")
     with pytest.raises(RtsegError, match="int8 only"):
-        build_engine(ckpt, "onnxruntime", "fp32", calib_data=work)
+        build_engine(ckpt, "onnxruntime", "fp32", options=BuildOptions(calib_data=work))
 
 
 def test_tensorrt_dispatch_without_tensorrt(ckpt, work, monkeypatch):
@@ -185,16 +190,19 @@ def test_tensorrt_dispatch_without_tensorrt(ckpt, work, monkeypatch):
 
     calls = {}
 
-    def fake_build(onnx_path, out_dir, precision, **opts):
-        calls.update(onnx=onnx_path.name, precision=precision, **opts)
+    def fake_build(onnx_path, out_dir, precision, options):
+        calls.update(onnx=onnx_path.name, precision=precision, input_hw=options.input_hw, opt_batch=options.opt_batch,
+                     max_batch=options.max_batch, workspace_mb=options.workspace_mb)
         (out_dir / "model.engine").write_bytes(b"plan")
         return {"backend": "tensorrt", "backend_version": "10.0.0", "precision": precision,
                 "device": {"type": "cuda", "name": "fake"}, "engine_file": "model.engine",
                 "batch": {"min": 1, "opt": 2, "max": 4}, "build": {"strongly_typed": False}}
 
     monkeypatch.setattr(trt_build, "build_tensorrt_engine", fake_build)
-    folder = build_engine(ckpt, "tensorrt", "fp16", out=work / "trt", opt_batch=2, max_batch=4, workspace_mb=None,
-                          gate=False)  # the gate runs the engine: needs a GPU
-    assert calls == {"onnx": "model.onnx", "precision": "fp16", "input_hw": (64, 64), "opt_batch": 2, "max_batch": 4}
+    folder = build_engine(ckpt, "tensorrt", "fp16", out=work / "trt",  # the gate runs the engine: needs a GPU
+                          options=BuildOptions(backend_options={"opt_batch": 2, "max_batch": 4, "workspace_mb": None},
+                                               gate=NO_GATE))
+    assert calls == {"onnx": "model.onnx", "precision": "fp16", "input_hw": (64, 64), "opt_batch": 2, "max_batch": 4,
+                     "workspace_mb": 4096}  # None = the builder's default
     meta = json.loads((folder / "engine.json").read_text())
     assert meta["backend"] == "tensorrt" and meta["batch"]["max"] == 4 and meta["build"]["strongly_typed"] is False

@@ -18,8 +18,8 @@ import pytest
 from rtseg.cli import main
 from rtseg.errors import RtsegError
 from rtseg.export import calibrate as cal
-from rtseg.export.build import build_engine
-from rtseg.export.gate import keep_float, quantized_nodes
+from rtseg.export.build import BuildOptions, build_engine
+from rtseg.export.gate import GateOptions, keep_float, quantized_nodes
 from rtseg.runtime import load_engine
 
 CKPT = Path(__file__).parent / "data" / "eunet-tiny-kvasir64"
@@ -49,14 +49,19 @@ def run_cli(capsys, *argv):
     return e.value.code, cap.out, cap.err
 
 
-def _gate_kw(kvasir):
-    return dict(gate_data=kvasir, gate_split="val", threads=1)
+def _gate_kw(kvasir, **gate):
+    return {"gate": GateOptions(data=kvasir, split="val", **gate), "threads": 1}
+
+
+def _build(ckpt, backend, precision, out, **options):
+    """build_engine with BuildOptions fields as keywords (the tests read like the CLI)."""
+    return build_engine(ckpt, backend, precision, out, BuildOptions(**options))
 
 
 def test_keep_float_extremes_match_fp32_and_qdq(tmp_path, kvasir):
     from rtseg.export.gate import _run_onnx
 
-    rec = cal.calibrate_checkpoint(CKPT, calib_data=kvasir, num_images=8, out=tmp_path / "c", verify=False)
+    rec = cal.calibrate_checkpoint(CKPT, cal.CalibOptions(calib_data=kvasir, num_images=8, out=tmp_path / "c", verify=False))
     fm = onnx.load(str(tmp_path / "c" / cal.FP32_ONNX))
     qm = onnx.load(str(tmp_path / "c" / cal.QDQ_ONNX))
     names = quantized_nodes(qm)
@@ -75,8 +80,8 @@ def test_keep_float_extremes_match_fp32_and_qdq(tmp_path, kvasir):
 
 
 def test_gate_passes_on_a_good_calibration(tmp_path, kvasir):
-    out = build_engine(CKPT, backend="openvino", precision="int8", calib_method="minmax", calib_data=kvasir, num_calib=32,
-                       out=tmp_path / "ov-int8", **_gate_kw(kvasir))
+    out = _build(CKPT, "openvino", "int8", tmp_path / "ov-int8", calib_method="minmax", calib_data=kvasir, num_calib=32,
+                 **_gate_kw(kvasir))
     gate = json.loads((out / "engine.json").read_text())["accuracy_gate"]
     assert gate["status"] == "passed" and gate["metric"] == "dice" and gate["tolerance_pt"] == 0.5
     assert gate["images"] == 100 and "val split" in gate["data"]
@@ -91,8 +96,8 @@ def test_gate_fails_then_repairs_deterministically(tmp_path, kvasir, outlier_cal
     sensitive layer(s) in float and passes; a second build makes the same decisions."""
     gates = []
     for i in range(2):
-        out = build_engine(CKPT, backend="onnxruntime", precision="int8", calib_method="minmax",
-                           calib_data=outlier_calib, out=tmp_path / f"ort-{i}", **_gate_kw(kvasir))
+        out = _build(CKPT, "onnxruntime", "int8", tmp_path / f"ort-{i}", calib_method="minmax",
+                     calib_data=outlier_calib, **_gate_kw(kvasir))
         meta = json.loads((out / "engine.json").read_text())
         gates.append(meta["accuracy_gate"])
     g = gates[0]
@@ -116,8 +121,8 @@ def test_gate_catches_a_silently_broken_engine_and_repairs_it(tmp_path, kvasir):
     """Entropy (KL) calibration on 32 images clips an activation this small model needs: the int8
     engine's masks still look plausible on two parity images, but its val Dice collapses (measured:
     59.6 → 2.1). The gate catches it and keeping the responsible layers in float restores it."""
-    out = build_engine(CKPT, backend="openvino", precision="int8", calib_method="entropy", calib_data=kvasir,
-                       num_calib=32, out=tmp_path / "ov-entropy", **_gate_kw(kvasir))
+    out = _build(CKPT, "openvino", "int8", tmp_path / "ov-entropy", calib_method="entropy", calib_data=kvasir,
+                 num_calib=32, **_gate_kw(kvasir))
     gate = json.loads((out / "engine.json").read_text())["accuracy_gate"]
     assert gate["before"]["delta_pt"] > 10
     assert gate["status"] == "passed" and 1 <= len(gate["excluded_layers"]) <= 8
@@ -126,8 +131,8 @@ def test_gate_catches_a_silently_broken_engine_and_repairs_it(tmp_path, kvasir):
 
 def test_failed_gate_is_never_used_silently(tmp_path, kvasir, clip, capsys):
     # an impossible tolerance (int8 must beat fp32 by 50 pt) makes the gate fail for sure
-    out = build_engine(CKPT, backend="onnxruntime", precision="int8", calib_data=kvasir, num_calib=8,
-                       out=tmp_path / "bad", gate_tolerance=-50.0, gate_max_rounds=1, **_gate_kw(kvasir))
+    out = _build(CKPT, "onnxruntime", "int8", tmp_path / "bad", calib_data=kvasir, num_calib=8,
+                 **_gate_kw(kvasir, tolerance_pt=-50.0, max_rounds=1))
     gate = json.loads((out / "engine.json").read_text())["accuracy_gate"]
     assert gate["status"] == "failed" and len(gate["rounds"]) == 2
     with pytest.raises(RtsegError, match="failed its accuracy gate"):
@@ -147,12 +152,12 @@ def test_gate_without_labels_is_recorded_as_skipped(tmp_path, kvasir):
     meta = json.loads((ckpt / "model.json").read_text())
     meta["data"]["root"] = str(tmp_path / "gone")
     (ckpt / "model.json").write_text(json.dumps(meta))
-    out = build_engine(ckpt, backend="onnxruntime", precision="int8", calib_data=kvasir, num_calib=4, out=tmp_path / "e")
+    out = _build(ckpt, "onnxruntime", "int8", tmp_path / "e", calib_data=kvasir, num_calib=4)
     gate = json.loads((out / "engine.json").read_text())["accuracy_gate"]
     assert gate["status"] == "skipped" and "does not exist" in gate["reason"]
     with pytest.raises(RtsegError, match="does not exist"):
-        build_engine(ckpt, backend="onnxruntime", precision="int8", calib_data=kvasir, num_calib=4, out=tmp_path / "e2",
-                     gate_data=tmp_path / "gone")
+        _build(ckpt, "onnxruntime", "int8", tmp_path / "e2", calib_data=kvasir, num_calib=4,
+               gate=GateOptions(data=tmp_path / "gone"))
 
 
 def test_precision_auto_picks_the_fastest_passing_by_measurement(tmp_path, kvasir, capsys):

@@ -102,10 +102,22 @@ def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img
     click.echo(f"{rec['folder']}  {rec['num_images']} images  {method}  seed {seed}  qdq sha256 {rec['qdq_sha256'][:16]}")
 
 
+def _backend_choice() -> click.Choice:
+    from ..runtime import backend_names
+
+    return click.Choice(backend_names())
+
+
+def _precision_choice() -> click.Choice:
+    from ..runtime import all_precisions
+
+    return click.Choice([*all_precisions(), "auto"])
+
+
 @click.command("build-engine", cls=_Command)
 @_ckpt_option
-@click.option("--backend", type=click.Choice(["openvino", "onnxruntime", "tensorrt"]), default="openvino", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "int8", "auto"]), default="fp32", show_default=True,
+@click.option("--backend", type=_backend_choice(), default="openvino", show_default=True)
+@click.option("--precision", type=_precision_choice(), default="fp32", show_default=True,
               help="auto: build every precision the backend runs here, keep the fastest that passes the accuracy gate.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="Engine folder (default engines/<model>/<backend>-<precision>).")
@@ -137,7 +149,7 @@ def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="TensorRT timing cache file (read/written).")
 @click.option("--version-compatible", is_flag=True, default=None, help="TensorRT: version-compatible engine.")
 @click.option("--hardware-compatibility-level", type=click.Choice(["none", "ampere_plus", "same_compute_capability"]),
-              default=None, help="TensorRT hardware compatibility.")
+              default=None, help="TensorRT hardware compatibility (same_compute_capability needs TensorRT >= 10.9).")
 def build_engine_command(checkpoint, backend, precision, out, img_size, opset, calib_data, calib_method, num_calib, seed,
                          weight_bits, qdq_from, no_gate, gate_data, gate_split, gate_images, gate_tolerance, gate_max_rounds,
                          threads, bench_batch, bench_seconds, min_batch, opt_batch, max_batch, workspace_mb, timing_cache,
@@ -151,27 +163,33 @@ def build_engine_command(checkpoint, backend, precision, out, img_size, opset, c
 
     Example: rtseg build-engine --checkpoint runs/eunet-s --backend openvino --precision auto --threads 2
     """
-    from ..export.build import build_auto, build_engine, format_selection, parse_img_size
-    from ..export.gate import describe_gate
+    from ..export.build import BuildOptions, build_auto, build_engine
+    from ..export.gate import DEFAULT_MAX_ROUNDS, GateOptions
 
-    trt_opts = {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch, "workspace_mb": workspace_mb,
-                "timing_cache": timing_cache, "version_compatible": version_compatible,
-                "hardware_compatibility_level": hardware_compatibility_level}
-    given = [k for k, v in trt_opts.items() if v not in (None, False)]
-    if given and backend != "tensorrt":
-        raise RtsegError(f"--{given[0].replace('_', '-')} is a TensorRT option; pass --backend tensorrt or drop it")
-    kw = dict(calib_data=calib_data, calib_method=calib_method, num_calib=num_calib, seed=seed,
-              img_size=parse_img_size(img_size), opset=opset, qdq_from=qdq_from,
-              weight_bits=int(weight_bits) if weight_bits else None, gate=not no_gate, gate_data=gate_data,
-              gate_split=gate_split, gate_images=gate_images, gate_tolerance=gate_tolerance,
-              gate_max_rounds=gate_max_rounds, log=_log, **trt_opts)
+    backend_options = {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch,
+                       "workspace_mb": workspace_mb, "timing_cache": timing_cache,
+                       "version_compatible": version_compatible,
+                       "hardware_compatibility_level": hardware_compatibility_level}
+    gate = GateOptions(enabled=not no_gate, data=gate_data, split=gate_split, images=gate_images,
+                       tolerance_pt=gate_tolerance, max_rounds=gate_max_rounds or DEFAULT_MAX_ROUNDS, threads=threads)
+    options = BuildOptions(img_size=img_size, opset=opset, calib_data=calib_data, calib_method=calib_method,
+                           num_calib=num_calib, seed=seed, weight_bits=int(weight_bits) if weight_bits else None,
+                           qdq_from=qdq_from, gate=gate, threads=threads, backend_options=backend_options,
+                           bench_batch=bench_batch, bench_seconds=bench_seconds)
     if precision == "auto":
         if no_gate:
             raise RtsegError("--precision auto needs the accuracy gate; drop --no-gate")
-        folder = build_auto(checkpoint, backend=backend, out=out, bench_batch=bench_batch, bench_seconds=bench_seconds,
-                            threads=threads, **kw)
+        folder = build_auto(checkpoint, backend, out, options, log=_log)
     else:
-        folder = build_engine(checkpoint, backend=backend, precision=precision, out=out, threads=threads, **kw)
+        folder = build_engine(checkpoint, backend, precision, out, options, log=_log)
+    _report(folder)
+
+
+def _report(folder: Path) -> None:
+    """Print the built engine's summary (auto table, parity with PyTorch, gate) and fail on a failed gate."""
+    from ..export.build import format_selection
+    from ..export.gate import describe_gate
+
     meta = json.loads((folder / "engine.json").read_text())
     if meta.get("selection"):
         click.echo(format_selection(meta["selection"]))
@@ -179,7 +197,7 @@ def build_engine_command(checkpoint, backend, precision, out, img_size, opset, c
     extra = ""
     if "mask_agreement" in v:
         extra = f"  vs PyTorch: max|Δlogit| {v['max_abs_diff']:.3g}, mask agreement {100 * v['mask_agreement']:.2f} %"
-    click.echo(f"{folder}  {backend} {meta.get('precision')}{extra}")
+    click.echo(f"{folder}  {meta['backend']} {meta.get('precision')}{extra}")
     if meta.get("precision") != "fp32":
         click.echo(describe_gate(meta.get("accuracy_gate")))
     if (meta.get("accuracy_gate") or {}).get("status") == "failed":

@@ -37,31 +37,59 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import RtsegError
+from ..meta import ENGINE_FORMAT
+from ..runtime.registry import BuildRequest, get_backend
+from .gate import GateOptions
 
-ENGINE_FORMAT = "rtseg-engine/1"
-PRECISIONS = {"openvino": ("fp32", "bf16", "int8"), "onnxruntime": ("fp32", "int8"),
-              "tensorrt": ("fp32", "fp16", "int8")}
-ENGINE_FILES = {"openvino": "model.xml", "onnxruntime": "model.ort.onnx", "tensorrt": "model.engine"}
+Log = Callable[[str], None]
+
+
+@dataclass
+class BuildOptions:
+    """Settings of :func:`build_engine` / :func:`build_auto` besides backend, precision and folder.
+
+    Attributes:
+        img_size: engine input (H, W) (or N, or ``"HxW"``); default ``model.json`` ``input_size``.
+        opset: ONNX opset of the export.
+        calib_data: int8: folder of representative images; default the checkpoint's training split
+            (``model.json`` ``data.root``); no data → :class:`RtsegError`, never random scales.
+        calib_method, num_calib, seed, weight_bits: int8 calibration settings
+            (:class:`rtseg.export.calibrate.CalibOptions`; ``None`` = its default).
+        qdq_from: int8: reuse the Q/DQ ONNX of a ``rtseg calibrate`` folder (same checkpoint) instead
+            of calibrating again — one Q/DQ ONNX for every backend.
+        gate: the accuracy gate of reduced precisions (:class:`rtseg.export.gate.GateOptions`).
+        threads: inference threads for the gate's evaluations and the latency measurements.
+        backend_options: backend-specific build options (TensorRT: ``min_batch``, ``opt_batch``,
+            ``max_batch``, ``workspace_mb``, ``timing_cache``, ``version_compatible``,
+            ``hardware_compatibility_level``); refused by backends that take none.
+        bench_batch, bench_seconds: ``--precision auto``: batch and timed seconds per candidate.
+    """
+
+    img_size: Any = None
+    opset: int = 17
+    calib_data: str | Path | None = None
+    calib_method: str = "entropy"
+    num_calib: int | None = None
+    seed: int = 0
+    weight_bits: int | None = None
+    qdq_from: str | Path | None = None
+    gate: GateOptions = field(default_factory=GateOptions)
+    threads: int | None = None
+    backend_options: dict[str, Any] = field(default_factory=dict)
+    bench_batch: int = 1
+    bench_seconds: float = 3.0
 
 
 def default_engine_dir(model: str, backend: str, precision: str) -> Path:
     """``engines/<model>/<backend>-<precision>`` relative to the current directory."""
     return Path("engines") / model / f"{backend}-{precision}"
-
-
-def check_backend_precision(backend: str, precision: str) -> None:
-    """Raise :class:`RtsegError` for an unknown backend or a precision it does not build."""
-    if backend not in PRECISIONS:
-        raise RtsegError(f"unknown backend {backend!r}; use one of {', '.join(PRECISIONS)}")
-    if precision not in PRECISIONS[backend]:
-        raise RtsegError(f"the {backend} backend builds {', '.join(PRECISIONS[backend])} engines, not {precision!r}; "
-                         f"pick one of those with --precision")
 
 
 def parse_img_size(img_size) -> tuple[int, int] | None:
@@ -109,46 +137,43 @@ def _compare(y: np.ndarray, ref: np.ndarray) -> dict[str, Any]:
             "mask_agreement": float(np.mean(logits_to_mask(y) == logits_to_mask(ref)))}
 
 
+@dataclass
+class _Build:
+    """State of one engine build, passed between the steps of :func:`build_engine`."""
+
+    ckpt: Path
+    model: Any
+    meta: Any  # ModelMeta
+    backend: str
+    precision: str
+    hw: tuple[int, int]
+    folder: Path  # the unpublished temporary folder
+    options: BuildOptions
+    log: Log
+    t_start: float = field(default_factory=time.perf_counter)
+    sample: np.ndarray | None = None
+    sample_desc: str = ""
+    reference: np.ndarray | None = None
+    export: dict[str, Any] = field(default_factory=dict)
+
+
 def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: str = "fp32",
-                 out: str | Path | None = None, calib_data: str | Path | None = None, calib_method: str = "entropy",
-                 num_calib: int | None = None, seed: int = 0, img_size=None, opset: int = 17,
-                 qdq_from: str | Path | None = None, weight_bits: int | None = None,
-                 gate: bool = True, gate_data: str | Path | None = None, gate_split: str | None = None,
-                 gate_images: int | None = None, gate_tolerance: float | None = None,
-                 gate_max_rounds: int | None = None, threads: int | None = None,
-                 log: Callable[[str], None] | None = None, **backend_opts: Any) -> Path:
+                 out: str | Path | None = None, options: BuildOptions | None = None, log: Log | None = None) -> Path:
     """Build an engine folder from a checkpoint (docs/internals.md "Engine folder").
 
     Args:
         checkpoint: checkpoint folder (``model.safetensors`` + ``model.json``).
-        backend: ``"openvino"`` (default on CPU), ``"onnxruntime"`` or ``"tensorrt"``.
+        backend: a registered backend (:func:`rtseg.runtime.backend_names`: ``"openvino"`` (default on
+            CPU), ``"onnxruntime"``, ``"tensorrt"``).
         precision: see the module table (``fp32`` | ``bf16`` | ``fp16`` | ``int8``).
         out: engine folder; default ``engines/<model>/<backend>-<precision>`` under the CWD.
-        calib_data: int8 only: folder of representative images; default the checkpoint's training
-            split (``model.json`` ``data.root``); no data → :class:`RtsegError`, never random scales.
-        calib_method, num_calib, seed, weight_bits: calibration settings
-            (:func:`rtseg.export.calibrate.calibrate_checkpoint`).
-        img_size: engine input (H, W) (or N); default ``model.json`` ``input_size``.
-        opset: ONNX opset of the export.
-        qdq_from: int8 only: reuse the Q/DQ ONNX of a ``rtseg calibrate`` folder (same checkpoint)
-            instead of calibrating again — one Q/DQ ONNX for every backend.
-        gate: run the accuracy gate on a reduced-precision engine (int8/bf16/fp16; see
-            :mod:`rtseg.export.gate`): evaluate it against FP32 on held-out labelled images and, for
-            int8, keep the most sensitive layers in float until it passes. The result is
-            ``engine.json`` ``accuracy_gate``; a failed engine is still written (for inspection) but
-            marked ``"failed"`` and refused by :func:`rtseg.runtime.load_engine`.
-        gate_data, gate_split, gate_images: the gate's labelled images (default the checkpoint's
-            ``val`` split, at most 200 images); with no labelled data reachable the gate is recorded
-            as ``"skipped"`` unless ``gate_data`` was given (then :class:`RtsegError`).
-        gate_tolerance: allowed drop in points (default 0.5 Dice / 1.0 mIoU).
-        gate_max_rounds: repair rounds (default 5).
-        threads: inference threads for the gate's evaluations and latency measurements.
+        options: everything else (:class:`BuildOptions`: input size, calibration, accuracy gate, threads,
+            backend options).
         log: progress callback (one line per step).
-        **backend_opts: TensorRT options passed through (``min_batch``, ``opt_batch``, ``max_batch``,
-            ``workspace_mb``, ``timing_cache``, ``version_compatible``, ``hardware_compatibility_level``).
 
     Returns:
-        the engine folder.
+        the engine folder. It is built in a temporary sibling and renamed into place, so a failed
+        build never leaves a half-written engine (an existing engine is replaced only by a complete one).
 
     Raises:
         RtsegError: bad checkpoint (missing, corrupt, wrong architecture), unknown backend or
@@ -156,23 +181,41 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
             calibration data, an export/quantization failure, or a backend that crashes or fails
             on the graph (each one line with the fix).
     """
-    from ..checkpoint import file_sha256, load_checkpoint, resolve_checkpoint, write_json
-    from . import calibrate as cal
-    from .onnx import export_onnx
+    from ..checkpoint import load_checkpoint, resolve_checkpoint
 
-    log = log or (lambda msg: None)
-    t_start = time.perf_counter()
-    check_backend_precision(backend, precision)
-    if backend == "openvino":
-        from ..runtime.openvino_backend import check_precision_supported, openvino_device_info
-
-        check_precision_supported(precision, openvino_device_info()["capabilities"])
-    if precision != "int8" and (qdq_from is not None or calib_data is not None):
-        raise RtsegError(f"--calib-data/--qdq-from apply to --precision int8 only, not {precision}; drop them or pass --precision int8")
+    options = options or BuildOptions()
+    spec = get_backend(backend)
+    spec.check_precision(precision)
+    _check_options(spec, precision, options)
     ckpt = resolve_checkpoint(checkpoint)
     model, meta = load_checkpoint(ckpt)
-    hw = parse_img_size(img_size) or meta.input_hw
+    hw = parse_img_size(options.img_size) or meta.input_hw
     out = Path(out) if out is not None else default_engine_dir(meta.model, backend, precision)
+    tmp = _temporary_folder(out)
+    b = _Build(ckpt, model, meta, backend, precision, hw, tmp, options, log or (lambda msg: None))
+    try:
+        engine = _build_in(b)
+        from ..checkpoint import write_json
+
+        write_json(tmp / "engine.json", engine)
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    b.log(f"engine written to {out}")
+    return out
+
+
+def _check_options(spec, precision: str, o: BuildOptions) -> None:
+    if precision != "int8" and (o.qdq_from is not None or o.calib_data is not None):
+        raise RtsegError(f"--calib-data/--qdq-from apply to --precision int8 only, not {precision}; drop them or pass --precision int8")
+    extra = [k for k, v in o.backend_options.items() if v not in (None, False) and k not in spec.build_options]
+    if extra:
+        raise RtsegError(f"--{extra[0].replace('_', '-')} is not an option of the {spec.name} backend; "
+                         f"drop it (or pass the backend it belongs to with --backend)")
+
+
+def _temporary_folder(out: Path) -> Path:
     if out.exists() and not (out / "engine.json").is_file() and any(out.iterdir()):
         raise RtsegError(f"{out} exists and is not an engine folder; pass another --out or remove it")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -180,94 +223,98 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    try:
-        sample, sample_desc = _parity_sample(calib_data, meta, hw)
-        import torch
-
-        with torch.inference_mode():
-            reference = model(torch.from_numpy(sample)).float().numpy()
-
-        log(f"exporting {meta.model} to ONNX at {hw[1]}x{hw[0]} (opset {opset})")
-        export = export_onnx(model, tmp / cal.FP32_ONNX, hw, opset=opset, sample=sample)
-        export["path"] = cal.FP32_ONNX
-        source_onnx = tmp / cal.FP32_ONNX
-        calibration = None
-        if precision == "int8":
-            calibration = _int8_qdq(ckpt, tmp, hw, calib_data, calib_method, num_calib, seed, qdq_from, opset,
-                                    weight_bits, export, log)
-            source_onnx = tmp / cal.QDQ_ONNX
-
-        log(f"building the {backend} {precision} engine")
-        info = _build_backend(backend, source_onnx, tmp, precision, hw, sample, backend_opts)
-        output = info.pop("output_sample", None)
-        verify = {"input": sample_desc, "reference": "pytorch fp32"}
-        if output is not None:
-            verify.update(_compare(output, reference))
-
-        from .. import __version__
-        from .onnx import onnx_io
-
-        io_in, io_out = onnx_io(source_onnx)
-        engine = {
-            "format": ENGINE_FORMAT,
-            "backend": backend,
-            "backend_version": info.pop("backend_version"),
-            "precision": precision,
-            "device": info.pop("device"),
-            "engine_file": info.pop("engine_file", ENGINE_FILES[backend]),
-            "onnx_file": source_onnx.name,
-            "input": info.pop("input", {"name": io_in["name"], "shape": [-1, 3, hw[0], hw[1]], "dtype": "float32", "layout": "NCHW"}),
-            "output": info.pop("output", {"name": io_out["name"], "shape": [-1, *export["output"]["shape"][1:]], "dtype": "float32"}),
-            "batch": info.pop("batch", {"min": 1, "opt": 1, "max": None}),
-            "checkpoint": {"path": str(ckpt.resolve()), "sha256": file_sha256(ckpt / "model.safetensors")},
-            "model": meta.to_dict(),
-            "export": {k: export.get(k) for k in ("opset", "max_abs_diff", "tolerance", "torch_version", "onnx_version")},
-            "calibration": calibration,
-            "accuracy_gate": None,
-            "verify": verify,
-            "build": {**info, "seconds": round(time.perf_counter() - t_start, 2)},
-            "rtseg_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
-        if precision != "fp32" and gate:
-            engine["accuracy_gate"] = _gate(tmp, engine, meta, backend, precision, hw, sample, reference, backend_opts,
-                                            gate_data, gate_split, gate_images, gate_tolerance, gate_max_rounds, threads,
-                                            log)
-        write_json(tmp / "engine.json", engine)
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log(f"engine written to {out}")
-    return out
+    return tmp
 
 
-def _gate(folder: Path, engine: dict, meta, backend: str, precision: str, hw, sample, reference, backend_opts,
-          gate_data, gate_split, gate_images, gate_tolerance, gate_max_rounds, threads, log) -> dict[str, Any]:
-    """Run the accuracy gate on the engine in ``folder`` (see :func:`build_engine`)."""
+def _build_in(b: _Build) -> dict[str, Any]:
+    """Export, (calibrate), compile and check the engine in ``b.folder``; return its ``engine.json``."""
+    import torch
+
+    from . import calibrate as cal
+    from .onnx import export_onnx
+
+    b.sample, b.sample_desc = _parity_sample(b.options.calib_data, b.meta, b.hw)
+    with torch.inference_mode():
+        b.reference = b.model(torch.from_numpy(b.sample)).float().numpy()
+    b.log(f"exporting {b.meta.model} to ONNX at {b.hw[1]}x{b.hw[0]} (opset {b.options.opset})")
+    b.export = export_onnx(b.model, b.folder / cal.FP32_ONNX, b.hw, opset=b.options.opset, sample=b.sample)
+    b.export["path"] = cal.FP32_ONNX
+    source_onnx, calibration = b.folder / cal.FP32_ONNX, None
+    if b.precision == "int8":
+        calibration = _int8_qdq(b)
+        source_onnx = b.folder / cal.QDQ_ONNX
+    b.log(f"building the {b.backend} {b.precision} engine")
+    info = _compile(b, source_onnx)
+    engine = _engine_record(b, source_onnx, info, calibration)
+    if b.precision != "fp32" and b.options.gate.enabled:
+        engine["accuracy_gate"] = _gate(b, engine)
+    return engine
+
+
+def _compile(b: _Build, source_onnx: Path) -> dict[str, Any]:
+    """Run the backend's builder on ``source_onnx``; the info dict with ``verify`` (vs PyTorch) added."""
+    req = BuildRequest(source_onnx, b.folder, b.precision, b.hw, b.sample, dict(b.options.backend_options))
+    info = dict(get_backend(b.backend).build(req))
+    output = info.pop("output_sample", None)
+    info["verify"] = {"input": b.sample_desc, "reference": "pytorch fp32",
+                      **(_compare(output, b.reference) if output is not None else {})}
+    return info
+
+
+def _engine_record(b: _Build, source_onnx: Path, info: dict[str, Any], calibration) -> dict[str, Any]:
+    """The ``engine.json`` dict (docs/internals.md) of the engine just compiled."""
+    from .. import __version__
+    from ..checkpoint import file_sha256
+    from .onnx import onnx_io
+
+    io_in, io_out = onnx_io(source_onnx)
+    verify = info.pop("verify")
+    return {
+        "format": ENGINE_FORMAT,
+        "backend": b.backend,
+        "backend_version": info.pop("backend_version"),
+        "precision": b.precision,
+        "device": info.pop("device"),
+        "engine_file": info.pop("engine_file", get_backend(b.backend).engine_file),
+        "onnx_file": source_onnx.name,
+        "input": info.pop("input", {"name": io_in["name"], "shape": [-1, 3, b.hw[0], b.hw[1]], "dtype": "float32", "layout": "NCHW"}),
+        "output": info.pop("output", {"name": io_out["name"], "shape": [-1, *b.export["output"]["shape"][1:]], "dtype": "float32"}),
+        "batch": info.pop("batch", {"min": 1, "opt": 1, "max": None}),
+        "checkpoint": {"path": str(b.ckpt.resolve()), "sha256": file_sha256(b.ckpt / "model.safetensors")},
+        "model": b.meta.to_dict(),
+        "export": {k: b.export.get(k) for k in ("opset", "max_abs_diff", "tolerance", "torch_version", "onnx_version")},
+        "calibration": calibration,
+        "accuracy_gate": None,
+        "verify": verify,
+        "build": {**info, "seconds": round(time.perf_counter() - b.t_start, 2)},
+        "rtseg_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _gate(b: _Build, engine: dict) -> dict[str, Any]:
+    """Run the accuracy gate on the engine in ``b.folder`` (int8: with repair by rebuilding)."""
+    from ..checkpoint import file_sha256
     from . import calibrate as cal
     from . import gate as g
 
+    go = b.options.gate
     try:
-        gs = g.gate_set(meta.to_dict(), gate_data, gate_split,
-                        g.DEFAULT_GATE_IMAGES if gate_images is None else gate_images)
+        gs = g.gate_set(b.meta.to_dict(), go.data, go.split, g.DEFAULT_GATE_IMAGES if go.images is None else go.images)
     except RtsegError as e:
-        if gate_data is not None:
+        if go.data is not None:
             raise
-        log(f"warning: accuracy gate skipped: {e}")
+        b.log(f"warning: accuracy gate skipped: {e}")
         return {"format": g.GATE_FORMAT, "status": "skipped", "reason": str(e)}
 
     def rebuild(qdq_path: Path) -> dict[str, Any]:
-        y = _build_backend(backend, qdq_path, folder, precision, hw, sample, backend_opts).get("output_sample")
-        return {"verify": _compare(y, reference) if y is not None else {}}
+        return {"verify": _compile(b, qdq_path)["verify"]}
 
-    kw = {} if gate_max_rounds is None else {"max_rounds": gate_max_rounds}
-    record = g.run_gate(folder, engine, gs, tolerance_pt=gate_tolerance,
-                        rebuild=rebuild if precision == "int8" else None, threads=threads, log=log, **kw)
+    threads = go.threads if go.threads is not None else b.options.threads
+    record = g.run_gate(b.folder, engine, gs, g.GateOptions(**{**go.__dict__, "threads": threads}),
+                        rebuild=rebuild if b.precision == "int8" else None, log=b.log)
     if record["excluded_layers"] and engine.get("calibration"):
-        from ..checkpoint import file_sha256
-
-        engine["calibration"]["repaired_qdq_sha256"] = file_sha256(folder / cal.QDQ_ONNX)
+        engine["calibration"]["repaired_qdq_sha256"] = file_sha256(b.folder / cal.QDQ_ONNX)
         engine["calibration"]["calibrated_qdq_file"] = "model.qdq.calibrated.onnx"
     return record
 
@@ -283,112 +330,57 @@ def _publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _int8_qdq(ckpt: Path, folder: Path, hw, calib_data, method, num_calib, seed, qdq_from, opset, weight_bits,
-              export: dict, log) -> dict[str, Any]:
-    """Put ``model.qdq.onnx`` and ``calib.json`` into ``folder``; return the engine.json entry."""
-    from ..checkpoint import file_sha256
+def _int8_qdq(b: _Build) -> dict[str, Any]:
+    """Put ``model.qdq.onnx`` and ``calib.json`` into ``b.folder``; return the engine.json entry."""
     from . import calibrate as cal
 
-    if qdq_from is not None:
-        rec = cal.read_calib_record(qdq_from)
-        sha = file_sha256(ckpt / "model.safetensors")
-        if rec.get("checkpoint", {}).get("sha256") != sha:
-            raise RtsegError(f"{qdq_from} was calibrated for another checkpoint ({rec.get('checkpoint', {}).get('path')}); "
-                             f"re-run 'rtseg calibrate --checkpoint {ckpt}' or drop --qdq-from")
-        if list(rec.get("preprocessing", {}).get("input_hw", [])) != list(hw):
-            raise RtsegError(f"{qdq_from} was calibrated at {rec['preprocessing']['input_hw']}, not {list(hw)}; "
-                             f"pass the same --img-size or re-run 'rtseg calibrate'")
-        shutil.copyfile(Path(qdq_from) / cal.QDQ_ONNX, folder / cal.QDQ_ONNX)
-        shutil.copyfile(Path(qdq_from) / cal.CALIB_JSON, folder / cal.CALIB_JSON)
-        log(f"using the Q/DQ ONNX of {qdq_from}")
-    else:
-        kw = {}
-        if weight_bits is not None:
-            kw["weight_bits"] = weight_bits
-        rec = cal.calibrate_checkpoint(ckpt, calib_data=calib_data, method=method,
-                                       num_images=num_calib or cal.DEFAULT_NUM_IMAGES, seed=seed, out=folder,
-                                       img_size=hw, opset=opset, verify=False, onnx_path=folder / cal.FP32_ONNX,
-                                       export_info=export, log=log, **kw)
+    o = b.options
+    rec = _copy_qdq(b) if o.qdq_from is not None else cal.calibrate_checkpoint(b.ckpt, _calib_options(b), log=b.log)
     return {"file": cal.CALIB_JSON, "qdq_sha256": rec.get("qdq_sha256"), "method": rec.get("method"),
             "seed": rec.get("seed"), "num_images": rec.get("num_images"), "images_sha256": rec.get("images_sha256"),
             "source": rec.get("source"), "scheme": {k: rec.get("quantization", {}).get(k) for k in
                                                      ("activations", "weights", "op_types", "weight_bits", "excluded_nodes")},
-            "from": str(Path(qdq_from).resolve()) if qdq_from is not None else None}
+            "from": str(Path(o.qdq_from).resolve()) if o.qdq_from is not None else None}
 
 
-def _build_backend(backend: str, source_onnx: Path, folder: Path, precision: str, hw, sample: np.ndarray,
-                   backend_opts: dict[str, Any]) -> dict[str, Any]:
-    """Build ``backend``'s engine file in ``folder`` from ``source_onnx``; the builder's info dict."""
-    if backend == "openvino":
-        return _build_openvino(source_onnx, folder, precision, sample)
-    if backend == "onnxruntime":
-        return _build_onnxruntime(source_onnx, folder, sample)
-    return _build_tensorrt(source_onnx, folder, precision, hw, backend_opts)
+def _calib_options(b: _Build):
+    from . import calibrate as cal
+
+    o = b.options
+    kw = {"weight_bits": o.weight_bits} if o.weight_bits is not None else {}
+    return cal.CalibOptions(calib_data=o.calib_data, method=o.calib_method, num_images=o.num_calib or cal.DEFAULT_NUM_IMAGES,
+                            seed=o.seed, out=b.folder, img_size=b.hw, opset=o.opset, verify=False,
+                            onnx_path=b.folder / cal.FP32_ONNX, export_info=b.export, **kw)
 
 
-def _build_openvino(source_onnx: Path, folder: Path, precision: str, sample: np.ndarray) -> dict[str, Any]:
-    import openvino as ov
+def _copy_qdq(b: _Build) -> dict[str, Any]:
+    """``--qdq-from``: reuse a calibration folder of the same checkpoint and input size."""
+    from ..checkpoint import file_sha256
+    from . import calibrate as cal
 
-    from ..runtime.openvino_backend import PRECISION_HINTS, openvino_device_info, openvino_version, verify_openvino
-
-    try:
-        ov_model = ov.convert_model(str(source_onnx))
-    except Exception as e:  # OpenVINO's frontend raises its own types
-        raise RtsegError(f"OpenVINO cannot convert {source_onnx.name} ({str(e).strip().splitlines()[0]}); "
-                         f"use --backend onnxruntime or report the model") from None
-    xml = folder / "model.xml"
-    ov.save_model(ov_model, str(xml), compress_to_fp16=False)
-    del ov_model
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision]}
-    fix = ("use --backend onnxruntime for this model, or another --precision"
-           if precision != "int8" else
-           "rtseg's Q/DQ scheme should avoid this — use --backend onnxruntime --precision int8 and report the model")
-    y = verify_openvino(xml, sample, config, fix=fix)
-    return {"backend_version": openvino_version(), "device": openvino_device_info(), "engine_file": xml.name,
-            "compile_config": config, "compiled_in_child": True, "output_sample": y}
-
-
-def _build_onnxruntime(source_onnx: Path, folder: Path, sample: np.ndarray) -> dict[str, Any]:
-    from ..runtime.onnxruntime_backend import cpu_device_info, make_session, onnxruntime_version
-
-    target = folder / "model.ort.onnx"
-    try:
-        make_session(source_onnx, num_threads=1, level="extended", optimized_model_filepath=target)
-        sess = make_session(target, level="all")
-        y = sess.run(None, {sess.get_inputs()[0].name: sample})[0]
-    except Exception as e:  # onnxruntime raises its own types
-        raise RtsegError(f"ONNX Runtime cannot run {source_onnx.name} ({str(e).strip().splitlines()[0]}); report the model") from None
-    return {"backend_version": onnxruntime_version(), "device": cpu_device_info(), "engine_file": target.name,
-            "graph_optimization": "extended (saved), all (at load)", "output_sample": y}
-
-
-TENSORRT_OPTIONS = ("min_batch", "opt_batch", "max_batch", "workspace_mb", "timing_cache", "version_compatible",
-                    "hardware_compatibility_level")
-
-
-def _build_tensorrt(source_onnx: Path, folder: Path, precision: str, hw, opts: dict[str, Any]) -> dict[str, Any]:
-    try:
-        from .tensorrt_build import build_tensorrt_engine
-    except ImportError as e:
-        raise RtsegError(f"the TensorRT builder is unavailable ({e}); install 'rtseg[tensorrt]' on a machine with an "
-                         f"NVIDIA GPU, or use --backend openvino") from None
-    kwargs = {k: v for k, v in opts.items() if v is not None}
-    info = dict(build_tensorrt_engine(source_onnx, folder, precision, input_hw=tuple(hw), **kwargs))
-    info.pop("backend", None)
-    info.pop("precision", None)
-    build = info.pop("build", {}) or {}
-    return {**info, **build}
+    src = Path(b.options.qdq_from)
+    rec = cal.read_calib_record(src)
+    if rec.get("checkpoint", {}).get("sha256") != file_sha256(b.ckpt / "model.safetensors"):
+        raise RtsegError(f"{src} was calibrated for another checkpoint ({rec.get('checkpoint', {}).get('path')}); "
+                         f"re-run 'rtseg calibrate --checkpoint {b.ckpt}' or drop --qdq-from")
+    if list(rec.get("preprocessing", {}).get("input_hw", [])) != list(b.hw):
+        raise RtsegError(f"{src} was calibrated at {rec['preprocessing']['input_hw']}, not {list(b.hw)}; "
+                         f"pass the same --img-size or re-run 'rtseg calibrate'")
+    shutil.copyfile(src / cal.QDQ_ONNX, b.folder / cal.QDQ_ONNX)
+    shutil.copyfile(src / cal.CALIB_JSON, b.folder / cal.CALIB_JSON)
+    b.log(f"using the Q/DQ ONNX of {src}")
+    return rec
 
 
 def build_auto(checkpoint: str | Path, backend: str = "openvino", out: str | Path | None = None,
-               bench_batch: int = 1, bench_seconds: float = 3.0, threads: int | None = None,
-               log: Callable[[str], None] | None = None, **build_kw: Any) -> Path:
+               options: BuildOptions | None = None, log: Log | None = None) -> Path:
     """``build-engine --precision auto``: build every precision ``backend`` can run here, measure
     each on real frames, keep the fastest that passes the accuracy gate (issue 5).
 
     Candidates are built into ``engines/<model>/<backend>-<precision>`` next to ``out`` (each with
-    its own gate). Latency is measured round-robin (3 rounds of ``bench_seconds / 3`` per
-    candidate, median of the per-round medians, batch ``bench_batch``, ``threads`` threads) on the
+    its own gate); precisions this machine cannot run (the backend spec's ``unavailable``) are listed
+    as skipped. Latency is measured round-robin (3 rounds of ``bench_seconds / 3`` per candidate,
+    median of the per-round medians, batch ``options.bench_batch``, ``options.threads`` threads) on the
     gate's real images preprocessed to the engine size, so background load hits every candidate
     alike. The winner is the lowest-latency candidate whose gate passed (fp32 is the reference and
     always passes); it is copied to ``out`` (default ``engines/<model>/<backend>-auto``) and
@@ -398,85 +390,96 @@ def build_auto(checkpoint: str | Path, backend: str = "openvino", out: str | Pat
         the ``out`` folder.
 
     Raises:
-        RtsegError: as :func:`build_engine`; no labelled images to measure on (pass ``gate_data``).
+        RtsegError: as :func:`build_engine`; no labelled images to measure on (pass ``gate.data``).
     """
-    from ..checkpoint import load_checkpoint, resolve_checkpoint, write_json
-    from ..runtime import load_engine
+    from ..checkpoint import load_meta
     from . import gate as g
 
-    log = log or (lambda m: None)
-    check_backend_precision(backend, "fp32")
-    _, meta = load_checkpoint(resolve_checkpoint(checkpoint))
+    options, log = options or BuildOptions(), log or (lambda m: None)
+    spec = get_backend(backend)
+    meta = load_meta(checkpoint)
     out = Path(out) if out is not None else default_engine_dir(meta.model, backend, "auto")
-    gs = g.gate_set(meta.to_dict(), build_kw.get("gate_data"), build_kw.get("gate_split"),
-                    build_kw.get("gate_images") or g.DEFAULT_GATE_IMAGES)
+    go = options.gate
+    gs = g.gate_set(meta.to_dict(), go.data, go.split, go.images or g.DEFAULT_GATE_IMAGES)
     rows: list[dict[str, Any]] = []
-    for p in PRECISIONS[backend]:
-        if backend == "openvino" and p == "bf16":
-            from ..runtime.openvino_backend import openvino_device_info
-
-            if "BF16" not in openvino_device_info()["capabilities"]:
-                rows.append({"precision": p, "status": "skipped", "why": "this CPU has no native bf16 (OpenVINO would run f32)"})
-                continue
+    for p in spec.precisions:
+        why = spec.unavailable(p)
+        if why:
+            rows.append({"precision": p, "status": "skipped", "why": why})
+            continue
         log(f"--- candidate {backend} {p}")
-        kw = dict(build_kw)
-        if p != "int8":  # calibration options are int8-only
-            kw.update(calib_data=None, qdq_from=None)
-        folder = build_engine(checkpoint, backend=backend, precision=p, out=out.parent / f"{backend}-{p}",
-                              threads=threads, log=log, **kw)
-        rows.append({"precision": p, "folder": str(folder)})
+        o = options if p == "int8" else BuildOptions(**{**options.__dict__, "calib_data": None, "qdq_from": None})
+        rows.append({"precision": p, "folder": str(build_engine(checkpoint, backend, p, out.parent / f"{backend}-{p}", o, log))})
+    selection = _select(rows, gs, options, log)
+    _publish_selection(out, selection)
+    log(f"engine written to {out}")
+    return out
+
+
+def _select(rows: list[dict[str, Any]], gs, options: BuildOptions, log: Log) -> dict[str, Any]:
+    """Measure the built candidates round-robin and pick the winner; the ``selection`` record."""
+    from ..runtime import load_engine
+    from ..timing import latency_ms
+    from . import gate as g
+
     built = [r for r in rows if "folder" in r]
-    backends = {r["precision"]: load_engine(r["folder"], num_threads=threads, allow_failed_gate=True) for r in built}
+    backends = {r["precision"]: load_engine(r["folder"], num_threads=options.threads, allow_failed_gate=True) for r in built}
     frames = g.gate_frames(next(iter(backends.values())), gs, 16)
     lat: dict[str, list[float]] = {p: [] for p in backends}
-    log(f"measuring latency on {len(frames)} real frames, batch {bench_batch}, {threads or 'default'} threads")
+    log(f"measuring latency on {len(frames)} real frames, batch {options.bench_batch}, {options.threads or 'default'} threads")
     for _ in range(3):
         for p, b in backends.items():
-            lat[p].append(g.latency_ms(b, frames, bench_batch, seconds=bench_seconds / 3))
+            lat[p].append(latency_ms(b, frames, options.bench_batch, seconds=options.bench_seconds / 3))
     for r in built:
-        p = r["precision"]
-        b = backends[p]
-        gate = b.meta.get("accuracy_gate")
-        if p == "fp32":
-            score = g.task_score(b, gs)
-            r.update(status="passed", score=round(score, 4), delta_pt=0.0, excluded_layers=0,
-                     why="fp32 reference")
-        elif gate and gate.get("status") in ("passed", "failed"):
-            r.update(status=gate["status"], score=gate["after"]["score"], delta_pt=gate["after"]["delta_pt"],
-                     excluded_layers=len(gate["excluded_layers"]),
-                     why=(f"gate {gate['status']} ({-gate['after']['delta_pt']:+.2f} pt, tolerance {gate['tolerance_pt']} pt"
-                          + (f", {len(gate['excluded_layers'])} layer(s) kept float)" if gate["excluded_layers"] else ")")))
-        else:
-            r.update(status="unverified", why="accuracy gate not run (no labelled data)")
-        r["latency_ms"] = round(float(np.median(lat[p])), 3)
-        r["fps"] = round(1000.0 * bench_batch / r["latency_ms"], 2)
+        b = backends[r["precision"]]
+        r.update(_candidate_status(r["precision"], b, gs))
+        r["latency_ms"] = round(float(np.median(lat[r["precision"]])), 3)
+        r["fps"] = round(1000.0 * options.bench_batch / r["latency_ms"], 2)
         b.close()
-    ok = [r for r in built if r["status"] == "passed"]
-    winner = min(ok, key=lambda r: r["latency_ms"])
+    winner = min((r for r in built if r["status"] == "passed"), key=lambda r: r["latency_ms"])
+    return {"rule": "fastest candidate whose accuracy gate passed", "winner": winner["precision"],
+            "winner_folder": winner["folder"], "reason": _reason(built, winner, options.bench_batch),
+            "batch": options.bench_batch, "threads": options.threads,
+            "frames": f"{len(frames)} images of {gs.description}", "candidates": rows}
+
+
+def _candidate_status(precision: str, backend, gs) -> dict[str, Any]:
+    from . import gate as g
+
+    gate = backend.meta.get("accuracy_gate")
+    if precision == "fp32":
+        return {"status": "passed", "score": round(g.task_score(backend, gs), 4), "delta_pt": 0.0,
+                "excluded_layers": 0, "why": "fp32 reference"}
+    if gate and gate.get("status") in ("passed", "failed"):
+        n = len(gate["excluded_layers"])
+        return {"status": gate["status"], "score": gate["after"]["score"], "delta_pt": gate["after"]["delta_pt"],
+                "excluded_layers": n,
+                "why": (f"gate {gate['status']} ({-gate['after']['delta_pt']:+.2f} pt, tolerance {gate['tolerance_pt']} pt"
+                        + (f", {n} layer(s) kept float)" if n else ")"))}
+    return {"status": "unverified", "why": "accuracy gate not run (no labelled data)"}
+
+
+def _reason(built: list[dict[str, Any]], winner: dict[str, Any], batch: int) -> str:
     fp32 = next(r for r in built if r["precision"] == "fp32")
-    reasons = []
-    for r in built:
-        if r is winner:
-            continue
-        if r["status"] != "passed":
-            reasons.append(f"{r['precision']} {r['why']}")
-        else:
-            reasons.append(f"{r['precision']} is slower ({r['latency_ms']:.2f} ms)")
-    reason = (f"{winner['precision']} is the fastest engine that passes the accuracy gate: {winner['latency_ms']:.2f} ms "
-              f"per batch of {bench_batch}" + (f" ({fp32['latency_ms'] / winner['latency_ms']:.2f}x fp32)" if winner is not fp32 else "")
-              + ("; " + "; ".join(reasons) if reasons else ""))
+    reasons = [f"{r['precision']} {r['why']}" if r["status"] != "passed" else f"{r['precision']} is slower ({r['latency_ms']:.2f} ms)"
+               for r in built if r is not winner]
+    return (f"{winner['precision']} is the fastest engine that passes the accuracy gate: {winner['latency_ms']:.2f} ms "
+            f"per batch of {batch}" + (f" ({fp32['latency_ms'] / winner['latency_ms']:.2f}x fp32)" if winner is not fp32 else "")
+            + ("; " + "; ".join(reasons) if reasons else ""))
+
+
+def _publish_selection(out: Path, selection: dict[str, Any]) -> None:
+    """Copy the winner's folder to ``out`` with ``engine.json`` ``selection`` added."""
+    from ..checkpoint import write_json
+
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    shutil.copytree(winner["folder"], tmp)
+    shutil.copytree(selection.pop("winner_folder"), tmp)
     engine = json.loads((tmp / "engine.json").read_text())
-    engine["selection"] = {"rule": "fastest candidate whose accuracy gate passed", "winner": winner["precision"],
-                           "reason": reason, "batch": bench_batch, "threads": threads,
-                           "frames": f"{len(frames)} images of {gs.description}", "candidates": rows}
+    engine["selection"] = selection
     write_json(tmp / "engine.json", engine)
     _publish(tmp, out)
-    log(f"engine written to {out}")
-    return out
 
 
 def format_selection(selection: dict) -> str:

@@ -286,118 +286,173 @@ def layer_sensitivity(fp32_onnx: str | Path, qdq_onnx: str | Path, x: np.ndarray
 # ------------------------------------------------------------------------------------------------
 # the gate
 # ------------------------------------------------------------------------------------------------
-def run_gate(folder: Path, engine: dict, gs: GateSet, *, tolerance_pt: float | None = None,
-             rebuild: Callable[[Path], dict] | None = None, max_rounds: int = DEFAULT_MAX_ROUNDS,
-             max_excluded_fraction: float = DEFAULT_MAX_EXCLUDED_FRACTION,
-             sensitivity_images: int = DEFAULT_SENSITIVITY_IMAGES, threads: int | None = None,
-             latency_seconds: float = 1.0, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+@dataclass
+class GateOptions:
+    """Settings of the accuracy gate (``build-engine --gate-*``).
+
+    Attributes:
+        enabled: run the gate on reduced-precision engines (``--no-gate`` = False).
+        data, split, images: the labelled images (:func:`gate_set`; default the checkpoint's ``val``
+            split, at most :data:`DEFAULT_GATE_IMAGES`); with no labelled data reachable the gate is
+            recorded as ``"skipped"`` unless ``data`` was given (then :class:`RtsegError`).
+        tolerance_pt: allowed drop in points; default :data:`DEFAULT_TOLERANCE` for the metric.
+        max_rounds: repair rounds (each keeps 2× more layers in float than the last).
+        max_excluded_fraction: never keep more than this fraction of the quantized layers in float.
+        sensitivity_images: gate images used for the per-layer sensitivity.
+        threads: inference threads for the evaluations and latencies (``None`` = the backend's default).
+        latency_seconds: timed seconds per latency measurement (batch 1, real gate images).
+    """
+
+    enabled: bool = True
+    data: str | Path | None = None
+    split: str | None = None
+    images: int | None = None
+    tolerance_pt: float | None = None
+    max_rounds: int = DEFAULT_MAX_ROUNDS
+    max_excluded_fraction: float = DEFAULT_MAX_EXCLUDED_FRACTION
+    sensitivity_images: int = DEFAULT_SENSITIVITY_IMAGES
+    threads: int | None = None
+    latency_seconds: float = 1.0
+
+
+@dataclass
+class _GateRun:
+    """State of one gate run: the engine folder, its engine.json dict, the images and the FP32 score."""
+
+    folder: Path
+    engine: dict
+    gs: GateSet
+    options: GateOptions
+    tol: float
+    ref_score: float
+    frames: np.ndarray  # uint8[n, H, W, 3], real gate images at the engine size
+    x_sens: np.ndarray  # float32[k, 3, H, W], the sensitivity inputs
+    log: Callable[[str], None]
+
+    def measure(self, label: str) -> dict[str, Any]:
+        """Score and time the engine as it is now in ``folder``; one round's row."""
+        from ..runtime import backend_from_meta
+
+        b = backend_from_meta(self.folder, {**self.engine, "accuracy_gate": None}, num_threads=self.options.threads)
+        try:
+            score = task_score(b, self.gs)
+            lat = latency_ms(b, self.frames, 1, seconds=self.options.latency_seconds)
+        finally:
+            b.close()
+        delta = self.ref_score - score
+        row = {"score": round(score, 4), "delta_pt": round(delta, 4), "passed": bool(delta <= self.tol),
+               "latency_ms": round(lat, 3)}
+        self.log(f"  {label}: {self.engine['precision']} {self.gs.metric} {score:.2f} ({-delta:+.2f} pt), "
+                 f"{'pass' if row['passed'] else 'FAIL'}, {lat:.2f} ms/frame")
+        return row
+
+
+def run_gate(folder: Path, engine: dict, gs: GateSet, options: GateOptions | None = None,
+             rebuild: Callable[[Path], dict] | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Evaluate (and for int8, repair) the engine being built in ``folder``.
 
     Args:
         folder: the (unpublished) engine folder: ``model.onnx`` (FP32), the engine file and, for
             int8, ``model.qdq.onnx``.
         engine: its ``engine.json`` dict so far (the backend is opened from it); updated in place
-            when a repair rebuilds the engine (``engine_file``, ``verify``).
+            when a repair rebuilds the engine (``verify``).
         gs: the labelled held-out images (:func:`gate_set`).
-        tolerance_pt: allowed drop in points; default :data:`DEFAULT_TOLERANCE` for ``gs.metric``.
+        options: :class:`GateOptions` (tolerance, rounds, threads, ...).
         rebuild: int8 repair hook: ``rebuild(qdq_path) -> info`` rebuilds the engine file in
             ``folder`` from the rewritten Q/DQ ONNX (``None``: no repair).
-        max_rounds: repair rounds (each keeps 2× more layers in float than the last).
-        max_excluded_fraction: never keep more than this fraction of the quantized layers in float.
-        sensitivity_images: gate images used for the per-layer sensitivity.
-        threads: inference threads for the evaluations and latencies.
-        latency_seconds: timed seconds per latency measurement (batch 1, real gate images).
 
     Returns:
         the ``accuracy_gate`` record (see module docstring); ``status`` is ``"passed"`` or
         ``"failed"``.
     """
-    import onnx
+    from . import calibrate as cal
 
+    t0 = time.perf_counter()
+    run = _start_gate(folder, engine, gs, options or GateOptions(), log or (lambda m: None))
+    before = run.measure("as calibrated")
+    rounds, ranking, after = [{"excluded": [], **before}], [], before
+    if not before["passed"] and rebuild is not None and (folder / cal.QDQ_ONNX).is_file():
+        after, ranking, repaired = _repair(run, rebuild)
+        rounds += repaired
+    return _gate_record(run, before, after, ranking, rounds, time.perf_counter() - t0)
+
+
+def _start_gate(folder: Path, engine: dict, gs: GateSet, o: GateOptions, log) -> _GateRun:
+    """Score the FP32 reference (``model.onnx`` in ONNX Runtime) and read the real frames once."""
     from ..runtime import backend_from_meta
     from ..runtime.onnxruntime_backend import onnxruntime_version
     from . import calibrate as cal
 
-    log = log or (lambda m: None)
-    t0 = time.perf_counter()
-    tol = float(DEFAULT_TOLERANCE[gs.metric] if tolerance_pt is None else tolerance_pt)
+    tol = float(DEFAULT_TOLERANCE[gs.metric] if o.tolerance_pt is None else o.tolerance_pt)
     ref_meta = {**engine, "backend": "onnxruntime", "backend_version": onnxruntime_version(), "precision": "fp32",
                 "engine_file": cal.FP32_ONNX, "accuracy_gate": None}
-    ref_backend = backend_from_meta(folder, ref_meta, num_threads=threads)
+    ref_backend = backend_from_meta(folder, ref_meta, num_threads=o.threads)
     ref_score = task_score(ref_backend, gs)
     # real frames at the engine size, read once: latencies every round, sensitivity on the first ones
-    frames = gate_frames(ref_backend, gs, max(16, sensitivity_images))
-    x_sens = ref_backend.normalize(frames[:sensitivity_images])
+    frames = gate_frames(ref_backend, gs, max(16, o.sensitivity_images))
+    x_sens = ref_backend.normalize(frames[:o.sensitivity_images])
     ref_backend.close()
     log(f"accuracy gate on {gs.description}: fp32 {gs.metric} {ref_score:.2f}")
+    return _GateRun(folder, engine, gs, o, tol, ref_score, frames, x_sens, log)
 
-    def measure(label: str) -> dict[str, Any]:
-        b = backend_from_meta(folder, {**engine, "accuracy_gate": None}, num_threads=threads)
-        try:
-            score = task_score(b, gs)
-            lat = latency_ms(b, frames, 1, seconds=latency_seconds)
-        finally:
-            b.close()
-        delta = ref_score - score
-        row = {"score": round(score, 4), "delta_pt": round(delta, 4), "passed": bool(delta <= tol),
-               "latency_ms": round(lat, 3)}
-        log(f"  {label}: {engine['precision']} {gs.metric} {score:.2f} ({-delta:+.2f} pt), "
-            f"{'pass' if row['passed'] else 'FAIL'}, {lat:.2f} ms/frame")
-        return row
 
-    before = measure("as calibrated")
-    rounds = [{"excluded": [], **before}]
+def _repair(run: _GateRun, rebuild: Callable[[Path], dict]) -> tuple[dict, list[dict], list[dict]]:
+    """Greedy repair rounds (module docstring): returns (last row, ranking of the float layers, rounds)."""
+    import onnx
+
+    from . import calibrate as cal
+
+    qdq_path = run.folder / cal.QDQ_ONNX
+    qm, fm = onnx.load(str(qdq_path)), onnx.load(str(run.folder / cal.FP32_ONNX))
+    original = qdq_path.with_name("model.qdq.calibrated.onnx")
+    original.write_bytes(qdq_path.read_bytes())
+    limit = max(1, int(run.options.max_excluded_fraction * len(quantized_nodes(qm))))
     ranking: list[dict[str, Any]] = []
-    excluded: list[str] = []
-    after = before
-    qdq_path = folder / cal.QDQ_ONNX
-    if not before["passed"] and rebuild is not None and qdq_path.is_file():
-        qm, fm = onnx.load(str(qdq_path)), onnx.load(str(folder / cal.FP32_ONNX))
-        original = qdq_path.with_name("model.qdq.calibrated.onnx")
-        original.write_bytes(qdq_path.read_bytes())
-        n_quant = len(quantized_nodes(qm))
-        limit = max(1, int(max_excluded_fraction * n_quant))
-        k = 1
-        for _ in range(max_rounds):
-            k = min(k, limit)
-            ranked = layer_sensitivity(folder / cal.FP32_ONNX, original, x_sens, threads=threads, already_float=excluded,
-                                       log=log)
-            ranking += ranked[: k - len(excluded)]
-            excluded = [r["node"] for r in ranking]
-            repaired = keep_float(qm, fm, excluded)
-            tmp = qdq_path.with_name(f".{qdq_path.name}.tmp")
-            tmp.write_bytes(repaired.SerializeToString())
-            tmp.replace(qdq_path)
-            info = rebuild(qdq_path)
-            engine["verify"] = {**engine.get("verify", {}), **info.get("verify", {})}
-            after = measure(f"{k} layer(s) in float")
-            rounds.append({"excluded": list(excluded), **after})
-            if after["passed"] or k >= limit:
-                break
-            k *= 2
-    status = "passed" if after["passed"] else "failed"
-    score_of = {r["node"]: r for r in ranking}
-    record = {
+    rounds: list[dict[str, Any]] = []
+    k, after = 1, {}
+    for _ in range(run.options.max_rounds):
+        k = min(k, limit)
+        excluded = [r["node"] for r in ranking]
+        ranked = layer_sensitivity(run.folder / cal.FP32_ONNX, original, run.x_sens, threads=run.options.threads,
+                                   already_float=excluded, log=run.log)
+        ranking += ranked[: k - len(excluded)]
+        excluded = [r["node"] for r in ranking]
+        tmp = qdq_path.with_name(f".{qdq_path.name}.tmp")
+        tmp.write_bytes(keep_float(qm, fm, excluded).SerializeToString())
+        tmp.replace(qdq_path)
+        info = rebuild(qdq_path)
+        run.engine["verify"] = {**run.engine.get("verify", {}), **info.get("verify", {})}
+        after = run.measure(f"{k} layer(s) in float")
+        rounds.append({"excluded": list(excluded), **after})
+        if after["passed"] or k >= limit:
+            break
+        k *= 2
+    return after, ranking, rounds
+
+
+def _gate_record(run: _GateRun, before: dict, after: dict, ranking: list[dict], rounds: list[dict],
+                 seconds: float) -> dict[str, Any]:
+    """The ``engine.json`` ``accuracy_gate`` record (docs/internals.md)."""
+    excluded = [{"node": r["node"], "op_type": r["op_type"], "score": r["score"]} for r in ranking]
+    return {
         "format": GATE_FORMAT,
-        "status": status,
-        "metric": gs.metric,
-        "tolerance_pt": tol,
-        "data": gs.description,
-        "images": len(gs.samples),
-        "reference": {"what": "model.onnx (FP32) in ONNX Runtime", "score": round(ref_score, 4)},
+        "status": "passed" if after["passed"] else "failed",
+        "metric": run.gs.metric,
+        "tolerance_pt": run.tol,
+        "data": run.gs.description,
+        "images": len(run.gs.samples),
+        "reference": {"what": "model.onnx (FP32) in ONNX Runtime", "score": round(run.ref_score, 4)},
         "before": before,
         "after": after,
-        "excluded_layers": [{"node": n, "op_type": score_of[n]["op_type"], "score": score_of[n]["score"]}
-                            for n in excluded],
+        "excluded_layers": excluded,
         "speed_cost_pct": round(100.0 * (after["latency_ms"] / before["latency_ms"] - 1.0), 2) if excluded else 0.0,
         "rounds": rounds,
-        "sensitivity": {"images": sensitivity_images,
+        "sensitivity": {"images": run.options.sensitivity_images,
                         "measure": "greedy leave-one-out per round: error(current graph) - error(this layer also float), "
                                    "mean squared sigmoid/softmax difference vs fp32 x 1e4 (ONNX Runtime)"} if ranking else None,
-        "threads": threads,
-        "seconds": round(time.perf_counter() - t0, 2),
+        "threads": run.options.threads,
+        "seconds": round(seconds, 2),
     }
-    return record
 
 
 def describe_gate(record: dict | None) -> str:

@@ -1,7 +1,8 @@
-"""Inference backends behind one interface (:class:`rtseg.runtime.base.Backend`).
+"""Inference backends behind one interface (:class:`rtseg.runtime.base.Backend`) and their table.
 
 ``load_engine(path)`` opens an engine folder (``engine.json`` inside) with the backend it was built
-for, or a checkpoint folder with the PyTorch reference backend.
+for, or a checkpoint folder with the PyTorch reference backend. The backends are registered below,
+one line each (:mod:`rtseg.runtime.registry`; docs/extending.md "Add a backend").
 """
 
 from __future__ import annotations
@@ -10,17 +11,26 @@ import json
 from pathlib import Path
 
 from ..errors import RtsegError
+from ..meta import EngineMeta
 from .base import Backend, logits_to_mask
+from .registry import (BackendSpec, BuildRequest, LoadOptions, all_precisions, backend_names, get_backend,
+                       register_backend, unregister_backend)
+
+register_backend("openvino", "rtseg.runtime.openvino_backend:SPEC")
+register_backend("onnxruntime", "rtseg.runtime.onnxruntime_backend:SPEC")
+register_backend("tensorrt", "rtseg.runtime.tensorrt_backend:SPEC")
 
 ENGINE_JSON = "engine.json"
-BACKENDS = ("openvino", "onnxruntime", "tensorrt")
 
 
 def read_engine_json(folder: str | Path) -> dict:
-    """Read ``engine.json`` of an engine folder.
+    """Read and check ``engine.json`` of an engine folder (:meth:`rtseg.meta.EngineMeta.from_dict`).
+
+    Returns:
+        the ``engine.json`` dict.
 
     Raises:
-        RtsegError: missing folder/file or invalid JSON.
+        RtsegError: missing folder/file, invalid JSON, or a field of the wrong shape (one line naming it).
     """
     folder = Path(folder)
     f = folder / ENGINE_JSON
@@ -29,9 +39,11 @@ def read_engine_json(folder: str | Path) -> dict:
     if not f.is_file():
         raise RtsegError(f"{folder} has no {ENGINE_JSON}; it is not an engine folder — build one with 'rtseg build-engine'")
     try:
-        return json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        d = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RtsegError(f"{f} is unreadable ({e}); rebuild the engine with 'rtseg build-engine'") from None
+    EngineMeta.from_dict(d, f)
+    return d
 
 
 def load_engine(path: str | Path, backend: str | None = None, num_threads: int | None = None,
@@ -45,6 +57,7 @@ def load_engine(path: str | Path, backend: str | None = None, num_threads: int |
         num_threads: CPU inference threads (OpenVINO/ONNX Runtime/torch); ``None`` = backend default.
         allow_failed_gate: open an engine that failed its accuracy gate (``engine.json``
             ``accuracy_gate.status == "failed"``); refused otherwise, never used silently.
+        **kwargs: backend-specific options (e.g. TensorRT ``cuda_graph``).
 
     Raises:
         RtsegError: not an engine/checkpoint folder, wrong backend, an engine that failed its accuracy
@@ -54,15 +67,7 @@ def load_engine(path: str | Path, backend: str | None = None, num_threads: int |
     if not p.exists():
         raise RtsegError(f"{p} does not exist; pass an engine folder (from 'rtseg build-engine') or a checkpoint folder (from 'rtseg train')")
     if p.is_dir() and not (p / ENGINE_JSON).exists() and (p / "model.json").exists():
-        if backend not in (None, "torch"):
-            raise RtsegError(f"{p} is a checkpoint, not a {backend} engine; build one with 'rtseg build-engine --checkpoint {p} --backend {backend}'")
-        from .torch_backend import TorchBackend
-
-        if num_threads:
-            import torch
-
-            torch.set_num_threads(num_threads)
-        return TorchBackend.from_checkpoint(p, **kwargs)
+        return _load_checkpoint(p, backend, num_threads, kwargs)
     meta = read_engine_json(p)
     built_for = meta.get("backend")
     if backend is not None and backend != built_for:
@@ -70,6 +75,18 @@ def load_engine(path: str | Path, backend: str | None = None, num_threads: int |
                          f"with 'rtseg build-engine --backend {backend}'")
     check_accuracy_gate(p, meta, allow_failed_gate)
     return backend_from_meta(p, meta, num_threads=num_threads, **kwargs)
+
+
+def _load_checkpoint(p: Path, backend: str | None, num_threads: int | None, kwargs: dict) -> Backend:
+    if backend not in (None, "torch"):
+        raise RtsegError(f"{p} is a checkpoint, not a {backend} engine; build one with 'rtseg build-engine --checkpoint {p} --backend {backend}'")
+    from .torch_backend import TorchBackend
+
+    if num_threads:
+        import torch
+
+        torch.set_num_threads(num_threads)
+    return TorchBackend.from_checkpoint(p, **kwargs)
 
 
 def check_accuracy_gate(folder: str | Path, meta: dict, allow_failed_gate: bool = False) -> None:
@@ -90,27 +107,18 @@ def check_accuracy_gate(folder: str | Path, meta: dict, allow_failed_gate: bool 
 
 def backend_from_meta(folder: str | Path, meta: dict, num_threads: int | None = None, **kwargs) -> Backend:
     """Open the engine in ``folder`` described by ``meta`` (an ``engine.json`` dict, possibly not yet
-    written: the builder's accuracy gate runs engines before it publishes the folder).
+    written: the builder's accuracy gate runs engines before it publishes the folder), with the
+    backend the table registers under ``meta["backend"]``.
 
     Raises:
         RtsegError: unknown backend, or the backend's own checks (version, device, files).
     """
-    p = Path(folder)
-    built_for = meta.get("backend")
-    if built_for == "openvino":
-        from .openvino_backend import OpenVINOBackend
-
-        return OpenVINOBackend(p, meta, num_threads=num_threads, **kwargs)
-    if built_for == "onnxruntime":
-        from .onnxruntime_backend import ORTBackend
-
-        return ORTBackend(p, meta, num_threads=num_threads, **kwargs)
-    if built_for == "tensorrt":
-        from .tensorrt_backend import TensorRTBackend
-
-        return TensorRTBackend(p, meta, **kwargs)
-    raise RtsegError(f"{p / ENGINE_JSON} names an unknown backend {built_for!r}; rebuild with 'rtseg build-engine'")
+    name = meta.get("backend")
+    if name not in backend_names():
+        raise RtsegError(f"{Path(folder) / ENGINE_JSON} names an unknown backend {name!r}; rebuild with 'rtseg build-engine'")
+    return get_backend(name).load(Path(folder), meta, LoadOptions(num_threads=num_threads, extra=dict(kwargs)))
 
 
-__all__ = ["Backend", "BACKENDS", "ENGINE_JSON", "backend_from_meta", "check_accuracy_gate", "load_engine",
-           "logits_to_mask", "read_engine_json"]
+__all__ = ["Backend", "BackendSpec", "BuildRequest", "ENGINE_JSON", "LoadOptions", "all_precisions", "backend_from_meta",
+           "backend_names", "check_accuracy_gate", "get_backend", "load_engine", "logits_to_mask", "read_engine_json",
+           "register_backend", "unregister_backend"]

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RtsegError
+from ..meta import ENGINE_FORMAT, EngineMeta
 
 
 class Backend(ABC):
@@ -134,8 +135,22 @@ def check_engine_header(folder: Path, meta: dict, backend: str, label: str, here
     rebuild = f"rebuild it with 'rtseg build-engine --checkpoint CKPT --backend {backend} --precision {meta.get('precision', 'fp32')}'"
     if meta.get("backend") != backend:
         raise RtsegError(f"{folder} is a {meta.get('backend')} engine, not {backend}; {rebuild}")
-    if meta.get("format") != "rtseg-engine/1":
-        raise RtsegError(f"{folder}/engine.json has format {meta.get('format')!r}, expected 'rtseg-engine/1'; {rebuild}")
+    if meta.get("format") != ENGINE_FORMAT:
+        raise RtsegError(f"{folder}/engine.json has format {meta.get('format')!r}, expected {ENGINE_FORMAT!r}; {rebuild}")
     if check_version and meta.get("backend_version") != here_version:
         raise RtsegError(f"{folder} was built with {label} {meta.get('backend_version')} but {here_version} is installed; {rebuild}")
     return rebuild
+
+
+def engine_settings(folder: Path, meta: dict) -> dict[str, Any]:
+    """:class:`Backend` constructor arguments (precision, input size, classes, normalisation, batch
+    limit) read from an ``engine.json`` dict, checked by :meth:`rtseg.meta.EngineMeta.from_dict`.
+
+    Raises:
+        RtsegError: a field of the wrong shape (one line naming it and the fix).
+    """
+    em = EngineMeta.from_dict(meta, Path(folder) / "engine.json")
+    mm = em.model
+    return {"precision": em.precision, "input_hw": em.input_hw, "num_classes": em.num_classes,
+            "mean": tuple(mm.get("mean", (0.485, 0.456, 0.406))), "std": tuple(mm.get("std", (0.229, 0.224, 0.225))),
+            "meta": meta, "folder": Path(folder), "max_batch": em.max_batch}

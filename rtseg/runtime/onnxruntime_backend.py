@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import RtsegError
-from .base import Backend, check_engine_header
+from .base import Backend, check_engine_header, engine_settings
+from .registry import BackendSpec, BuildRequest, LoadOptions
 
 PRECISIONS = ("fp32", "int8")
 _CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile",
@@ -94,18 +95,13 @@ class ORTBackend(Backend):
                  **_: Any):
         folder = Path(folder)
         rebuild = check_engine_header(folder, meta, "onnxruntime", "ONNX Runtime", onnxruntime_version(), check_version)
-        precision = meta.get("precision", "fp32")
-        if precision not in PRECISIONS:
-            raise RtsegError(f"{folder}: ONNX Runtime engines are fp32 or int8, not {precision!r}; {rebuild}")
-        path = folder / meta.get("engine_file", "model.ort.onnx")
+        settings = engine_settings(folder, meta)
+        if settings["precision"] not in PRECISIONS:
+            raise RtsegError(f"{folder}: ONNX Runtime engines are fp32 or int8, not {settings['precision']!r}; {rebuild}")
+        path = folder / meta["engine_file"]
         if not path.is_file():
             raise RtsegError(f"{folder} lacks its engine file {path.name}; {rebuild}")
-        model_meta = meta.get("model") or {}
-        hw = meta["input"]["shape"][2:4]
-        super().__init__(precision=precision, input_hw=(hw[0], hw[1]), num_classes=int(meta["output"]["shape"][1]),
-                         mean=tuple(model_meta.get("mean", (0.485, 0.456, 0.406))),
-                         std=tuple(model_meta.get("std", (0.229, 0.224, 0.225))),
-                         meta=meta, folder=folder, max_batch=(meta.get("batch") or {}).get("max"))
+        super().__init__(**settings)
         try:
             self._session = make_session(path, num_threads, level="all")
         except Exception as e:  # onnxruntime raises its own exception types
@@ -125,3 +121,33 @@ class ORTBackend(Backend):
 
     def close(self) -> None:
         self._session = None
+
+
+def build_onnxruntime(req: BuildRequest) -> dict[str, Any]:
+    """Save ``req.onnx`` after ONNX Runtime's *extended* graph optimisations as ``model.ort.onnx``
+    (portable across x86 CPUs; the hardware-specific ones run at load, level ALL) and run the sample.
+
+    Returns the ``engine.json`` entries and ``output_sample`` (logits ``float32[n, C, H, W]``).
+
+    Raises:
+        RtsegError: ONNX Runtime cannot load or run the graph.
+    """
+    target = req.folder / "model.ort.onnx"
+    try:
+        make_session(req.onnx, num_threads=1, level="extended", optimized_model_filepath=target)
+        sess = make_session(target, level="all")
+        y = sess.run(None, {sess.get_inputs()[0].name: req.sample})[0]
+    except Exception as e:  # onnxruntime raises its own types
+        raise RtsegError(f"ONNX Runtime cannot run {req.onnx.name} ({str(e).strip().splitlines()[0]}); report the model") from None
+    return {"backend_version": onnxruntime_version(), "device": cpu_device_info(), "engine_file": target.name,
+            "graph_optimization": "extended (saved), all (at load)", "output_sample": y}
+
+
+def _load(folder: Path, meta: dict, opts: LoadOptions) -> ORTBackend:
+    return ORTBackend(folder, meta, num_threads=opts.num_threads, **opts.extra)
+
+
+SPEC = BackendSpec(
+    name="onnxruntime", label="ONNX Runtime", precisions=PRECISIONS, engine_file="model.ort.onnx",
+    version=onnxruntime_version, device_info=cpu_device_info, build=build_onnxruntime, load=_load,
+    description="ONNX Runtime, CPUExecutionProvider (the portable fallback): fp32, int8")

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import RtsegError
-from .base import Backend, check_engine_header
+from .base import Backend, check_engine_header, engine_settings
+from .registry import BackendSpec, BuildRequest, LoadOptions
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
@@ -103,20 +104,15 @@ class OpenVINOBackend(Backend):
 
         folder = Path(folder)
         rebuild = check_engine_header(folder, meta, "openvino", "OpenVINO", openvino_version(), check_version)
-        precision = meta.get("precision", "fp32")
+        settings = engine_settings(folder, meta)
+        precision = settings["precision"]
         self._core = ov.Core()
         caps = openvino_device_info(device, self._core)["capabilities"]
         check_precision_supported(precision, caps, device)
-        xml = folder / meta.get("engine_file", "model.xml")
+        xml = folder / meta["engine_file"]
         if not xml.is_file() or not xml.with_suffix(".bin").is_file():
             raise RtsegError(f"{folder} lacks the IR {xml.name}/{xml.with_suffix('.bin').name}; {rebuild}")
-        model_meta = meta.get("model") or {}
-        hw = meta["input"]["shape"][2:4]
-        batch = meta.get("batch") or {}
-        super().__init__(precision=precision, input_hw=(hw[0], hw[1]), num_classes=int(meta["output"]["shape"][1]),
-                         mean=tuple(model_meta.get("mean", (0.485, 0.456, 0.406))),
-                         std=tuple(model_meta.get("std", (0.229, 0.224, 0.225))),
-                         meta=meta, folder=folder, max_batch=batch.get("max"))
+        super().__init__(**settings)
         self.device = device
         self.config: dict[str, str] = {"PERFORMANCE_HINT": performance_hint,
                                        "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision]}
@@ -241,3 +237,49 @@ def verify_openvino(model_path: str | Path, sample: np.ndarray, config: dict[str
                     what=f"OpenVINO {openvino_version()} compiling {Path(model_path).name} on {device}", fix=fix,
                     timeout=timeout)
         return np.load(y)
+
+
+def build_openvino(req: BuildRequest) -> dict[str, Any]:
+    """Convert ``req.onnx`` to an FP32 IR (``model.xml/.bin``, ``compress_to_fp16=False``) and compile
+    it once in a child process (:func:`verify_openvino`: a compiler crash becomes an error).
+
+    Returns the ``engine.json`` entries and ``output_sample`` (logits ``float32[n, C, H, W]`` of ``req.sample``).
+
+    Raises:
+        RtsegError: OpenVINO cannot convert the ONNX, or crashes/fails compiling it.
+    """
+    import openvino as ov
+
+    try:
+        ov_model = ov.convert_model(str(req.onnx))
+    except Exception as e:  # OpenVINO's frontend raises its own types
+        raise RtsegError(f"OpenVINO cannot convert {req.onnx.name} ({str(e).strip().splitlines()[0]}); "
+                         f"use --backend onnxruntime or report the model") from None
+    xml = req.folder / "model.xml"
+    ov.save_model(ov_model, str(xml), compress_to_fp16=False)
+    del ov_model
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": PRECISION_HINTS[req.precision]}
+    fix = ("use --backend onnxruntime for this model, or another --precision"
+           if req.precision != "int8" else
+           "rtseg's Q/DQ scheme should avoid this — use --backend onnxruntime --precision int8 and report the model")
+    y = verify_openvino(xml, req.sample, config, fix=fix)
+    return {"backend_version": openvino_version(), "device": openvino_device_info(), "engine_file": xml.name,
+            "compile_config": config, "compiled_in_child": True, "output_sample": y}
+
+
+def _unavailable(precision: str) -> str | None:
+    try:
+        check_precision_supported(precision, openvino_device_info()["capabilities"])
+    except RtsegError as e:
+        return str(e)
+    return None
+
+
+def _load(folder: Path, meta: dict, opts: LoadOptions) -> OpenVINOBackend:
+    return OpenVINOBackend(folder, meta, num_threads=opts.num_threads, **opts.extra)
+
+
+SPEC = BackendSpec(
+    name="openvino", label="OpenVINO", precisions=tuple(PRECISION_HINTS), engine_file="model.xml",
+    version=openvino_version, device_info=openvino_device_info, build=build_openvino, load=_load,
+    unavailable=_unavailable, description="OpenVINO on the CPU (default without a GPU): fp32, bf16 (native bf16 CPUs), int8")

@@ -47,6 +47,7 @@ import numpy as np
 
 from ..errors import RtsegError
 from .base import Backend
+from .registry import BackendSpec, BuildRequest, LoadOptions
 
 HARDWARE_LEVELS = ("none", "ampere_plus", "same_compute_capability")
 
@@ -520,4 +521,52 @@ class TensorRTBackend(Backend):
         self._host = {}
 
 
-__all__ = ["TensorRTBackend", "check_engine_meta", "rebuild_hint"]
+#: the TensorRT build options ``build-engine`` passes through (``--min-batch`` ... CLI flags)
+BUILD_OPTIONS = ("min_batch", "opt_batch", "max_batch", "workspace_mb", "timing_cache", "version_compatible",
+                 "hardware_compatibility_level")
+
+
+def build_tensorrt(req: BuildRequest) -> dict[str, Any]:
+    """Build ``model.engine`` with :func:`rtseg.export.tensorrt_build.build_tensorrt_engine` (options from
+    ``req.options``, keys :data:`BUILD_OPTIONS`); returns the ``engine.json`` entries (no
+    ``output_sample``: the engine runs on the GPU only).
+
+    Raises:
+        RtsegError: TensorRT or CUDA missing, or the builder's own errors.
+    """
+    try:
+        from ..export.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engine
+    except ImportError as e:
+        raise RtsegError(f"the TensorRT builder is unavailable ({e}); install 'rtseg[tensorrt]' on a machine with an "
+                         f"NVIDIA GPU, or use --backend openvino") from None
+    kwargs = {k: v for k, v in req.options.items() if v is not None and k in BUILD_OPTIONS}
+    info = dict(build_tensorrt_engine(req.onnx, req.folder, req.precision,
+                                      TensorRTBuildOptions(input_hw=tuple(req.input_hw), **kwargs)))
+    info.pop("backend", None)
+    info.pop("precision", None)
+    build = info.pop("build", {}) or {}
+    return {**info, **build}
+
+
+def _version() -> str:
+    from ..export.tensorrt_build import import_tensorrt
+
+    return str(import_tensorrt().__version__)
+
+
+def _device_info() -> dict[str, Any]:
+    from ..export.tensorrt_build import cuda_device_info
+
+    return cuda_device_info()
+
+
+def _load(folder: Path, meta: dict, opts: LoadOptions) -> TensorRTBackend:
+    return TensorRTBackend(folder, meta, **opts.extra)
+
+
+SPEC = BackendSpec(
+    name="tensorrt", label="TensorRT", precisions=("fp32", "fp16", "int8"), engine_file="model.engine",
+    version=_version, device_info=_device_info, build=build_tensorrt, load=_load, build_options=BUILD_OPTIONS,
+    description="TensorRT on an NVIDIA GPU: fp32, fp16, int8 (explicit Q/DQ)")
+
+__all__ = ["BUILD_OPTIONS", "SPEC", "TensorRTBackend", "build_tensorrt", "check_engine_meta", "rebuild_hint"]
