@@ -81,11 +81,11 @@ class BenchReport:
 
 def stream_row(backend, video: str, batch: int, output: str | None, max_frames: int | None = None) -> BenchRow:
     """End-to-end FPS of ``rtseg stream`` over ``video`` (decode → infer → overlay → encode to ``output``)."""
-    from .stream import run_stream
+    from .stream import StreamOptions, run_stream
 
     with tempfile.TemporaryDirectory() as td:
         outs = [] if output == "none" else [output or str(Path(td) / "bench.mp4")]
-        rep = run_stream(backend, [video], outs, batch_size=batch, handle_signals=False, max_frames=max_frames)
+        rep = run_stream(backend, [video], outs, StreamOptions(batch_size=batch, handle_signals=False, max_frames=max_frames))
     lat = rep.latency.get("e2e")  # end-to-end latency per frame (decode start → encoded), ms
     p50 = lat.p50_ms if lat else float("nan")
     p99 = lat.p99_ms if lat else float("nan")
@@ -153,68 +153,109 @@ def naive_row(torch_backend, video: str, max_frames: int | None = None, alpha: f
                     fps=len(lat) / total, kind="naive")
 
 
-def run_bench(targets: list[str], video: str, batch_sizes: list[int], seconds: float = 3.0, warmup: int = 3,
-              threads: int | None = None, torch_ref: bool = True, stream: bool = True, stream_batch: int | None = None,
-              stream_output: str | None = None, n_frames: int = 32, backend: str | None = None,
-              stream_frames: int | None = None, allow_failed_gate: bool = False, compare: bool = False,
-              log=print) -> BenchReport:
-    """Benchmark each target (engine or checkpoint folder). See module docstring.
+@dataclass
+class BenchOptions:
+    """Settings of :func:`run_bench` (``rtseg bench`` flags).
 
-    ``compare=True`` (``--compare``) also runs the naive loop (:func:`naive_row`) on the PyTorch
+    Attributes:
+        batch_sizes: inference batch sizes to time (rows above an engine's ``max_batch`` are skipped).
+        seconds: timed seconds per row; warmup: untimed calls before each row.
+        threads: inference threads (``None`` = each backend's default).
+        torch_ref: also time the PyTorch eager reference of each engine's checkpoint.
+        stream: also measure the end-to-end stream FPS over the video (``stream_batch``, at most
+            ``stream_frames`` frames, written to ``stream_output``: ``None`` = a temporary .mp4,
+            ``"none"`` = no encode).
+        n_frames: real frames decoded for the inference rows.
+        backend: expect engines of this backend (a folder of another backend is refused).
+        allow_failed_gate: benchmark engines that failed their accuracy gate.
+        compare: add the naive loop and the ratios (:meth:`BenchReport.comparison`).
+    """
+
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8)
+    seconds: float = 3.0
+    warmup: int = 3
+    threads: int | None = None
+    torch_ref: bool = True
+    stream: bool = True
+    stream_batch: int = 1
+    stream_frames: int | None = None
+    stream_output: str | None = None
+    n_frames: int = 32
+    backend: str | None = None
+    allow_failed_gate: bool = False
+    compare: bool = False
+
+
+def run_bench(targets: list[str], video: str, options: BenchOptions | None = None, log=print) -> BenchReport:
+    """Benchmark each target (engine or checkpoint folder) on real frames of ``video``; see the module docstring.
+
+    ``options.compare`` (``--compare``) also runs the naive loop (:func:`naive_row`) on the PyTorch
     reference and forces the torch row and the stream rows, so one report holds naive loop, torch
     eager, every engine (inference-only and end to end) and their ratios (:meth:`BenchReport.comparison`).
 
     Raises:
-        RtsegError: unreadable targets or video.
+        RtsegError: unreadable targets or video, ``--compare`` without a PyTorch reference.
     """
-    from .data.transforms import Preprocessor
-    from .runtime import load_engine
-
+    o = options or BenchOptions()
     if not targets:
         raise RtsegError("nothing to benchmark; pass --engine DIR (repeatable) or --checkpoint DIR")
-    if compare and not torch_ref:
+    if o.compare and not o.torch_ref:
         raise RtsegError("--compare needs the PyTorch reference; drop --no-torch")
-    backends = [load_engine(t, backend=backend if backend and (Path(t) / "engine.json").exists() else None,
-                            num_threads=threads, allow_failed_gate=allow_failed_gate) for t in targets]
-    if torch_ref:
+    backends = _open_targets(targets, o)
+    if o.threads:
+        import torch
+
+        torch.set_num_threads(o.threads)
+    frames = load_frames(video, o.n_frames)
+    report = BenchReport(machine=machine_info(o.threads), video=str(video), input_hw=backends[0].input_hw)
+    for b in backends:
+        report.rows += _infer_rows(b, frames, o, log)
+    if o.compare:
+        ref = next((b for b in backends if b.name == "torch"), None)
+        if ref is None:
+            raise RtsegError("--compare needs the PyTorch reference: pass engines built by 'rtseg build-engine' "
+                             "(their engine.json names the checkpoint) or add --checkpoint DIR")
+        row = naive_row(ref, video, o.stream_frames)
+        log(f"  naive loop (cv2 read → torch eager → cv2 overlay → cv2 write): {row.fps:.1f} FPS end to end")
+        report.rows.append(row)
+    if o.stream or o.compare:
+        for b in (b for b in backends if b.name != "torch"):
+            row = stream_row(b, video, o.stream_batch or 1, o.stream_output, o.stream_frames)
+            log(f"  stream {b.describe()} batch {row.batch}: {row.fps:.1f} FPS end to end")
+            report.rows.append(row)
+    return report
+
+
+def _open_targets(targets: list[str], o: BenchOptions) -> list:
+    """Load every target, plus (``torch_ref``) the PyTorch reference of each engine's checkpoint, first."""
+    from .runtime import load_engine
+
+    backends = [load_engine(t, backend=o.backend if o.backend and (Path(t) / "engine.json").exists() else None,
+                            num_threads=o.threads, allow_failed_gate=o.allow_failed_gate) for t in targets]
+    if o.torch_ref:
         seen = {str(Path(t).resolve()) for t in targets}
         for b in list(backends):
             ck = (b.meta.get("checkpoint") or {}).get("path")
             if b.name != "torch" and ck and Path(ck).is_dir() and str(Path(ck).resolve()) not in seen:
                 seen.add(str(Path(ck).resolve()))
-                backends.insert(0, load_engine(ck, num_threads=threads))
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    frames = load_frames(video, n_frames)
-    report = BenchReport(machine=machine_info(threads), video=str(video), input_hw=backends[0].input_hw)
-    for b in backends:
-        pre = Preprocessor(b.input_hw, b.meta.get("model", {}).get("resize", "stretch"))
-        net = np.stack([pre(f)[0] for f in frames])
-        for bs in batch_sizes:
-            if b.max_batch and bs > b.max_batch:
-                continue
-            row = time_backend(b, net, bs, seconds=seconds, warmup=warmup)
-            log(f"  {b.describe()} batch {bs}: p50 {row.p50_ms:.2f} ms, {row.fps:.1f} FPS")
-            report.rows.append(row)
-    if compare:
-        ref = next((b for b in backends if b.name == "torch"), None)
-        if ref is None:
-            raise RtsegError("--compare needs the PyTorch reference: pass engines built by 'rtseg build-engine' "
-                             "(their engine.json names the checkpoint) or add --checkpoint DIR")
-        row = naive_row(ref, video, stream_frames)
-        log(f"  naive loop (cv2 read → torch eager → cv2 overlay → cv2 write): {row.fps:.1f} FPS end to end")
-        report.rows.append(row)
-    if stream or compare:
-        for b in backends:
-            if b.name == "torch":
-                continue
-            bs = stream_batch or 1
-            row = stream_row(b, video, bs, stream_output, stream_frames)
-            log(f"  stream {b.describe()} batch {bs}: {row.fps:.1f} FPS end to end")
-            report.rows.append(row)
-    return report
+                backends.insert(0, load_engine(ck, num_threads=o.threads))
+    return backends
 
 
-__all__ = ["BenchReport", "BenchRow", "naive_row", "run_bench", "stream_row", "load_frames", "machine_info", "time_backend"]
+def _infer_rows(b, frames: list[np.ndarray], o: BenchOptions, log) -> list[BenchRow]:
+    """Inference-only rows of one backend: its frames preprocessed once, then each batch size timed."""
+    from .data.transforms import Preprocessor
+
+    pre = Preprocessor(b.input_hw, b.meta.get("model", {}).get("resize", "stretch"))
+    net = np.stack([pre(f)[0] for f in frames])
+    rows = []
+    for bs in o.batch_sizes:
+        if b.max_batch and bs > b.max_batch:
+            continue
+        row = time_backend(b, net, bs, seconds=o.seconds, warmup=o.warmup)
+        log(f"  {b.describe()} batch {bs}: p50 {row.p50_ms:.2f} ms, {row.fps:.1f} FPS")
+        rows.append(row)
+    return rows
+
+
+__all__ = ["BenchOptions", "BenchReport", "BenchRow", "naive_row", "run_bench", "stream_row", "load_frames", "machine_info", "time_backend"]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..bench import run_bench
+from ..bench import BenchOptions, run_bench
+from .common import backend_choice
 
 
 def _ints(s: str) -> list[int]:
@@ -26,7 +27,7 @@ def _ints(s: str) -> list[int]:
 @click.option("--seconds", default=3.0, show_default=True, type=float, help="Timed seconds per row.")
 @click.option("--warmup", default=3, show_default=True, type=int, help="Untimed calls before each row.")
 @click.option("--threads", default=None, type=int, help="Inference threads (default: backend's choice).")
-@click.option("--backend", default=None, type=click.Choice(["openvino", "onnxruntime", "tensorrt"]),
+@click.option("--backend", default=None, type=backend_choice(),
               help="Expect engines of this backend (a folder of another backend is refused).")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch eager reference.")
 @click.option("--stream/--no-stream", default=True, show_default=True, help="Also measure end-to-end stream FPS.")
@@ -47,10 +48,11 @@ def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, thr
     Example: rtseg bench --engine engines/eunet-s/openvino-fp32 --video ../shared/data/video/endo_laparoscopy.mp4 --threads 2
     """
     log = (lambda *a: None) if as_json else (lambda m: click.echo(m, err=True))
-    rep = run_bench(list(engines) + list(checkpoints), video, _ints(batch_sizes), seconds=seconds, warmup=warmup,
-                    threads=threads, torch_ref=not no_torch, stream=stream, stream_batch=stream_batch,
-                    stream_output=stream_output, backend=backend, stream_frames=stream_frames,
-                    allow_failed_gate=allow_failed_gate, compare=compare, log=log)
+    options = BenchOptions(batch_sizes=tuple(_ints(batch_sizes)), seconds=seconds, warmup=warmup, threads=threads,
+                           torch_ref=not no_torch, stream=stream, stream_batch=stream_batch, stream_frames=stream_frames,
+                           stream_output=stream_output, backend=backend, allow_failed_gate=allow_failed_gate,
+                           compare=compare)
+    rep = run_bench(list(engines) + list(checkpoints), video, options, log=log)
     if out_json:
         Path(out_json).write_text(json.dumps(rep.to_dict(), indent=2))
     if as_json:

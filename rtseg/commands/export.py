@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from ..errors import RtsegError
+from .common import backend_choice, precision_choice
 
 
 def _log(msg: str) -> None:
@@ -92,7 +93,11 @@ def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img
                       trt_cache, no_verify) -> None:
     """Calibrate INT8: write one Q/DQ ONNX for every backend and its calibration record."""
     from ..export.build import parse_img_size
-    from ..export.calibrate import DEFAULT_NUM_IMAGES, CalibOptions, calibrate_checkpoint
+    from ..export.calibrate import (
+        DEFAULT_NUM_IMAGES,
+        CalibOptions,
+        calibrate_checkpoint,
+    )
 
     kw = {"weight_bits": int(weight_bits)} if weight_bits else {}
     options = CalibOptions(calib_data=calib_data, method=method, num_images=num_images or DEFAULT_NUM_IMAGES, seed=seed,
@@ -102,22 +107,10 @@ def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img
     click.echo(f"{rec['folder']}  {rec['num_images']} images  {method}  seed {seed}  qdq sha256 {rec['qdq_sha256'][:16]}")
 
 
-def _backend_choice() -> click.Choice:
-    from ..runtime import backend_names
-
-    return click.Choice(backend_names())
-
-
-def _precision_choice() -> click.Choice:
-    from ..runtime import all_precisions
-
-    return click.Choice([*all_precisions(), "auto"])
-
-
 @click.command("build-engine", cls=_Command)
 @_ckpt_option
-@click.option("--backend", type=_backend_choice(), default="openvino", show_default=True)
-@click.option("--precision", type=_precision_choice(), default="fp32", show_default=True,
+@click.option("--backend", type=backend_choice(), default="openvino", show_default=True)
+@click.option("--precision", type=precision_choice(), default="fp32", show_default=True,
               help="auto: build every precision the backend runs here, keep the fastest that passes the accuracy gate.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="Engine folder (default engines/<model>/<backend>-<precision>).")
