@@ -1,14 +1,46 @@
-"""The networks of docs/networks.md and their registry (``create_model``, ``list_models``)."""
+"""The networks of docs/networks.md and their registry (``create_model``, ``list_models``).
+
+Every network subclasses :class:`SegModel` (the model contract) and registers its variants in its own
+module, next to its class; importing the modules below runs those registrations.
+"""
 
 from __future__ import annotations
 
+from . import contrafusionnet, eunet, gmsrfnet, visionfusenet  # noqa: F401  (their registrations run here)
+from .base import IMAGENET_MEAN, IMAGENET_STD, SegModel
+from .contrafusionnet import ContraFusionNet
 from .eunet import EUNet
-from .registry import count_parameters, create_model, list_models, model_description, register_model
+from .gmsrfnet import GMSRFNet
+from .registry import (
+    ModelEntry,
+    ModelTestConfig,
+    count_parameters,
+    create_model,
+    list_models,
+    model_description,
+    model_entry,
+    model_test_config,
+    register_model,
+    unregister_model,
+)
+from .visionfusenet import VisionFuseNet
 
-register_model("eunet", EUNet, "EUNet as published (§2): widths 64/128/256/512, 4.56M params", widths=(64, 128, 256, 512))
-register_model("eunet-s", EUNet, "EUNet real-time variant: widths 32/64/128/256", widths=(32, 64, 128, 256))
-
-# The other networks register themselves in their own modules (imported below when present).
-from . import _others  # noqa: E402,F401
-
-__all__ = ["EUNet", "count_parameters", "create_model", "list_models", "model_description", "register_model"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ContraFusionNet",
+    "EUNet",
+    "GMSRFNet",
+    "ModelEntry",
+    "ModelTestConfig",
+    "SegModel",
+    "VisionFuseNet",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "model_description",
+    "model_entry",
+    "model_test_config",
+    "register_model",
+    "unregister_model",
+]

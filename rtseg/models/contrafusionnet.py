@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import check_input
+from .base import SegModel
+from .registry import register_model
 
 __all__ = ["ContraFusionNet", "EfficientMHA", "LayerNorm2d", "MixMLP", "PyramidPooling"]
 
@@ -170,7 +171,7 @@ class ContrastiveBranch(nn.Module):
         return z, z_aux
 
 
-class ContraFusionNet(nn.Module):
+class ContraFusionNet(SegModel):
     """ContraFusionNet, docs/networks.md §3.
 
     Args:
@@ -200,8 +201,7 @@ class ContraFusionNet(nn.Module):
 
     input_multiple = 32
     output_activation = "softmax"
-    default_mean = (0.485, 0.456, 0.406)
-    default_std = (0.229, 0.224, 0.225)
+    display_name = "ContraFusionNet"
 
     def __init__(
         self,
@@ -274,7 +274,7 @@ class ContraFusionNet(nn.Module):
         return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        check_input(x, self.input_multiple, "ContraFusionNet")
+        self.check_input(x)
         size = (int(x.shape[-2]), int(x.shape[-1]))
         feats = self.forward_features(x)
         logits = self.decode(feats, size)
@@ -282,3 +282,13 @@ class ContraFusionNet(nn.Module):
             return logits
         z, z_aux = self.contrast(x, feats[-1])
         return {"logits": logits, "z": z, "z_aux": z_aux}
+
+
+register_model(
+    "contrafusionnet", ContraFusionNet,
+    "ContraFusionNet (§3): SegFormer-style encoder + MLP decoder, 17.8M deployed params; "
+    "ResNet-50 contrastive branch at training time only",
+    # one block per stage, head width 16, ResNet-10t contrastive branch: the same code path, tiny
+    test_config=dict(embed_dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), decoder_dim=32,
+                     aux_backbone="resnet10t", aux_dim=32, proj_dim=16, input_size=64),
+)

@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import check_input
+from .base import SegModel
+from .registry import register_model
 
 
 class DSConv(nn.Sequential):
@@ -121,7 +122,7 @@ class UpBlock(nn.Module):
         return self.up(self.lka(self.block(x)))
 
 
-class EUNet(nn.Module):
+class EUNet(SegModel):
     """EUNet, docs/networks.md §2.2.
 
     Args:
@@ -135,6 +136,7 @@ class EUNet(nn.Module):
 
     input_multiple = 8
     output_activation = "sigmoid"
+    display_name = "EUNet"
     # Normalisation of the original training script (§2.3), RGB in [0, 1].
     default_mean = (0.471, 0.448, 0.408)
     default_std = (0.234, 0.239, 0.242)
@@ -156,7 +158,7 @@ class EUNet(nn.Module):
         self.head = nn.Conv2d(2 * f0, num_classes, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.input_multiple, "EUNet")
+        self.check_input(x)
         x0 = self.stem(x)
         x1 = self.down1(x0)
         x2 = self.down2(x1)
@@ -165,3 +167,10 @@ class EUNet(nn.Module):
         u = self.up2(u, x2)
         u = self.up3(u, x1)
         return self.head(torch.cat([u, x0], dim=1))
+
+
+_TINY = dict(widths=(8, 16, 32, 64), input_size=64)
+register_model("eunet", EUNet, "EUNet as published (§2): widths 64/128/256/512, 4.56M params",
+               test_config=_TINY, widths=(64, 128, 256, 512))
+register_model("eunet-s", EUNet, "EUNet real-time variant: widths 32/64/128/256",
+               test_config=_TINY, widths=(32, 64, 128, 256))

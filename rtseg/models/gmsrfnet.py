@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import check_input
+from .base import SegModel
+from .registry import register_model
 
 __all__ = ["BasicConv2d", "CMSA", "GMSRFModule", "GMSRFNet", "RFB"]
 
@@ -41,6 +42,16 @@ class BasicConv2d(nn.Sequential):
         super().__init__(*layers)
 
 
+def _rfb_branch(c_in: int, c_out: int, k: int, d: int) -> nn.Sequential:
+    """One RFB branch: 1×1 → 1×k → k×1 → 3×3 dilation d, all BasicConv2d of width ``c_out``, "same" padding."""
+    return nn.Sequential(
+        BasicConv2d(c_in, c_out, 1),
+        BasicConv2d(c_out, c_out, (1, k), padding=(0, k // 2)),
+        BasicConv2d(c_out, c_out, (k, 1), padding=(k // 2, 0)),
+        BasicConv2d(c_out, c_out, 3, padding=d, dilation=d),
+    )
+
+
 class RFB(nn.Module):
     """Receptive-field block ``RFB(c_in, c_out)`` (§4.1): four branches (1×1; 1×1 → 1×k → k×1 → 3×3 dil d
     for (k, d) = (3, 3), (5, 5), (7, 7)), ``ReLU(conv_cat_3×3(concat) + conv_res_1×1(x))``.
@@ -51,18 +62,9 @@ class RFB(nn.Module):
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
         self.branch0 = BasicConv2d(c_in, c_out, 1)
-
-        def branch(k: int, d: int) -> nn.Sequential:
-            return nn.Sequential(
-                BasicConv2d(c_in, c_out, 1),
-                BasicConv2d(c_out, c_out, (1, k), padding=(0, k // 2)),
-                BasicConv2d(c_out, c_out, (k, 1), padding=(k // 2, 0)),
-                BasicConv2d(c_out, c_out, 3, padding=d, dilation=d),
-            )
-
-        self.branch1 = branch(3, 3)
-        self.branch2 = branch(5, 5)
-        self.branch3 = branch(7, 7)
+        self.branch1 = _rfb_branch(c_in, c_out, 3, 3)
+        self.branch2 = _rfb_branch(c_in, c_out, 5, 5)
+        self.branch3 = _rfb_branch(c_in, c_out, 7, 7)
         self.conv_cat = BasicConv2d(4 * c_out, c_out, 3, padding=1)
         self.conv_res = BasicConv2d(c_in, c_out, 1)
 
@@ -173,7 +175,7 @@ class GMSRFModule(nn.Module):
         return tuple(a + b for a, b in zip(s0, s4))
 
 
-class GMSRFNet(nn.Module):
+class GMSRFNet(SegModel):
     """GMSRF-Net, docs/networks.md §4.3.
 
     Args:
@@ -201,8 +203,7 @@ class GMSRFNet(nn.Module):
 
     input_multiple = 8
     output_activation = "sigmoid"
-    default_mean = (0.485, 0.456, 0.406)
-    default_std = (0.229, 0.224, 0.225)
+    display_name = "GMSRF-Net"
 
     def __init__(self, num_classes: int = 1, backbone: str = "res2net50_26w_4s", width: int = 32,
                  num_modules: int = 2):
@@ -240,7 +241,7 @@ class GMSRFNet(nn.Module):
         self.final2 = BasicConv2d(c, num_classes, 3, padding=1, relu=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        check_input(x, self.input_multiple, "GMSRF-Net")
+        self.check_input(x)
         size = (int(x.shape[-2]), int(x.shape[-1]))
         f1 = self.layer1(self.stem(x))
         f2 = self.layer2(f1)
@@ -256,8 +257,18 @@ class GMSRFNet(nn.Module):
         out = self.final2(self.final1(torch.cat([n1, self.up1(level2)], dim=1)))
         if not self.training:
             return out
+        return {"logits": out, "ds2": _upsample(self.ds2(level2), size), "ds4": _upsample(self.ds4(level3), size),
+                "ds8": _upsample(self.ds8(n4), size)}
 
-        def up(t: torch.Tensor) -> torch.Tensor:
-            return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
 
-        return {"logits": out, "ds2": up(self.ds2(level2)), "ds4": up(self.ds4(level3)), "ds8": up(self.ds8(n4))}
+def _upsample(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of deep-supervision logits to the input size (decision 4)."""
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+
+register_model(
+    "gmsrfnet", GMSRFNet,
+    "GMSRF-Net (§4): Res2Net-50 + two GMSRF modules, 47.0M params, ~190 GMAC @256² (accuracy reference)",
+    # ResNet-10t layers instead of Res2Net-50 and stream width 8: the same code path, tiny
+    test_config=dict(backbone="resnet10t", width=8, input_size=32),
+)

@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import RtsegError
-from .common import check_input
+from .base import SegModel
+from .registry import register_model
 
 __all__ = ["KerasMHA", "MHSAR", "TransUNet", "TappedBackbone", "VisionFuseNet"]
 
@@ -330,7 +331,7 @@ def _conv_bn_act(c_in: int, c_out: int, k: int, dropout: float) -> nn.Sequential
     )
 
 
-class VisionFuseNet(nn.Module):
+class VisionFuseNet(SegModel):
     """VisionFuseNet, docs/networks.md §1.3.
 
     Args:
@@ -364,8 +365,7 @@ class VisionFuseNet(nn.Module):
 
     input_multiple = 32
     output_activation = "sigmoid"
-    default_mean = (0.485, 0.456, 0.406)
-    default_std = (0.229, 0.224, 0.225)
+    display_name = "VisionFuseNet"
 
     def __init__(
         self,
@@ -417,10 +417,36 @@ class VisionFuseNet(nn.Module):
         self.head = nn.Conv2d(decoder_dim, num_classes, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.input_multiple, "VisionFuseNet")
+        self.check_input(x)
         low, f = self.backbone(x)
         h, w = int(f.shape[-2]), int(f.shape[-1])
         pooled = self.image_pool(f.mean(dim=(2, 3), keepdim=True)).expand(-1, -1, h, w)
         y = self.fuse(torch.cat([self.trans_unet(f), pooled], dim=1))
         y = torch.cat([self.up_a(y), self.low_proj(low)], dim=1)
         return self.head(self.up_out(self.decoder(y)))
+
+
+# Tiny widths for the contract test (same code path); the MHSAR grid follows img_size.
+_TINY = dict(dim=32, mlp_dim=64, decoder_dim=32, low_dim=16, input_size=64)
+register_model(
+    "visionfusenet-effv2b3", VisionFuseNet,
+    "VisionFuseNet (§1), EfficientNetV2-B3 backbone: 17.0M params, 8.4 GMAC @256²",
+    test_config=_TINY, backbone="tf_efficientnetv2_b3",
+)
+register_model(
+    "visionfusenet", VisionFuseNet,
+    "VisionFuseNet (§1), alias of visionfusenet-effv2b3; backbone= accepts e.g. tf_efficientnet_lite0",
+    test_config=_TINY, backbone="tf_efficientnetv2_b3",
+)
+register_model(
+    "visionfusenet-densenet121", VisionFuseNet,
+    "VisionFuseNet (§1), DenseNet121 backbone: 18.5M params",
+    test_config=_TINY, backbone="densenet121",
+)
+register_model(
+    "visionfusenet-lite0-rt", VisionFuseNet,
+    "VisionFuseNet (§1) real-time variant for CPUs: EfficientNet-Lite0 backbone, MHSAR width 64 (1 head), "
+    "decoder 32, low 16; 1.36M params; the default model (README model card)",
+    test_config=dict(dim=16, mlp_dim=32, decoder_dim=16, low_dim=8, img_size=64, input_size=64),
+    backbone="tf_efficientnet_lite0", dim=64, heads=1, mlp_dim=128, decoder_dim=32, low_dim=16,
+)
