@@ -244,9 +244,9 @@ def test_cli_error_exit_code_in_a_real_process(tmp_path, tiny_engine):
 
 
 def test_run_stream_api_no_output(backend, small_clip):
-    from rtseg.stream import StreamReport, run_stream
+    from rtseg.stream import StreamOptions, StreamReport, run_stream
 
-    rep = run_stream(backend, [str(small_clip)], None, batch_size=2)
+    rep = run_stream(backend, [str(small_clip)], None, StreamOptions(batch_size=2))
     assert isinstance(rep, StreamReport)
     assert rep.frames == 50 and rep.sources[0].frames == 50 and rep.drops == 0
     assert rep.fps > 0 and rep.seconds > 0 and math.isclose(rep.fps, rep.frames / rep.seconds)
@@ -299,13 +299,13 @@ def test_overlay_yuv_matches_rgb_blend():
 def test_letterbox_engine_and_batches(tmp_path, tiny_engine, small_bikes):
     """Letterbox geometry and batch 4: same frames, same timestamps; overlay only inside the content."""
     from rtseg.runtime import load_engine
-    from rtseg.stream import run_stream
+    from rtseg.stream import StreamOptions, run_stream
 
     b = load_engine(tiny_engine, num_threads=1)
     b.meta["model"]["resize"] = "letterbox"
     out1, out4 = tmp_path / "b1.mkv", tmp_path / "b4.mkv"
-    r1 = run_stream(b, [str(small_bikes)], [str(out1)], batch_size=1, preset="ultrafast")
-    r4 = run_stream(b, [str(small_bikes)], [str(out4)], batch_size=4, preset="ultrafast")
+    r1 = run_stream(b, [str(small_bikes)], [str(out1)], StreamOptions(batch_size=1, preset="ultrafast"))
+    r4 = run_stream(b, [str(small_bikes)], [str(out4)], StreamOptions(batch_size=4, preset="ultrafast"))
     assert r1.frames == r4.frames == 50 and r4.batch_mean > 2
     p_in, _, _ = decode_video(small_bikes, fmt=None)
     for o in (out1, out4):
@@ -316,7 +316,7 @@ def test_letterbox_engine_and_batches(tmp_path, tiny_engine, small_bikes):
 
 def test_vfr_timestamps_kept(tmp_path, backend, small_clip):
     """A variable-frame-rate input (irregular PTS) comes out with exactly the same timestamps."""
-    from rtseg.stream import run_stream
+    from rtseg.stream import StreamOptions, run_stream
 
     durations = [1, 3, 2, 5, 1, 1, 4]  # in 1/25 s ticks of 512/12800
     acc = [0]
@@ -326,19 +326,19 @@ def test_vfr_timestamps_kept(tmp_path, backend, small_clip):
     t_in = video_pts_seconds(vfr)
     assert len(set(np.round(np.diff(t_in), 4))) > 3  # really variable
     out = tmp_path / "vfr_out.mp4"
-    rep = run_stream(backend, [str(vfr)], [str(out)], preset="ultrafast")
+    rep = run_stream(backend, [str(vfr)], [str(out)], StreamOptions(preset="ultrafast"))
     assert rep.frames == len(t_in)
     assert video_pts_seconds(out) == t_in
 
 
 def test_audio_passthrough_real_opus(tmp_path, backend, shared_data):
     """The real pancake clip's Opus track is copied packet for packet (mkv → mkv and → mp4)."""
-    from rtseg.stream import run_stream
+    from rtseg.stream import StreamOptions, run_stream
 
     src = cut_clip(shared_data / "video" / "flipping_a_pancake.mkv", tmp_path / "pancake2s.mkv", 2.0, (214, 120),
                    audio="copy")
     outs = [tmp_path / "a.mkv", tmp_path / "a.mp4"]
-    rep = run_stream(backend, [str(src)], [str(o) for o in outs], preset="ultrafast", alpha=0.6)
+    rep = run_stream(backend, [str(src)], [str(o) for o in outs], StreamOptions(preset="ultrafast", alpha=0.6))
     n_video = len(video_pts_seconds(src))
     assert rep.frames == n_video
 
@@ -359,11 +359,11 @@ def test_audio_passthrough_real_opus(tmp_path, backend, shared_data):
 
 def test_audio_passthrough_synth_aac(tmp_path, backend, small_clip):
     """A generated AAC track muxed with the real clip comes out identical."""
-    from rtseg.stream import run_stream
+    from rtseg.stream import StreamOptions, run_stream
 
     src = cut_clip(small_clip, tmp_path / "with_aac.mp4", 2.0, audio="sine")
     out = tmp_path / "aac_out.mp4"
-    run_stream(backend, [str(src)], [str(out)], preset="ultrafast")
+    run_stream(backend, [str(src)], [str(out)], StreamOptions(preset="ultrafast"))
     with av.open(str(src)) as a, av.open(str(out)) as b:
         pa = [bytes(p) for p in a.demux(a.streams.audio[0]) if p.size]
         pb = [bytes(p) for p in b.demux(b.streams.audio[0]) if p.size]
@@ -372,10 +372,10 @@ def test_audio_passthrough_synth_aac(tmp_path, backend, small_clip):
 
 def test_two_sources_batched_together(tmp_path, backend, small_clip, small_bikes):
     """Two real clips feed one engine with batch 2: each output complete, in order, with its own timing."""
-    from rtseg.stream import run_stream
+    from rtseg.stream import StreamOptions, run_stream
 
     rep = run_stream(backend, [str(small_clip), str(small_bikes)], [str(tmp_path / "seg_{name}.mp4")],
-                     batch_size=2, batch_timeout_ms=50, preset="ultrafast")
+                     StreamOptions(batch_size=2, batch_timeout_ms=50, preset="ultrafast"))
     assert [s.frames for s in rep.sources] == [50, 50] and rep.frames == 100
     assert rep.batch_mean > 1.5  # frames of both sources shared inference calls
     for src, size in [(small_clip, (320, 180)), (small_bikes, (320, 136))]:
@@ -387,46 +387,47 @@ def test_two_sources_batched_together(tmp_path, backend, small_clip, small_bikes
 
 def test_sources_image_folder_and_lavfi(tmp_path, backend, small_clip):
     """Image folder in (played at --fps) → image folder + mp4 out; a lavfi test pattern in."""
-    from rtseg.stream import run_stream
+    from rtseg.stream import StreamOptions, run_stream
 
     _, frames, _ = decode_video(small_clip)
     folder = tmp_path / "frames"
     folder.mkdir()
     for i, f in enumerate(frames[:12]):
         cv2.imwrite(str(folder / f"{i:04d}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    rep = run_stream(backend, [str(folder)], [str(tmp_path / "imgs") + "/", str(tmp_path / "imgs.mp4")], fps=10,
-                     preset="ultrafast")
+    rep = run_stream(backend, [str(folder)], [str(tmp_path / "imgs") + "/", str(tmp_path / "imgs.mp4")],
+                     StreamOptions(fps=10, preset="ultrafast"))
     assert rep.frames == 12
     assert sorted(p.name for p in (tmp_path / "imgs").iterdir())[:2] == ["000000.png", "000001.png"]
     assert len(list((tmp_path / "imgs").iterdir())) == 12
     t = video_pts_seconds(tmp_path / "imgs.mp4")
     assert len(t) == 12 and np.allclose(np.diff(t), 0.1)
     # a glob of the same images
-    rep = run_stream(backend, [str(folder / "*.png")], None, fps=10, max_frames=5)
+    rep = run_stream(backend, [str(folder / "*.png")], None, StreamOptions(fps=10, max_frames=5))
     assert rep.frames == 5 and rep.stopped == "max frames"
     # lavfi test pattern, 30 FPS
     out = tmp_path / "lavfi.mp4"
-    rep = run_stream(backend, ["lavfi:testsrc2=size=320x240:rate=30"], [str(out)], max_frames=15, preset="ultrafast")
+    rep = run_stream(backend, ["lavfi:testsrc2=size=320x240:rate=30"], [str(out)],
+                     StreamOptions(max_frames=15, preset="ultrafast"))
     _, f, info = decode_video(out)
     assert rep.frames == 15 and len(f) == 15 and info["rate"] == 30 and (info["width"], info["height"]) == (320, 240)
 
 
 def test_output_mapping_errors(tmp_path, backend, small_clip, small_bikes):
-    from rtseg.stream import run_stream
+    from rtseg.stream import StreamOptions, run_stream
 
     with pytest.raises(RtsegError, match="one --output per source"):
         run_stream(backend, [str(small_clip), str(small_bikes)], [str(tmp_path / "a.mp4")])
     with pytest.raises(RtsegError, match="unknown output type"):
         run_stream(backend, [str(small_clip)], [str(tmp_path / "a.webm")])
     with pytest.raises(RtsegError, match="needs a display|GUI"):
-        run_stream(backend, [str(small_clip)], None, show=True)
+        run_stream(backend, [str(small_clip)], None, StreamOptions(show=True))
 
 
 def test_metrics_jsonl(tmp_path, backend, small_clip):
-    from rtseg.stream import run_stream
+    from rtseg.stream import StreamOptions, run_stream
 
     m = tmp_path / "m.jsonl"
-    run_stream(backend, [str(small_clip)], None, metrics_jsonl=str(m), max_frames=50)
+    run_stream(backend, [str(small_clip)], None, StreamOptions(metrics_jsonl=str(m), max_frames=50))
     lines = [json.loads(x) for x in m.read_text().splitlines()]
     assert lines and lines[-1]["final"] is True and lines[-1]["frames"] == 50
     assert {"fps", "drops", "sources", "latency"} <= set(lines[-1])
@@ -489,7 +490,7 @@ def test_codec_choice():
 def test_loop_continues_timestamps_and_reports_rss(tmp_path, clip):
     """--loop: a second pass over the file continues the timeline (one frame after the last), so the
     output is one playable clip of twice the frames; the report carries RSS samples."""
-    from rtseg.stream import run_stream
+    from rtseg.stream import StreamOptions, run_stream
     from rtseg.stream.sources import open_source
 
     src = open_source(str(clip))
@@ -506,11 +507,12 @@ def test_loop_continues_timestamps_and_reports_rss(tmp_path, clip):
             return "identity"
 
     out = tmp_path / "loop.mp4"
-    rep = run_stream(Identity(), [str(clip)], [str(out)], loop=2, handle_signals=False)
+    rep = run_stream(Identity(), [str(clip)], [str(out)], StreamOptions(loop=2, handle_signals=False))
     assert rep.frames == 2 * n
     with av.open(str(out)) as c:
         pts = [f.pts for f in c.decode(video=0)]
     assert len(pts) == 2 * n and all(b > a for a, b in zip(pts, pts[1:]))
     assert rep.rss_mb["samples"] >= 1 and rep.rss_mb["max"] >= rep.rss_mb["first"] > 0
     with pytest.raises(RtsegError, match="--loop applies to video files"):
-        run_stream(Identity(), ["lavfi:testsrc2=size=64x64:rate=5"], [], loop=2, max_frames=2, handle_signals=False)
+        run_stream(Identity(), ["lavfi:testsrc2=size=64x64:rate=5"], [],
+                   StreamOptions(loop=2, max_frames=2, handle_signals=False))

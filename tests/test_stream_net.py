@@ -23,8 +23,7 @@ import pytest
 from test_stream import cut_clip, decode_video, video_pts_seconds  # noqa: F401  (fixtures below)
 from test_stream import backend, small_bikes, small_clip, tiny_engine  # noqa: F401
 
-from rtseg.stream import run_stream
-from rtseg.stream.sinks import NullSink
+from rtseg.stream import Sink, StreamOptions, run_stream
 
 # Remux a clip (video + first audio stream) as MPEG-TS over UDP (or RTP / RTSP publish), paced in
 # real time; loops < 0 = forever.
@@ -140,7 +139,7 @@ def start_sender(sender: Path, url: str, clip: Path, loops: int) -> subprocess.P
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-class Recorder(NullSink):
+class Recorder(Sink):
     """A sink that remembers the timestamps (s) of the frames it was given."""
 
     def __init__(self):
@@ -150,12 +149,14 @@ class Recorder(NullSink):
         self.times.append(float(frame.pts * frame.time_base))
 
 
-def run_in_thread(**kw):
+def run_in_thread(engine, sources, outputs, options: StreamOptions, **kw):
+    """``run_stream`` in a thread (signals are the main thread's): (thread, {"report"|"error": ...})."""
     res: dict = {}
+    options.handle_signals = False
 
     def target():
         try:
-            res["report"] = run_stream(handle_signals=False, **kw)
+            res["report"] = run_stream(engine, sources, outputs, options, **kw)
         except BaseException as e:  # noqa: BLE001
             res["error"] = e
 
@@ -191,8 +192,8 @@ def test_udp_mpegts_source_from_a_real_sender(tmp_path, backend, sender, net_cli
     port = free_port()
     out = tmp_path / "udp_in.mp4"
     logs: list[str] = []
-    th, res = run_in_thread(backend=backend, sources=[f"udp://127.0.0.1:{port}"], outputs=[str(out)], batch_size=4,
-                            stall_timeout=1.5, log=logs.append, preset="ultrafast")
+    th, res = run_in_thread(backend, [f"udp://127.0.0.1:{port}"], [str(out)],
+                            StreamOptions(batch_size=4, stall_timeout=1.5, preset="ultrafast"), log=logs.append)
     wait_for(lambda: port_bound(port) or not th.is_alive(), 30, "rtseg to bind the UDP port")
     p = start_sender(sender, f"udp://127.0.0.1:{port}", net_clip, 1)
     assert p.wait(60) == 0, p.stderr.read()
@@ -253,7 +254,7 @@ def test_network_output_decoded_by_a_client(tmp_path, backend, net_clip, client_
         rth.start()
         outputs.append(f"rtp://127.0.0.1:{raw_port}")
     try:
-        rep = run_stream(backend, [str(net_clip)], outputs, batch_size=2, handle_signals=False)
+        rep = run_stream(backend, [str(net_clip)], outputs, StreamOptions(batch_size=2, handle_signals=False))
         out, errs = client.communicate(timeout=60)
     finally:
         if client.poll() is None:
@@ -288,8 +289,9 @@ def test_killed_source_is_reconnected(tmp_path, backend, sender, net_clip):
     rec = Recorder()
     logs: list[str] = []
     stop = threading.Event()
-    th, res = run_in_thread(backend=backend, sources=[url], outputs=[str(out), rec], batch_size=4, reconnect=True,
-                            stall_timeout=0.8, log=logs.append, stop_event=stop, preset="ultrafast")
+    th, res = run_in_thread(backend, [url], [str(out), rec],
+                            StreamOptions(batch_size=4, reconnect=True, stall_timeout=0.8, preset="ultrafast"),
+                            log=logs.append, stop_event=stop)
     wait_for(lambda: port_bound(port) or not th.is_alive(), 30, "rtseg to bind the UDP port")
     p1 = start_sender(sender, url, net_clip, -1)
     p2 = None
@@ -323,8 +325,8 @@ def test_live_source_drops_oldest_under_backpressure(backend, sender, net_clip):
     """Inference slower than the 25 FPS input: a live source drops (and counts) frames, latency stays bounded."""
     slow = SlowBackend(backend, 0.15)
     port = free_port()
-    th, res = run_in_thread(backend=slow, sources=[f"udp://127.0.0.1:{port}"], outputs=None, batch_size=1,
-                            max_latency_ms=200, stall_timeout=1.5, log=lambda m: None)
+    th, res = run_in_thread(slow, [f"udp://127.0.0.1:{port}"], None,
+                            StreamOptions(batch_size=1, max_latency_ms=200, stall_timeout=1.5), log=lambda m: None)
     wait_for(lambda: port_bound(port) or not th.is_alive(), 30, "rtseg to bind the UDP port")
     p = start_sender(sender, f"udp://127.0.0.1:{port}", net_clip, 1)
     assert p.wait(60) == 0
@@ -337,7 +339,7 @@ def test_live_source_drops_oldest_under_backpressure(backend, sender, net_clip):
 
 def test_file_source_never_drops(backend, small_clip):
     slow = SlowBackend(backend, 0.05)
-    rep = run_stream(slow, [str(small_clip)], None, max_frames=20, max_latency_ms=10, handle_signals=False)
+    rep = run_stream(slow, [str(small_clip)], None, StreamOptions(max_frames=20, max_latency_ms=10, handle_signals=False))
     assert rep.frames == 20 and rep.drops == 0
 
 
@@ -346,14 +348,14 @@ def test_two_sources_share_batches_and_beat_two_runs(backend, small_clip, small_
     slow = SlowBackend(backend, 0.03)
     t0 = time.perf_counter()
     for s in (small_clip, small_bikes):
-        r = run_stream(slow, [str(s)], None, handle_signals=False)
+        r = run_stream(slow, [str(s)], None, StreamOptions(handle_signals=False))
         assert r.frames == 50
     separate = time.perf_counter() - t0
     calls = slow.calls
     rec = [Recorder(), Recorder()]
     t0 = time.perf_counter()
-    rep = run_stream(slow, [str(small_clip), str(small_bikes)], rec, batch_size=2, batch_timeout_ms=50,
-                     handle_signals=False)
+    rep = run_stream(slow, [str(small_clip), str(small_bikes)], rec,
+                     StreamOptions(batch_size=2, batch_timeout_ms=50, handle_signals=False))
     combined = time.perf_counter() - t0
     assert [s.frames for s in rep.sources] == [50, 50]
     assert slow.calls - calls <= 60  # ~50 calls of 2 frames instead of 100 of 1
@@ -370,8 +372,8 @@ def test_live_udp_source_keeps_its_audio(tmp_path, backend, sender, shared_data)
         n_audio = sum(1 for p in c.demux(c.streams.audio[0]) if p.size)
     port = free_port()
     out = tmp_path / "live_audio.mkv"
-    th, res = run_in_thread(backend=backend, sources=[f"udp://127.0.0.1:{port}"], outputs=[str(out)], batch_size=4,
-                            stall_timeout=1.5, log=lambda m: None, preset="ultrafast")
+    th, res = run_in_thread(backend, [f"udp://127.0.0.1:{port}"], [str(out)],
+                            StreamOptions(batch_size=4, stall_timeout=1.5, preset="ultrafast"), log=lambda m: None)
     wait_for(lambda: port_bound(port) or not th.is_alive(), 30, "rtseg to bind the UDP port")
     p = start_sender(sender, f"udp://127.0.0.1:{port}", src, 1)
     assert p.wait(60) == 0, p.stderr.read()
@@ -397,7 +399,7 @@ def test_http_source_is_a_file(tmp_path, backend, small_clip):
     try:
         wait_for(lambda: port_bound(port, "tcp"), 30, "the HTTP server")
         rec = Recorder()
-        rep = run_stream(backend, [f"http://127.0.0.1:{port}/{mkv.name}"], [rec], handle_signals=False)
+        rep = run_stream(backend, [f"http://127.0.0.1:{port}/{mkv.name}"], [rec], StreamOptions(handle_signals=False))
     finally:
         srv.kill()
         srv.wait(10)

@@ -64,7 +64,7 @@ def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeou
     p50/p99) is printed at the end.
     """
     from ..runtime import load_engine
-    from ..stream.pipeline import run_stream
+    from ..stream.pipeline import StreamOptions, run_stream
 
     if no_output and outputs:
         raise RtsegError("--no-output and --output exclude each other; drop one of them")
@@ -79,10 +79,11 @@ def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeou
         backend = load_engine(engine, num_threads=threads, allow_failed_gate=allow_failed_gate)
     if not quiet:
         click.echo(f"engine: {backend.describe()} ({engine})", err=True)
-    report = run_stream(backend, list(sources), [] if no_output else list(outputs), batch_size=batch_size,
-                        batch_timeout_ms=batch_timeout_ms, alpha=alpha, contour=contour, codec=codec, preset=preset,
-                        crf=crf, max_frames=max_frames, max_latency_ms=max_latency_ms, reconnect=reconnect,
-                        stall_timeout=stall_timeout, fps=fps, show=show, metrics_jsonl=metrics_jsonl, loop=loop,
+    options = StreamOptions(batch_size=batch_size, batch_timeout_ms=batch_timeout_ms, alpha=alpha, contour=contour,
+                            codec=codec, preset=preset, crf=crf, max_frames=max_frames, max_latency_ms=max_latency_ms,
+                            reconnect=reconnect, fps=fps, stall_timeout=stall_timeout, show=show,
+                            metrics_jsonl=metrics_jsonl, loop=loop)
+    report = run_stream(backend, list(sources), [] if no_output else list(outputs), options,
                         log=None if not quiet else (lambda m: None))
     if as_json:
         click.echo(json.dumps(report.to_dict()))

@@ -21,6 +21,14 @@ Threads, joined by bounded queues (docs/architecture.md, "Stream pipeline")::
 * Stop (SIGINT/SIGTERM, ``max_frames``, a display's q key): sources stop reading, frames already
   decoded are still segmented and written, encoders are flushed and every container is finalised.
   A second SIGINT/SIGTERM abandons queued frames but still finalises the files.
+
+:class:`StreamPipeline` runs it; :func:`run_stream` is the one-call entry point. The per-frame
+steps are methods a subclass can override one at a time (like a predictor's hooks):
+:meth:`StreamPipeline.preprocess` (frame → network input), :meth:`StreamPipeline.infer`
+(batch → class-index masks), :meth:`StreamPipeline.postprocess` (mask → overlaid frame) and
+:meth:`StreamPipeline.write` (frame → sinks). Sources and sinks declare what they can do
+(:class:`rtseg.stream.sources.Source`, :class:`rtseg.stream.sinks.Sink`); the pipeline reads
+those declarations and nothing else of them.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import av
 import numpy as np
@@ -43,19 +51,101 @@ from ..data.transforms import Geometry, Preprocessor, place
 from ..errors import RtsegError
 from .metrics import STAGES, Latency, LatencyRecorder, MetricsWriter, SourceReport, StreamReport
 from .overlay import Overlay, palette_from_meta
-from .sinks import NetworkSink, NullSink, Sink, make_sink
-from .sources import Source, open_source
+from .sinks import DisplaySink, NullSink, Sink, make_sink
+from .sources import NETWORK_SCHEMES, Item, Source, SourceSpecError, open_source
 
 _EOS = object()
+#: reconnect backoff: first wait, doubling up to the last (s)
+BACKOFF_FIRST_S = 0.25
+BACKOFF_MAX_S = 5.0
 
 
 @dataclass
-class _Frame:
+class StreamOptions:
+    """Options of one stream run (the ``rtseg stream`` flags); checked on creation.
+
+    Attributes:
+        batch_size: frames per inference call, taken round-robin across sources (≥ 1; capped by the
+            engine's ``max_batch``).
+        batch_timeout_ms: how long the batcher waits to fill a batch once it has one frame (ms).
+        alpha: overlay opacity in [0, 1]; contour: also draw region outlines.
+        codec, preset, crf: encoder for file/network sinks (see :func:`rtseg.stream.sinks.resolve_codec`).
+        max_frames: stop after this many frames *per source* (``None``: until the input ends).
+        max_latency_ms: live frames that waited longer than this before inference are dropped (ms).
+        reconnect: reopen failed/stalled network sources with backoff instead of ending them.
+        fps: frame rate of image-folder sources (FPS; default 25) and the rate asked of cameras.
+        stall_timeout: a network source silent this long (s) has failed.
+        show: also show each source in a window (needs a display).
+        metrics_jsonl: write one JSON line of metrics per second to this file.
+        loop: passes over each video-file source (1 = once, 0 = until stopped); the timestamps
+            continue across passes; audio is not copied when looping. ``RtsegError`` for sources
+            whose ``can_loop`` is false (cameras, network, lavfi graphs, image folders).
+        overlay: draw the masks (``False``: frames pass through unchanged, for measurements).
+        handle_signals: in the main thread, turn SIGINT/SIGTERM into a graceful stop (a second one
+            abandons queued frames); the previous handlers are restored afterwards.
+
+    Raises:
+        RtsegError: a value out of range (one line naming the option and the fix).
+    """
+
+    batch_size: int = 1
+    batch_timeout_ms: float = 10.0
+    alpha: float = 0.5
+    contour: bool = False
+    codec: str = "libx264"
+    preset: str = "ultrafast"
+    crf: int = 23
+    max_frames: int | None = None
+    max_latency_ms: float | None = None
+    reconnect: bool = False
+    fps: float | None = None
+    stall_timeout: float = 5.0
+    show: bool = False
+    metrics_jsonl: str | os.PathLike | None = None
+    loop: int = 1
+    overlay: bool = True
+    handle_signals: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check the values (called on creation and again when a pipeline starts).
+
+        Raises:
+            RtsegError: ``batch_size`` < 1, ``loop`` < 0, ``alpha`` outside [0, 1], ``max_frames`` < 1,
+                ``stall_timeout`` ≤ 0.
+        """
+        if self.batch_size < 1:
+            raise RtsegError(f"--batch-size must be ≥ 1, got {self.batch_size}")
+        if self.loop < 0:
+            raise RtsegError(f"--loop must be ≥ 0 (0 = until stopped), got {self.loop}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise RtsegError(f"--alpha must be in [0, 1], got {self.alpha}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise RtsegError(f"--max-frames must be ≥ 1, got {self.max_frames}; omit it to read the whole input")
+        if self.stall_timeout <= 0:
+            raise RtsegError(f"--stall-timeout must be > 0 s, got {self.stall_timeout}")
+
+
+@dataclass
+class StreamFrame:
+    """One video frame on its way through the pipeline.
+
+    Attributes:
+        src: index of its source (``--source`` order).
+        frame: ``av.VideoFrame`` ``yuv420p`` with ``pts``/``time_base`` set (rebased for live sources).
+        net: ``uint8[H, W, 3]`` RGB network input (a pooled buffer, reused once it was batched).
+        geom: where the network input sits in the frame (stretch or letterbox geometry).
+        t0: ``time.perf_counter()`` (s) when the decode that produced it started (e2e latency).
+        mask: ``uint8[H, W]`` class indices at network size, set after inference.
+    """
+
     src: int
-    frame: av.VideoFrame  # yuv420p, pts/time_base set
-    net: np.ndarray  # uint8[H, W, 3] RGB network input
+    frame: av.VideoFrame
+    net: np.ndarray
     geom: Geometry
-    t0: float  # perf_counter when it left the decoder
+    t0: float
     mask: np.ndarray | None = None
 
 
@@ -93,7 +183,9 @@ class _InQueues:
         self.max_depth = [0] * len(caps)
         self.rr = 0  # round-robin start
 
-    def put(self, i: int, item: _Frame, stop: threading.Event, release) -> None:
+    def put(self, i: int, item: StreamFrame, stop: threading.Event, release) -> None:
+        """Queue a frame of source ``i``: a live source drops its oldest frame when full (counted),
+        any other blocks until there is room (or the stream stops)."""
         with self.cond:
             q = self.q[i]
             if self.live[i]:
@@ -108,60 +200,79 @@ class _InQueues:
             self.cond.notify_all()
 
     def close(self, i: int) -> None:
+        """Source ``i`` will put nothing more."""
         with self.cond:
             self.closed[i] = True
             self.cond.notify_all()
 
     def take(self, max_n: int, timeout_s: float, stop: threading.Event, abort: threading.Event,
-             max_age_s: float | None, release) -> tuple[list[_Frame], list[int]]:
+             max_age_s: float | None, release) -> tuple[list[StreamFrame], list[int]]:
         """Wait for ≥ 1 frame, then up to ``timeout_s`` for ``max_n``; return (frames, finished sources).
 
         A source is finished when it is closed (or the stream is stopping) and its queue is empty.
-        Returns ``([], [])`` only when every source is finished.
+        Returns no frame only when every source is finished (``finished`` then lists them all).
         """
-        n_src = len(self.q)
         with self.cond:
-            while True:
-                if abort.is_set():
-                    for i in range(n_src):
-                        while self.q[i]:
-                            release(self.q[i].popleft())
-                finished = [i for i in range(n_src) if not self.q[i] and (self.closed[i] or stop.is_set())]
-                if len(finished) == n_src or any(self.q):
-                    break
-                self.cond.wait(0.05)
-            if len(finished) == n_src:
-                return [], finished
-            deadline = time.perf_counter() + timeout_s
-            while sum(map(len, self.q)) < max_n and not stop.is_set():
-                if not any(not self.closed[i] and len(self.q[i]) < self.caps[i] for i in range(n_src)):
-                    break  # every source is closed or full: no frame can come
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                self.cond.wait(left)
-            out: list[_Frame] = []
-            now = time.perf_counter()
-            start = self.rr
-            self.rr = (self.rr + 1) % n_src
-            progress = True
-            while len(out) < max_n and progress:
-                progress = False
-                for k in range(n_src):
-                    i = (start + k) % n_src
-                    q = self.q[i]
-                    while q and max_age_s is not None and self.live[i] and now - q[0].t0 > max_age_s:
-                        release(q.popleft())
-                        self.drops[i] += 1
-                    if q and len(out) < max_n:
-                        out.append(q.popleft())
-                        progress = True
-            finished = [i for i in range(n_src) if not self.q[i] and (self.closed[i] or stop.is_set())]
+            if not self._wait_any(stop, abort, release):
+                return [], list(range(len(self.q)))
+            self._wait_fill(max_n, timeout_s, stop)
+            out = self._pick(max_n, max_age_s, release)
+            finished = self._finished(stop)
             self.cond.notify_all()
             return out, finished
 
+    def _finished(self, stop: threading.Event) -> list[int]:
+        return [i for i in range(len(self.q)) if not self.q[i] and (self.closed[i] or stop.is_set())]
+
+    def _wait_any(self, stop: threading.Event, abort: threading.Event, release) -> bool:
+        """Block until a queue holds a frame (True) or every source is finished (False)."""
+        while True:
+            if abort.is_set():
+                for q in self.q:
+                    while q:
+                        release(q.popleft())
+            if len(self._finished(stop)) == len(self.q):
+                return False
+            if any(self.q):
+                return True
+            self.cond.wait(0.05)
+
+    def _wait_fill(self, max_n: int, timeout_s: float, stop: threading.Event) -> None:
+        deadline = time.perf_counter() + timeout_s
+        n_src = len(self.q)
+        while sum(map(len, self.q)) < max_n and not stop.is_set():
+            if not any(not self.closed[i] and len(self.q[i]) < self.caps[i] for i in range(n_src)):
+                return  # every source is closed or full: no frame can come
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return
+            self.cond.wait(left)
+
+    def _pick(self, max_n: int, max_age_s: float | None, release) -> list[StreamFrame]:
+        """Up to ``max_n`` frames round-robin across sources, dropping live frames older than ``max_age_s``."""
+        n_src = len(self.q)
+        out: list[StreamFrame] = []
+        now = time.perf_counter()
+        start = self.rr
+        self.rr = (self.rr + 1) % n_src
+        progress = True
+        while len(out) < max_n and progress:
+            progress = False
+            for k in range(n_src):
+                i = (start + k) % n_src
+                q = self.q[i]
+                while q and max_age_s is not None and self.live[i] and now - q[0].t0 > max_age_s:
+                    release(q.popleft())
+                    self.drops[i] += 1
+                if q and len(out) < max_n:
+                    out.append(q.popleft())
+                    progress = True
+        return out
+
 
 class _SourceState:
+    """Everything the three threads of one source share: counters, latencies, queues, buffer pool."""
+
     def __init__(self, idx: int, src: Source, sinks: list[Sink], net_shape: tuple[int, int, int]):
         self.idx = idx
         self.src = src
@@ -182,53 +293,617 @@ class _SourceState:
         self.frame_s = float(1 / src.info.rate) if src.info.rate else 0.04
 
     def get_buf(self) -> np.ndarray:
+        """A ``uint8[H, W, 3]`` network-input buffer from the pool (or a new one)."""
         try:
             return self.pool.pop()
         except IndexError:
             return np.empty(self.net_shape, dtype=np.uint8)
 
-    def release(self, item: _Frame) -> None:
+    def release(self, item: StreamFrame) -> None:
+        """Give the item's network-input buffer back to the pool."""
         self.pool.append(item.net)
 
+    def put_out(self, item, cap: int | None, abort: threading.Event) -> None:
+        """Queue a segmented frame (or EOS) for the sink thread; blocks while ``cap`` items wait."""
+        with self.out_cond:
+            while cap is not None and len(self.out_q) >= cap and not abort.is_set():
+                self.out_cond.wait(0.1)
+            self.out_q.append(item)
+            self.out_max = max(self.out_max, len(self.out_q))
+            self.out_cond.notify_all()
 
-def run_stream(backend, sources: Sequence, outputs: Sequence | None = None, *, batch_size: int = 1,
-               batch_timeout_ms: float = 10.0, alpha: float = 0.5, contour: bool = False, codec: str = "libx264",
-               preset: str = "ultrafast", crf: int = 23, max_frames: int | None = None,
-               max_latency_ms: float | None = None, reconnect: bool = False, fps: float | None = None,
-               stall_timeout: float = 5.0, show: bool = False, metrics_jsonl: str | os.PathLike | None = None,
-               loop: int = 1,
-               overlay: bool = True, stop_event: threading.Event | None = None, handle_signals: bool = True,
-               log=None) -> StreamReport:
-    """Segment one or more video sources with ``backend`` and write the overlaid video.
+    def pop_out(self):
+        """Block until the output queue has an item; pop it and wake a waiting producer."""
+        with self.out_cond:
+            while not self.out_q:
+                self.out_cond.wait(0.1)
+            it = self.out_q.popleft()
+            self.out_cond.notify_all()
+        return it
+
+    def drain_out(self) -> None:
+        """After a sink failure: keep consuming (so the batcher never blocks) until EOS."""
+        while self.pop_out() is not _EOS:
+            pass
+
+    def mux_audio(self, sinks: list[Sink], up_to_s: float) -> None:
+        """Copy queued audio packets that start at or before ``up_to_s`` (s; ``inf``: all) into the sinks."""
+        q = self.audio
+        while q:
+            pkt = q[0]
+            if pkt.pts is not None and float(pkt.pts * pkt.time_base) > up_to_s:
+                break
+            q.popleft()
+            for s in sinks:  # mux() references the packet, so one object serves every sink
+                s.write_audio(pkt)
+
+
+class _LiveClock:
+    """Rebases a live source's timestamps to start at 0 s and to continue across reconnects.
+
+    Video: ``pts`` = (pts − first pts of the connection) + the connection's offset, in the
+    source's first ``info.time_base``, strictly increasing. Audio packets move by the same amount
+    and are dropped when they come before the connection's first video frame.
+    """
+
+    def __init__(self, time_base):
+        self.tb_out = time_base
+        self.base_pts: int | None = None  # first video pts of this connection
+        self.base_tb = None
+        self.offset_s = 0.0  # where this connection starts on the output timeline (s)
+        self.last_pts: int | None = None  # last video pts given out (tb_out ticks)
+        self.last_wall: float | None = None  # time.monotonic() (s) when it was given out
+
+    def video(self, f: av.VideoFrame) -> None:
+        """Rewrite ``f.pts``/``f.time_base`` in place."""
+        if self.base_pts is None:
+            self.base_pts, self.base_tb = f.pts, f.time_base
+        t = float((f.pts - self.base_pts) * self.base_tb) + self.offset_s
+        pts = round(t / self.tb_out)
+        if self.last_pts is not None and pts <= self.last_pts:
+            pts = self.last_pts + 1
+        f.pts, f.time_base = pts, self.tb_out
+        self.last_pts, self.last_wall = pts, time.monotonic()
+
+    def audio(self, pkt: av.Packet) -> bool:
+        """Rewrite ``pkt.pts``/``pkt.dts`` in place; False when the packet is to be dropped."""
+        if self.base_pts is None or pkt.pts is None:
+            return False
+        t = float(pkt.pts * pkt.time_base) - self.base_pts * float(self.base_tb) + self.offset_s
+        if t < 0:
+            return False
+        d = (pkt.dts - pkt.pts) if pkt.dts is not None else 0
+        pkt.pts = round(t / pkt.time_base)
+        pkt.dts = pkt.pts + d
+        return True
+
+    def resume(self) -> None:
+        """After a reconnect: continue from the last frame plus the outage's wall-clock length."""
+        gap = time.monotonic() - self.last_wall if self.last_wall else 0.0
+        prev = float(self.last_pts * self.tb_out) if self.last_pts is not None else 0.0
+        self.base_pts, self.base_tb, self.offset_s = None, None, prev + gap
+
+
+class _SourceWorker:
+    """The reader thread of one source: demux + decode → (live: rebase PTS) → preprocess → in-queue,
+    reconnecting a failed network source with backoff when ``reconnect`` is on."""
+
+    def __init__(self, pipe: "StreamPipeline", st: _SourceState):
+        self.pipe = pipe
+        self.st = st
+        self.src = st.src
+        self.live = st.src.live
+        self.clock = _LiveClock(st.src.info.time_base)
+        self.max_frames = pipe.options.max_frames
+
+    def run(self) -> None:
+        try:
+            while True:
+                why = self._read_until_end()
+                if why is None or not self._reconnect(why):
+                    return
+        except BaseException as e:  # noqa: BLE001 - reported by the pipeline
+            self.pipe.fail(e)
+        finally:
+            self.pipe.inq.close(self.st.idx)
+
+    def _read_until_end(self) -> str | None:
+        """Read the source; return why it ended when it is to be reconnected, else ``None``."""
+        src, stop, opts = self.src, self.pipe.stop, self.pipe.options
+        try:
+            ended = self._pump()
+        except RtsegError:
+            raise
+        except Exception as e:  # noqa: BLE001 - network read failures end or reconnect the source
+            if not src.network or stop.is_set():
+                raise
+            why = (f"sent no data for {opts.stall_timeout:g} s" if isinstance(e, av.error.ExitError)
+                   else f"failed ({_short(e)})")
+            if not opts.reconnect:
+                self.st.error = why
+                self.pipe.log(f"source {src.name} {why}; it ends here (pass --reconnect to reopen it)")
+                return None
+            return why
+        if not ended or stop.is_set() or not (opts.reconnect and src.network and src.live):
+            return None
+        return "ended"
+
+    def _pump(self) -> bool:
+        """Feed the source's items into the pipeline; True when the input ended by itself."""
+        stop = self.pipe.stop
+        for item in self.src.read():
+            if stop.is_set():
+                return False
+            if item.kind == "audio":
+                if not self.live or self.clock.audio(item.obj):
+                    self.st.audio.append(item.obj)
+            elif self._video(item):
+                return False
+        return True
+
+    def _video(self, item: Item) -> bool:
+        """Preprocess and queue one decoded frame; True when ``max_frames`` is reached."""
+        st, f, pipe = self.st, item.obj, self.pipe
+        st.lat["decode"].add(item.decode_ms)
+        if self.live:
+            self.clock.video(f)
+        t0 = time.perf_counter()
+        buf = st.get_buf()
+        geom = pipe.preprocess(f, buf)
+        st.lat["preprocess"].add((time.perf_counter() - t0) * 1000.0)
+        pipe.inq.put(st.idx, StreamFrame(st.idx, f, buf, geom, t0 - item.decode_ms / 1000.0), pipe.stop, st.release)
+        st.read += 1
+        if self.max_frames is not None and st.read >= self.max_frames:
+            st.max_frames_hit = True
+            return True
+        return False
+
+    def _reconnect(self, why: str) -> bool:
+        """Reopen the source with backoff (0.25 s doubling to 5 s); False when the stream stopped first."""
+        src, stop = self.src, self.pipe.stop
+        src.close()
+        delay = BACKOFF_FIRST_S
+        self.pipe.log(f"source {src.name} {why}; reconnecting")
+        while not stop.wait(delay):
+            try:
+                src.open()
+            except RtsegError:
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
+            self.st.reconnects += 1
+            self.clock.resume()
+            self.pipe.log(f"source {src.name} reconnected")
+            return not stop.is_set()
+        return False
+
+
+class _SignalGuard:
+    """SIGINT/SIGTERM → graceful stop of a pipeline; a second signal abandons the queued frames."""
+
+    def __init__(self, pipe: "StreamPipeline"):
+        self.pipe = pipe
+        self.count = 0
+        self._old: dict = {}
+
+    def install(self) -> None:
+        """Install the handlers (main thread only; elsewhere Python cannot)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self)
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
+
+    def __call__(self, signum, _frame) -> None:
+        self.count += 1
+        self.pipe.request_stop(signal.Signals(signum).name, abandon_queued=self.count >= 2)
+        self.pipe._interrupt_sources()
+
+
+class _MetricsSnapshot:
+    """The once-per-second metrics line of :class:`MetricsWriter` (``snapshot(marks) → (line, marks)``)."""
+
+    def __init__(self, pipe: "StreamPipeline"):
+        self.pipe = pipe
+
+    def __call__(self, marks: dict | None) -> tuple[dict, dict]:
+        p = self.pipe
+        now = time.perf_counter()
+        marks = marks or {"t": p._t_start, "frames": [0] * len(p.states), "lat": {}}
+        dt = max(1e-9, now - marks["t"])
+        new = {"t": now, "frames": [s.written for s in p.states], "lat": {}}
+        total = sum(new["frames"])
+        line = {"t": round(now - p._t_start, 3), "frames": total, "fps": (total - sum(marks["frames"])) / dt,
+                "drops": sum(p.inq.drops), "rss_mb": round(p._proc.memory_info().rss / 2**20, 1),
+                "sources": self._sources(marks, dt), "latency": self._latency(marks, new)}
+        return line, new
+
+    def _sources(self, marks: dict, dt: float) -> list[dict]:
+        p = self.pipe
+        return [{"name": s.src.name, "frames": s.written, "fps": (s.written - marks["frames"][i]) / dt,
+                 "drops": p.inq.drops[i], "in_queue": len(p.inq.q[i]), "out_queue": len(s.out_q),
+                 "reconnects": s.reconnects} for i, s in enumerate(p.states)]
+
+    def _latency(self, marks: dict, new: dict) -> dict:
+        lat = {}
+        for stage in STAGES:
+            samples = []
+            for j, r in enumerate(self.pipe._recorders(stage)):
+                key = f"{stage}{j}"
+                samples.append(r.samples(marks["lat"].get(key, 0)))
+                new["lat"][key] = r.count
+            L = Latency.of(samples)
+            lat[stage] = {"p50_ms": L.p50_ms, "p99_ms": L.p99_ms}
+        return lat
+
+
+class StreamPipeline:
+    """N sources → one batched engine → per-source overlay + sinks, in threads joined by bounded queues.
 
     Args:
-        backend: an :class:`rtseg.runtime.base.Backend` (``predict_u8(uint8[N, H, W, 3]) → uint8[N, H, W]``).
+        backend: an :class:`rtseg.runtime.base.Backend` (``predict_u8(uint8[N, H, W, 3]) → uint8[N, H, W]``
+            class indices, NHWC RGB in, at the network size ``backend.input_hw``).
         sources: ``--source`` strings (file, ``cameraN``, URL, image folder/glob, ``lavfi:GRAPH``)
-            or already opened :class:`rtseg.stream.sources.Source` objects.
-        outputs: ``--output`` strings or :class:`Sink` objects. ``None``/empty: no output (frames are
-            still overlaid unless ``overlay=False``; used by ``rtseg bench``). With one source every
-            output gets it; with N sources give N outputs (one each, in order) or outputs holding
-            ``{i}`` (source index) or ``{name}`` (source file stem), expanded per source.
-        batch_size: frames per inference call, taken round-robin across sources (≥ 1; capped by the
-            engine's ``max_batch``).
-        batch_timeout_ms: how long the batcher waits to fill a batch once it has one frame (ms).
-        alpha: overlay opacity in [0, 1]; contour: also draw region outlines.
-        codec, preset, crf: encoder for file/network sinks (see :func:`rtseg.stream.sinks.resolve_codec`).
-        max_frames: stop after this many frames *per source*.
-        max_latency_ms: live frames that waited longer than this before inference are dropped (ms).
-        reconnect: reopen failed/stalled network sources with backoff instead of ending them.
-        fps: frame rate of image-folder sources (FPS; default 25) and the rate asked of cameras.
-        stall_timeout: a network source silent this long (s) has failed.
-        show: also show each source in a window (needs a display).
-        metrics_jsonl: write one JSON line of metrics per second to this file.
-        loop: passes over each video-file source (1 = once, 0 = until stopped); the timestamps
-            continue across passes; audio is not copied when looping. ``RtsegError`` for live or
-            network sources.
-        overlay: draw the masks (``False``: frames pass through unchanged, for measurements).
+            or :class:`rtseg.stream.sources.Source` objects (opened here when their ``info`` is ``None``).
+        outputs: ``--output`` strings or :class:`rtseg.stream.sinks.Sink` objects. ``None``/empty: no
+            output (frames are still overlaid unless ``options.overlay`` is false; ``rtseg bench``
+            measures this). With one source every output gets it; with N sources give N outputs (one
+            each, in order) or outputs holding ``{i}`` (source index) or ``{name}`` (source file stem).
+        options: :class:`StreamOptions` (default: all defaults).
         stop_event: set it from another thread to stop the stream gracefully.
-        handle_signals: in the main thread, turn SIGINT/SIGTERM into a graceful stop (a second one
-            abandons queued frames); the previous handlers are restored afterwards.
-        log: ``callable(str)`` for warnings (default: stderr).
+        log: ``callable(str)`` for warnings and hints (default: stderr).
+
+    Override one step in a subclass to change it: :meth:`preprocess`, :meth:`infer`,
+    :meth:`postprocess`, :meth:`write`. :meth:`run` runs the stream once.
+
+    Raises:
+        RtsegError: a bad option, or no source.
+    """
+
+    def __init__(self, backend, sources: Sequence, outputs: Sequence | None = None,
+                 options: StreamOptions | None = None, *, stop_event: threading.Event | None = None,
+                 log: Callable[[str], None] | None = None):
+        self.options = options if options is not None else StreamOptions()
+        self.options.validate()
+        if not sources:
+            raise RtsegError("no --source given; pass a video file, cameraN, a URL, an image folder or lavfi:GRAPH")
+        self.backend = backend
+        self.sources = list(sources)
+        self.outputs = list(outputs or [])
+        self.log = log or _warn
+        self.stop = stop_event or threading.Event()
+        self.abort = threading.Event()  # set: queued frames are abandoned (second signal, failure)
+        self.stop_reason: str | None = None
+        self.errors: list[BaseException] = []
+        bs = self.options.batch_size
+        self.batch_size = min(bs, int(backend.max_batch)) if backend.max_batch is not None else bs
+        model_meta = backend.meta.get("model", {}) if isinstance(backend.meta, dict) else {}
+        self.drawer = Overlay(palette_from_meta(model_meta, backend.num_classes), alpha=self.options.alpha,
+                              contour=self.options.contour)
+        self._prep = _Prep(backend.input_hw, model_meta.get("resize", "stretch"))
+        self.states: list[_SourceState] = []
+        self.inq: _InQueues | None = None
+        self.infer_lat = LatencyRecorder()
+        self.batch_sizes: list[int] = []
+        self._opened: list[Source] = []
+        self._all_sinks: list[Sink] = []
+        self._out_cap = max(4, 2 * self.batch_size)
+        self._rss: list[float] = []
+        self._proc = None
+        self._t_start = 0.0
+
+    # -- the overridable per-frame steps -----------------------------------------------------------------
+    def preprocess(self, frame: av.VideoFrame, buf: np.ndarray) -> Geometry:
+        """Fill ``buf`` (``uint8[H, W, 3]`` RGB, network size) from ``frame`` (``yuv420p``); return the
+        geometry (stretch/letterbox box) that maps the network input back onto the frame."""
+        return self._prep(frame, buf)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """``uint8[N, H, W, 3]`` RGB batch → ``uint8[N, H, W]`` class indices (one engine call)."""
+        return self.backend.predict_u8(batch)
+
+    def postprocess(self, item: StreamFrame) -> av.VideoFrame:
+        """The frame to write: ``item.frame`` with ``item.mask`` overlaid (``yuv420p``, same size and
+        timestamps), or unchanged when ``options.overlay`` is false."""
+        if not self.options.overlay:
+            return item.frame
+        return self.drawer.apply_yuv420(item.frame, item.mask, item.geom)
+
+    def write(self, sinks: list[Sink], frame: av.VideoFrame) -> None:
+        """Hand one frame to every frame-writing sink of its source (encode + mux, store, show)."""
+        for s in sinks:
+            s.write(frame)
+
+    # -- control -----------------------------------------------------------------------------------------
+    def request_stop(self, why: str = "stop requested", *, abandon_queued: bool = False) -> None:
+        """Stop gracefully (the first reason given is reported); ``abandon_queued``: drop queued frames."""
+        if self.stop_reason is None:
+            self.stop_reason = why
+        self.stop.set()
+        if abandon_queued:
+            self.abort.set()
+
+    def fail(self, e: BaseException) -> None:
+        """Record a worker's error and stop at once (queued frames abandoned, outputs finalised)."""
+        self.errors.append(e)
+        self.stop.set()
+        self.abort.set()
+
+    def _on_display_quit(self) -> None:
+        self.request_stop("display closed")
+
+    def _interrupt_sources(self) -> None:
+        for st in self.states:
+            st.src.interrupt()
+
+    # -- run ---------------------------------------------------------------------------------------------
+    def run(self) -> StreamReport:
+        """Open everything, stream until the inputs end or a stop, finalise every output.
+
+        Returns:
+            :class:`rtseg.stream.metrics.StreamReport` — frames, seconds, FPS, per-stage latency
+            p50/p99 (ms), drops, per-source figures, RSS (MiB).
+
+        Raises:
+            RtsegError: a source or output that cannot be opened (missing file, unreadable video,
+                missing camera, unknown scheme, output folder not writable), ``--loop`` on a source
+                that cannot loop, an error while streaming (after the outputs were finalised), or a
+                second call (a pipeline runs once).
+        """
+        import psutil
+
+        if self._opened:
+            raise RtsegError("this StreamPipeline has already run; create a new one for another run")
+        self._open_all()
+        self._make_queues()
+        readers, infer, writers = self._make_threads()
+        guard = _SignalGuard(self)
+        if self.options.handle_signals:
+            guard.install()
+        metrics = None
+        self._proc = psutil.Process()
+        self._t_start = time.perf_counter()
+        try:
+            metrics = self._start_metrics()
+            for t in readers + [infer] + writers:
+                t.start()
+            self._wait(writers)
+            seconds = time.perf_counter() - self._t_start
+            if self.stop_reason is None and self.stop.is_set() and not self.errors:
+                self.stop_reason = "stop requested"
+        finally:
+            guard.restore()
+            self._shut_down(readers, infer)
+            if metrics is not None:
+                metrics.close()
+        self._raise_errors()
+        return self._report(seconds)
+
+    def _open_all(self) -> None:
+        opts = self.options
+        try:
+            for spec in self.sources:
+                src = self._open_source(spec)
+                self._opened.append(src)
+                if opts.loop != 1:
+                    src.set_loop(opts.loop)
+            per_src_sinks = _map_outputs(self.outputs, self._opened, opts)
+            if opts.show:
+                for i, sinks in enumerate(per_src_sinks):
+                    sinks.append(DisplaySink(f"rtseg [{i}] {self._opened[i].name}"))
+            shape = (*self.backend.input_hw, 3)
+            for i, (src, sinks) in enumerate(zip(self._opened, per_src_sinks)):
+                self._open_sinks(src, sinks)
+                self.states.append(_SourceState(i, src, sinks, shape))
+        except BaseException:
+            _close_all(self._all_sinks, self._opened)
+            raise
+
+    def _open_source(self, spec) -> Source:
+        if isinstance(spec, Source):
+            if spec.info is None:
+                spec.open()
+            return spec
+        return _open_with_retry(spec, self.options, self.stop, self.log)
+
+    def _open_sinks(self, src: Source, sinks: list[Sink]) -> None:
+        for sk in sinks:
+            sk.set_pacing(not src.live)
+            sk.on_quit = self._on_display_quit
+            sk.open(src.info, src.audio, live=src.live)
+            self._all_sinks.append(sk)
+            for note in sk.notes:
+                self.log(note)
+
+    def _make_queues(self) -> None:
+        bs = self.batch_size
+        live = [st.src.live for st in self.states]
+        self.inq = _InQueues([max(2, bs) if lv else max(4, 2 * bs) for lv in live], live)
+
+    def _make_threads(self) -> tuple[list[threading.Thread], threading.Thread, list[threading.Thread]]:
+        readers = [threading.Thread(target=_SourceWorker(self, st).run, name=f"rtseg-src{st.idx}", daemon=True)
+                   for st in self.states]
+        infer = threading.Thread(target=self._infer_worker, name="rtseg-infer", daemon=True)
+        writers = [threading.Thread(target=self._sink_worker, args=(st,), name=f"rtseg-sink{st.idx}", daemon=True)
+                   for st in self.states]
+        return readers, infer, writers
+
+    def _start_metrics(self) -> MetricsWriter | None:
+        path = self.options.metrics_jsonl
+        if not path:
+            return None
+        try:
+            writer = MetricsWriter(path, _MetricsSnapshot(self))
+        except OSError as e:
+            raise RtsegError(f"cannot write --metrics-jsonl {path} ({e.strerror}); choose a writable path") from None
+        writer.start()
+        return writer
+
+    def _wait(self, writers: list[threading.Thread]) -> None:
+        """Until every sink thread ended: sample RSS once per second (flat = no leak), pass stops on."""
+        next_rss = 0.0
+        while any(t.is_alive() for t in writers):
+            if time.perf_counter() >= next_rss:
+                self._rss.append(self._proc.memory_info().rss / 2**20)
+                next_rss = time.perf_counter() + 1.0
+            for t in writers:
+                t.join(timeout=0.1)
+            if self.stop.is_set():
+                self._interrupt_sources()
+
+    def _shut_down(self, readers: list[threading.Thread], infer: threading.Thread) -> None:
+        self.stop.set()
+        self._interrupt_sources()
+        for t in readers + [infer]:
+            t.join(timeout=1.0)
+        # a source thread still blocked in a network read keeps its container (closing it under the
+        # reader would be a use-after-free); the process exit reclaims it
+        busy = {st.idx for st, t in zip(self.states, readers) if t.is_alive()}
+        _close_all(self._all_sinks, [s for i, s in enumerate(self._opened) if i not in busy])
+
+    # -- the inference and sink threads ------------------------------------------------------------------
+    def _release(self, item: StreamFrame) -> None:
+        self.states[item.src].release(item)
+
+    def _infer_worker(self) -> None:
+        """Round-robin batches across sources → :meth:`infer` → each source's out-queue (EOS at the end)."""
+        h, w = self.backend.input_hw
+        batch = np.empty((self.batch_size, h, w, 3), dtype=np.uint8)
+        done = [False] * len(self.states)
+        timeout = max(0.0, self.options.batch_timeout_ms) / 1000.0
+        max_age = self.options.max_latency_ms / 1000.0 if self.options.max_latency_ms else None
+        try:
+            while not all(done):
+                items, finished = self.inq.take(self.batch_size, timeout, self.stop, self.abort, max_age,
+                                                self._release)
+                if items:
+                    self._infer_batch(batch, items)
+                for i in finished:
+                    if not done[i]:
+                        done[i] = True
+                        self.states[i].put_out(_EOS, None, self.abort)
+        except BaseException as e:  # noqa: BLE001 - reported by run()
+            self.fail(e)
+            for i, d in enumerate(done):
+                if not d:
+                    self.states[i].put_out(_EOS, None, self.abort)
+
+    def _infer_batch(self, batch: np.ndarray, items: list[StreamFrame]) -> None:
+        k = len(items)
+        for j, it in enumerate(items):
+            batch[j] = it.net
+            self.states[it.src].release(it)
+        t0 = time.perf_counter()
+        masks = self.infer(batch[:k])
+        self.infer_lat.add((time.perf_counter() - t0) * 1000.0)
+        self.batch_sizes.append(k)
+        for j, it in enumerate(items):
+            it.mask = masks[j]
+            self.states[it.src].put_out(it, self._out_cap, self.abort)
+
+    def _sink_worker(self, st: _SourceState) -> None:
+        """Out-queue of one source → :meth:`postprocess` → :meth:`write` (+ audio copy); finalise at the end."""
+        audio_sinks = [s for s in st.sinks if s.accepts_audio and s.has_audio]
+        frame_sinks = [s for s in st.sinks if s.writes_frames]
+        natural_end = True
+        try:
+            self._sink_frames(st, frame_sinks, audio_sinks)
+        except BaseException as e:  # noqa: BLE001 - reported by run()
+            natural_end = False
+            self.fail(e)
+            st.drain_out()
+        finally:
+            self._finish_sinks(st, audio_sinks, natural_end)
+
+    def _sink_frames(self, st: _SourceState, frame_sinks: list[Sink], audio_sinks: list[Sink]) -> None:
+        perf = time.perf_counter
+        lat_post, lat_enc, lat_e2e = st.lat["postprocess"], st.lat["encode"], st.lat["e2e"]
+        abort = self.abort
+        while True:
+            it = st.pop_out()
+            if it is _EOS:
+                return
+            if abort.is_set():
+                continue
+            t0 = perf()
+            frame = self.postprocess(it)
+            t1 = perf()
+            st.last_video_s = float(frame.pts * frame.time_base)
+            if audio_sinks:
+                st.mux_audio(audio_sinks, st.last_video_s)
+            self.write(frame_sinks, frame)
+            t2 = perf()
+            lat_post.add((t1 - t0) * 1000.0)
+            lat_enc.add((t2 - t1) * 1000.0)
+            lat_e2e.add((t2 - it.t0) * 1000.0)
+            st.written += 1
+
+    def _finish_sinks(self, st: _SourceState, audio_sinks: list[Sink], natural_end: bool) -> None:
+        """Copy the remaining audio (all of it when the input ended by itself), then close every sink."""
+        try:
+            if audio_sinks:
+                ended = natural_end and not self.stop.is_set() and not st.max_frames_hit
+                st.mux_audio(audio_sinks, math.inf if ended else st.last_video_s + st.frame_s)
+        except BaseException as e:  # noqa: BLE001
+            self.fail(e)
+        for s in st.sinks:
+            try:
+                s.close()
+            except BaseException as e:  # noqa: BLE001
+                self.fail(RtsegError(f"cannot finalise output {s.name}: {_short(e)}"))
+
+    # -- the report --------------------------------------------------------------------------------------
+    def _raise_errors(self) -> None:
+        if self.errors:
+            e = self.errors[0]
+            if isinstance(e, RtsegError):
+                raise e
+            raise RtsegError(f"stream failed: {type(e).__name__}: {_short(e)}; outputs were finalised up to the "
+                             f"failure") from e
+        for s in self.states:
+            if not s.src.live and s.read == 0 and s.src.decode_errors:
+                raise RtsegError(f"{s.src.name} is not a readable video (no frame could be decoded, "
+                                 f"{s.src.decode_errors} bad packets); re-encode it or pass another file")
+
+    def _recorders(self, stage: str) -> list[LatencyRecorder]:
+        return [self.infer_lat] if stage == "infer" else [s.lat[stage] for s in self.states]
+
+    def _report(self, seconds: float) -> StreamReport:
+        if self.stop_reason is None:
+            self.stop_reason = "max frames" if any(s.max_frames_hit for s in self.states) else "end of input"
+        report = StreamReport(backend=self.backend.describe(), stopped=self.stop_reason)
+        report.seconds = seconds
+        report.frames = sum(s.written for s in self.states)
+        report.fps = report.frames / seconds if seconds > 0 else 0.0
+        report.drops = sum(self.inq.drops)
+        report.batch_mean = float(np.mean(self.batch_sizes)) if self.batch_sizes else 0.0
+        report.queue_max = {"in": sum(self.inq.max_depth), "out": sum(s.out_max for s in self.states)}
+        rss = self._rss
+        if rss:
+            report.rss_mb = {"first": round(rss[0], 1), "last": round(rss[-1], 1), "max": round(max(rss), 1),
+                             "samples": len(rss)}
+        for stage in STAGES:
+            report.latency[stage] = Latency.of([r.samples() for r in self._recorders(stage)])
+        report.sources = [self._source_report(i, s, seconds) for i, s in enumerate(self.states)]
+        return report
+
+    def _source_report(self, i: int, s: _SourceState, seconds: float) -> SourceReport:
+        return SourceReport(
+            name=s.src.name, outputs=[k.name for k in s.sinks if k.writes_frames],
+            width=s.src.info.width, height=s.src.info.height, live=s.src.live, frames=s.written,
+            fps=s.written / seconds if seconds > 0 else 0.0, drops=self.inq.drops[i],
+            decode_errors=s.src.decode_errors, reconnects=s.reconnects, e2e=Latency.of(s.lat["e2e"].samples()),
+            error=s.error)
+
+
+def run_stream(backend, sources: Sequence, outputs: Sequence | None = None, options: StreamOptions | None = None,
+               *, stop_event: threading.Event | None = None, log: Callable[[str], None] | None = None) -> StreamReport:
+    """Segment one or more video sources with ``backend`` and write the overlaid video (one call).
+
+    ``StreamPipeline(backend, sources, outputs, options, stop_event=..., log=...).run()``; see
+    :class:`StreamPipeline` for the arguments and :class:`StreamOptions` for the options.
 
     Returns:
         :class:`rtseg.stream.metrics.StreamReport` — frames, seconds, FPS, per-stage latency p50/p99
@@ -236,447 +911,61 @@ def run_stream(backend, sources: Sequence, outputs: Sequence | None = None, *, b
 
     Raises:
         RtsegError: a source or output that cannot be opened (missing file, unreadable video,
-            missing camera, unknown scheme, output folder not writable), a bad option, or an error
-            while streaming (after the outputs were finalised).
+            missing camera, unknown scheme, output folder not writable), a bad option, ``--loop``
+            on a source that cannot loop, or an error while streaming (after the outputs were
+            finalised).
     """
-    log = log or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    if batch_size < 1:
-        raise RtsegError(f"--batch-size must be ≥ 1, got {batch_size}")
-    if not sources:
-        raise RtsegError("no --source given; pass a video file, cameraN, a URL, an image folder or lavfi:GRAPH")
-    if backend.max_batch is not None:
-        batch_size = min(batch_size, int(backend.max_batch))
-    model_meta = backend.meta.get("model", {}) if isinstance(backend.meta, dict) else {}
-    drawer = Overlay(palette_from_meta(model_meta, backend.num_classes), alpha=alpha, contour=contour)
-    prep = _Prep(backend.input_hw, model_meta.get("resize", "stretch"))
-    H, W = backend.input_hw
-    stop = stop_event or threading.Event()
-    abort = threading.Event()
-    reason = {"why": None}
-
-    opened: list[Source] = []
-    all_sinks: list[Sink] = []
-    try:
-        for s in sources:
-            opened.append(s if isinstance(s, Source) else _open(s, fps, stall_timeout, reconnect, stop, log))
-            if loop != 1:
-                from .sources import AVSource
-
-                src = opened[-1]
-                if not isinstance(src, AVSource) or src.live or src.network or src.format is not None:
-                    raise RtsegError(f"--loop applies to video files, not {src.name}; drop --loop for live sources")
-                src.loop, src.audio = int(loop), None
-        per_src_sinks = _map_outputs(outputs, opened, codec=codec, preset=preset, crf=crf)
-        if show:
-            from .sinks import DisplaySink
-
-            for i, lst in enumerate(per_src_sinks):
-                d = DisplaySink(f"rtseg [{i}] {opened[i].name}")
-                lst.append(d)
-        states = []
-        for i, (src, sinks) in enumerate(zip(opened, per_src_sinks)):
-            for sk in sinks:
-                if isinstance(sk, NetworkSink):
-                    sk.pace = not src.live
-                if hasattr(sk, "on_quit"):
-                    sk.on_quit = lambda: _request_stop(stop, reason, "display closed")
-                sk.open(src.info, src.audio, live=src.live)
-                all_sinks.append(sk)
-                for note in ([sk.audio_note] if getattr(sk, "audio_note", None) else []) + list(getattr(sk, "notes", [])):
-                    log(note)
-            states.append(_SourceState(i, src, sinks, (H, W, 3)))
-    except BaseException:
-        _close_all(all_sinks, opened)
-        raise
-
-    n = len(states)
-    live = [s.src.live for s in states]
-    caps = [max(2, batch_size) if lv else max(4, 2 * batch_size) for lv in live]
-    inq = _InQueues(caps, live)
-    out_cap = max(4, 2 * batch_size)
-    errors: list[BaseException] = []
-    infer_lat = LatencyRecorder()
-    batch_sizes: list[int] = []
-    max_age = max_latency_ms / 1000.0 if max_latency_ms else None
-
-    def fail(e: BaseException) -> None:
-        errors.append(e)
-        stop.set()
-        abort.set()
-
-    # -- source threads ------------------------------------------------------------------------------
-    def source_loop(st: _SourceState) -> None:
-        src = st.src
-        tb_out = src.info.time_base
-        seg = {"base_pts": None, "tb": None, "offset_s": 0.0, "audio_base": None}
-        last_out = {"pts": None, "wall": None}
-        perf = time.perf_counter
-        try:
-            while True:
-                ended_ok = False
-                try:
-                    for item in src.read():
-                        if stop.is_set():
-                            break
-                        if item.kind == "audio":
-                            pkt = item.obj
-                            if src.live:
-                                if seg["base_pts"] is None or pkt.pts is None:
-                                    continue
-                                t = float(pkt.pts * pkt.time_base) - seg["base_pts"] * float(seg["tb"]) + seg["offset_s"]
-                                if t < 0:
-                                    continue
-                                d = (pkt.dts - pkt.pts) if pkt.dts is not None else 0
-                                pkt.pts = round(t / pkt.time_base)
-                                pkt.dts = pkt.pts + d
-                            st.audio.append(pkt)
-                            continue
-                        f = item.obj
-                        st.lat["decode"].add(item.decode_ms)
-                        if src.live:  # rebase to 0 (and across reconnects)
-                            if seg["base_pts"] is None:
-                                seg["base_pts"], seg["tb"] = f.pts, f.time_base
-                            t = float((f.pts - seg["base_pts"]) * seg["tb"]) + seg["offset_s"]
-                            pts = round(t / tb_out)
-                            if last_out["pts"] is not None and pts <= last_out["pts"]:
-                                pts = last_out["pts"] + 1
-                            f.pts, f.time_base = pts, tb_out
-                        last_out["pts"], last_out["wall"] = f.pts, time.monotonic()
-                        t0 = perf()
-                        buf = st.get_buf()
-                        geom = prep(f, buf)
-                        t1 = perf()
-                        st.lat["preprocess"].add((t1 - t0) * 1000.0)
-                        inq.put(st.idx, _Frame(st.idx, f, buf, geom, t0 - item.decode_ms / 1000.0), stop, st.release)
-                        st.read += 1
-                        if max_frames is not None and st.read >= max_frames:
-                            st.max_frames_hit = True
-                            break
-                    else:
-                        ended_ok = True
-                    if not ended_ok or stop.is_set() or not (reconnect and src.network and src.live):
-                        return
-                    why = "ended"
-                except RtsegError:
-                    raise
-                except Exception as e:  # noqa: BLE001 - network read failures end or reconnect the source
-                    if not src.network or stop.is_set():
-                        raise
-                    why = (f"sent no data for {stall_timeout:g} s" if isinstance(e, av.error.ExitError)
-                           else f"failed ({_short(e)})")
-                    if not reconnect:
-                        st.error = why
-                        log(f"source {src.name} {why}; it ends here (pass --reconnect to reopen it)")
-                        return
-                # reconnect with backoff
-                src.close()
-                delay = 0.25
-                log(f"source {src.name} {why}; reconnecting")
-                while not stop.is_set():
-                    if stop.wait(delay):
-                        return
-                    try:
-                        src.open()
-                    except RtsegError:
-                        delay = min(delay * 2, 5.0)
-                        continue
-                    st.reconnects += 1
-                    gap = time.monotonic() - last_out["wall"] if last_out["wall"] else 0.0
-                    prev = float(last_out["pts"] * tb_out) if last_out["pts"] is not None else 0.0
-                    seg.update(base_pts=None, tb=None, offset_s=prev + gap)
-                    log(f"source {src.name} reconnected")
-                    break
-                if stop.is_set():
-                    return
-        except BaseException as e:  # noqa: BLE001
-            fail(e)
-        finally:
-            inq.close(st.idx)
-
-    # -- inference thread ----------------------------------------------------------------------------
-    def infer_loop() -> None:
-        batch = np.empty((batch_size, H, W, 3), dtype=np.uint8)
-        done = [False] * n
-        timeout = max(0.0, batch_timeout_ms) / 1000.0
-        perf = time.perf_counter
-        try:
-            while True:
-                items, finished = inq.take(batch_size, timeout, stop, abort, max_age, lambda it: states[it.src].release(it))
-                if items:
-                    k = len(items)
-                    for j, it in enumerate(items):
-                        batch[j] = it.net
-                        states[it.src].release(it)
-                    t0 = perf()
-                    masks = backend.predict_u8(batch[:k])
-                    infer_lat.add((perf() - t0) * 1000.0)
-                    batch_sizes.append(k)
-                    for j, it in enumerate(items):
-                        it.mask = masks[j]
-                        _out_put(states[it.src], it, out_cap, abort)
-                for i in finished:
-                    if not done[i]:
-                        done[i] = True
-                        _out_put(states[i], _EOS, None, abort)
-                if all(done):
-                    return
-        except BaseException as e:  # noqa: BLE001
-            fail(e)
-            for i in range(n):
-                if not done[i]:
-                    _out_put(states[i], _EOS, None, abort)
-
-    # -- sink threads --------------------------------------------------------------------------------
-    def sink_loop(st: _SourceState) -> None:
-        perf = time.perf_counter
-        audio_sinks = [s for s in st.sinks if s.accepts_audio and getattr(s, "astream", None) is not None]
-        encode = [s for s in st.sinks if type(s) is not NullSink]
-        natural_end = True
-        try:
-            while True:
-                it = _pop_out(st)
-                if it is _EOS:
-                    break
-                if abort.is_set():
-                    continue
-                t0 = perf()
-                frame = drawer.apply_yuv420(it.frame, it.mask, it.geom) if overlay else it.frame
-                t1 = perf()
-                st.last_video_s = float(frame.pts * frame.time_base)
-                if audio_sinks:
-                    _mux_audio(st, audio_sinks, st.last_video_s)
-                for s in encode:
-                    s.write(frame)
-                t2 = perf()
-                st.lat["postprocess"].add((t1 - t0) * 1000.0)
-                st.lat["encode"].add((t2 - t1) * 1000.0)
-                st.lat["e2e"].add((t2 - it.t0) * 1000.0)
-                st.written += 1
-        except BaseException as e:  # noqa: BLE001
-            natural_end = False
-            fail(e)
-            _drain_out(st)
-        finally:
-            try:
-                if audio_sinks:
-                    ended = natural_end and not stop.is_set() and not st.max_frames_hit
-                    _mux_audio(st, audio_sinks, math.inf if ended else st.last_video_s + st.frame_s)
-            except BaseException as e:  # noqa: BLE001
-                fail(e)
-            for s in st.sinks:
-                try:
-                    s.close()
-                except BaseException as e:  # noqa: BLE001
-                    fail(RtsegError(f"cannot finalise output {s.name}: {_short(e)}"))
-
-    # -- run -----------------------------------------------------------------------------------------
-    def snapshot(marks):
-        now = time.perf_counter()
-        marks = marks or {"t": t_start, "frames": [0] * n, "lat": {}}
-        dt = max(1e-9, now - marks["t"])
-        new = {"t": now, "frames": [s.written for s in states], "lat": {}}
-        src_lines = []
-        for i, s in enumerate(states):
-            src_lines.append({"name": s.src.name, "frames": s.written,
-                              "fps": (s.written - marks["frames"][i]) / dt,
-                              "drops": inq.drops[i], "in_queue": len(inq.q[i]), "out_queue": len(s.out_q),
-                              "reconnects": s.reconnects})
-        lat = {}
-        for stage in STAGES:
-            recs = [infer_lat] if stage == "infer" else [s.lat[stage] for s in states]
-            samples = []
-            for j, r in enumerate(recs):
-                key = f"{stage}{j}"
-                samples.append(r.samples(marks["lat"].get(key, 0)))
-                new["lat"][key] = r.count
-            L = Latency.of(samples)
-            lat[stage] = {"p50_ms": L.p50_ms, "p99_ms": L.p99_ms}
-        total = sum(new["frames"])
-        line = {"t": round(now - t_start, 3), "frames": total, "fps": (total - sum(marks["frames"])) / dt,
-                "drops": sum(inq.drops), "rss_mb": round(proc.memory_info().rss / 2**20, 1), "sources": src_lines,
-                "latency": lat}
-        return line, new
-
-    threads = [threading.Thread(target=source_loop, args=(st,), name=f"rtseg-src{st.idx}", daemon=True) for st in states]
-    threads.append(threading.Thread(target=infer_loop, name="rtseg-infer", daemon=True))
-    sink_threads = [threading.Thread(target=sink_loop, args=(st,), name=f"rtseg-sink{st.idx}", daemon=True)
-                    for st in states]
-    old_handlers = {}
-    signals_seen = {"n": 0}
-
-    def on_signal(signum, _frame):
-        signals_seen["n"] += 1
-        name = signal.Signals(signum).name
-        _request_stop(stop, reason, name)
-        if signals_seen["n"] >= 2:
-            abort.set()
-        for st in states:
-            st.src.interrupt()
-
-    if handle_signals and threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old_handlers[sig] = signal.signal(sig, on_signal)
-    writer = None
-    import psutil
-
-    proc, rss = psutil.Process(), []
-    t_start = time.perf_counter()
-    try:
-        if metrics_jsonl:
-            try:
-                writer = MetricsWriter(metrics_jsonl, snapshot)
-            except OSError as e:
-                raise RtsegError(f"cannot write --metrics-jsonl {metrics_jsonl} ({e.strerror}); choose a writable path") from None
-            writer.start()
-        for t in threads + sink_threads:
-            t.start()
-        next_rss = 0.0
-        while any(t.is_alive() for t in sink_threads):
-            if time.perf_counter() >= next_rss:  # resident memory once per second (flat = no leak)
-                rss.append(proc.memory_info().rss / 2**20)
-                next_rss = time.perf_counter() + 1.0
-            for t in sink_threads:
-                t.join(timeout=0.1)
-            if stop.is_set():
-                for st in states:
-                    st.src.interrupt()
-        seconds = time.perf_counter() - t_start
-        if reason["why"] is None and stop.is_set() and not errors:
-            reason["why"] = "stop requested"
-    finally:
-        for sig, h in old_handlers.items():
-            signal.signal(sig, h)
-        stop.set()
-        for st in states:
-            st.src.interrupt()
-        for t in threads:
-            t.join(timeout=1.0)
-        # a source thread still blocked in a network read keeps its container (closing it under the
-        # reader would be a use-after-free); the process exit reclaims it
-        busy = {st.idx for st, t in zip(states, threads) if t.is_alive()}
-        _close_all(all_sinks, [s for i, s in enumerate(opened) if i not in busy])
-        if writer is not None:
-            writer.close()
-    if errors:
-        e = errors[0]
-        if isinstance(e, RtsegError):
-            raise e
-        raise RtsegError(f"stream failed: {type(e).__name__}: {_short(e)}; outputs were finalised up to the failure") from e
-
-    for s in states:
-        if not s.src.live and s.read == 0 and s.src.decode_errors and not errors:
-            raise RtsegError(f"{s.src.name} is not a readable video (no frame could be decoded, "
-                             f"{s.src.decode_errors} bad packets); re-encode it or pass another file")
-    if reason["why"] is None:
-        reason["why"] = "max frames" if any(s.max_frames_hit for s in states) else "end of input"
-    report = StreamReport(backend=backend.describe(), stopped=reason["why"])
-    report.seconds = seconds
-    report.frames = sum(s.written for s in states)
-    report.fps = report.frames / seconds if seconds > 0 else 0.0
-    report.drops = sum(inq.drops)
-    report.batch_mean = float(np.mean(batch_sizes)) if batch_sizes else 0.0
-    report.queue_max = {"in": sum(inq.max_depth), "out": sum(s.out_max for s in states)}
-    if rss:
-        report.rss_mb = {"first": round(rss[0], 1), "last": round(rss[-1], 1), "max": round(max(rss), 1),
-                         "samples": len(rss)}
-    for stage in STAGES:
-        recs = [infer_lat] if stage == "infer" else [s.lat[stage] for s in states]
-        report.latency[stage] = Latency.of([r.samples() for r in recs])
-    for i, s in enumerate(states):
-        report.sources.append(SourceReport(
-            name=s.src.name, outputs=[k.name for k in s.sinks if type(k) is not NullSink],
-            width=s.src.info.width, height=s.src.info.height, live=s.src.live, frames=s.written,
-            fps=s.written / seconds if seconds > 0 else 0.0, drops=inq.drops[i],
-            decode_errors=s.src.decode_errors, reconnects=s.reconnects, e2e=Latency.of(s.lat["e2e"].samples()),
-            error=s.error))
-    return report
+    return StreamPipeline(backend, sources, outputs, options, stop_event=stop_event, log=log).run()
 
 
-def _open(spec, fps, timeout: float, reconnect: bool, stop: threading.Event, log) -> Source:
-    """Open a source; with ``reconnect``, a network source that is not up yet is retried with backoff."""
-    from .sources import NETWORK_SCHEMES
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
 
+
+def _open_with_retry(spec, opts: StreamOptions, stop: threading.Event, log) -> Source:
+    """Open a source; with ``reconnect``, a network source that is not up yet is retried with backoff
+    (never a :class:`SourceSpecError`: an unknown scheme or a missing file will not come up)."""
     network = "://" in str(spec) and str(spec).split("://")[0].lower() in NETWORK_SCHEMES
-    delay = 0.25
+    delay = BACKOFF_FIRST_S
     while True:
         try:
-            return open_source(spec, fps=fps, timeout=timeout)
+            return open_source(spec, fps=opts.fps, timeout=opts.stall_timeout)
+        except SourceSpecError:
+            raise
         except RtsegError as e:
-            if not (reconnect and network) or "unknown source scheme" in str(e):
+            if not (opts.reconnect and network):
                 raise
             log(f"{e}; retrying in {delay:g} s")
             if stop.wait(delay):
                 raise
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, BACKOFF_MAX_S)
 
 
-def _request_stop(stop: threading.Event, reason: dict, why: str) -> None:
-    if reason["why"] is None:
-        reason["why"] = why
-    stop.set()
-
-
-def _out_put(st: _SourceState, item, cap: int | None, abort: threading.Event) -> None:
-    with st.out_cond:
-        while cap is not None and len(st.out_q) >= cap and not abort.is_set():
-            st.out_cond.wait(0.1)
-        st.out_q.append(item)
-        st.out_max = max(st.out_max, len(st.out_q))
-        st.out_cond.notify_all()
-
-
-def _pop_out(st: _SourceState):
-    """Block until the source's output queue has an item; pop it and wake a waiting producer."""
-    with st.out_cond:
-        while not st.out_q:
-            st.out_cond.wait(0.1)
-        it = st.out_q.popleft()
-        st.out_cond.notify_all()
-    return it
-
-
-def _drain_out(st: _SourceState) -> None:
-    """After a sink failure: keep consuming (so the batcher never blocks) until EOS."""
-    while _pop_out(st) is not _EOS:
-        pass
-
-
-def _mux_audio(st: _SourceState, sinks: list, up_to_s: float) -> None:
-    """Copy queued audio packets that start at or before ``up_to_s`` (s; ``inf``: all) into the sinks."""
-    q = st.audio
-    while q:
-        pkt = q[0]
-        if pkt.pts is not None and float(pkt.pts * pkt.time_base) > up_to_s:
-            break
-        q.popleft()
-        for s in sinks:  # mux() references the packet, so one object serves every sink
-            s.write_audio(pkt)
-
-
-def _map_outputs(outputs, sources: list[Source], **kw) -> list[list[Sink]]:
-    """Assign ``--output`` entries to sources (see :func:`run_stream`)."""
+def _map_outputs(outputs: list, sources: list[Source], opts: StreamOptions) -> list[list[Sink]]:
+    """Assign ``--output`` entries to sources (see :class:`StreamPipeline`)."""
     n = len(sources)
     outs = list(outputs or [])
     if not outs:
         return [[NullSink()] for _ in range(n)]
-
-    def build(o, i):
-        if isinstance(o, Sink):
-            return o
-        s = str(o)
-        if "{" in s:
-            stem = Path(sources[i].name).stem if "://" not in sources[i].name else f"src{i}"
-            s = s.replace("{i}", str(i)).replace("{name}", stem)
-        return make_sink(s, **kw)
-
     if n == 1:
-        return [[build(o, 0) for o in outs]]
+        return [[_build_sink(o, sources[0], 0, opts) for o in outs]]
     if all(isinstance(o, (str, os.PathLike)) and ("{i}" in str(o) or "{name}" in str(o)) for o in outs):
-        return [[build(o, i) for o in outs] for i in range(n)]
+        return [[_build_sink(o, sources[i], i, opts) for o in outs] for i in range(n)]
     if len(outs) == n:
-        return [[build(o, i)] for i, o in enumerate(outs)]
+        return [[_build_sink(o, sources[i], i, opts)] for i, o in enumerate(outs)]
     raise RtsegError(f"{n} sources but {len(outs)} outputs; give one --output per source (in order), "
                      f"or one output containing {{i}} or {{name}}, e.g. --output 'out_{{i}}.mp4'")
+
+
+def _build_sink(o, src: Source, i: int, opts: StreamOptions) -> Sink:
+    """An output entry of source ``i``: a ``Sink`` object as is, a string through :func:`make_sink`."""
+    if isinstance(o, Sink):
+        return o
+    s = str(o)
+    if "{" in s:
+        stem = Path(src.name).stem if "://" not in src.name else f"src{i}"
+        s = s.replace("{i}", str(i)).replace("{name}", stem)
+    return make_sink(s, codec=opts.codec, preset=opts.preset, crf=opts.crf)
 
 
 def _close_all(sinks: list[Sink], sources: list[Source]) -> None:
@@ -697,4 +986,4 @@ def _short(e: BaseException) -> str:
     return s[:200] if s else type(e).__name__
 
 
-__all__ = ["run_stream"]
+__all__ = ["StreamFrame", "StreamOptions", "StreamPipeline", "run_stream"]

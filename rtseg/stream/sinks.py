@@ -19,6 +19,10 @@ encoded output keeps the input's timestamps (and so its frame count, frame rate 
 Network sinks use ``tune=zerolatency`` (no B-frames, no look-ahead), a key frame every second and,
 for non-live sources, are paced to the stream clock (like ``ffmpeg -re``) so receivers are not
 flooded.
+
+To add an output, subclass :class:`Sink`, implement :meth:`Sink.write` (optionally ``open`` and
+``close``) and pass the object in ``outputs``; capabilities are declared on the class
+(``accepts_audio``, ``writes_frames``, ``notes``, ``has_audio``, ``set_pacing``).
 """
 
 from __future__ import annotations
@@ -45,14 +49,37 @@ _PICT_NONE = 0
 
 
 class Sink(ABC):
-    """Base class: ``open(info, audio)`` once, ``write(frame)`` per frame, ``write_audio(packet)``,
-    ``close()`` (flush + finalise; idempotent). ``accepts_audio`` tells whether audio is copied."""
+    """Base class of every stream output.
+
+    Life cycle: :meth:`open` once (before the first frame), :meth:`write` per frame (``av.VideoFrame``
+    ``yuv420p`` of ``info.width``×``info.height`` pixels whose ``pts``/``time_base`` are the
+    source's), :meth:`write_audio` per audio packet (only when ``accepts_audio`` and ``has_audio``),
+    :meth:`close` at the end (flush + finalise; idempotent). :meth:`write` runs in the source's
+    sink thread; an exception there stops the stream (the outputs are still finalised).
+
+    Declared capabilities (class attributes / properties the pipeline reads):
+
+    * ``accepts_audio``: the sink can copy the source's audio packets;
+    * ``has_audio``: an audio stream was opened (after :meth:`open`);
+    * ``writes_frames``: the sink wants frames (``False`` for :class:`NullSink`: the pipeline then
+      skips it and leaves it out of the report's outputs);
+    * ``notes``: one-line hints for the user, logged once after :meth:`open`;
+    * ``on_quit``: set by the pipeline to a callable that stops the stream gracefully (a display
+      calls it when its window is closed); ``None`` until then.
+
+    To add an output: subclass, implement :meth:`write`, optionally :meth:`open`/:meth:`close`,
+    and pass the object in ``outputs`` of :func:`rtseg.stream.run_stream`.
+    """
 
     accepts_audio = False
+    writes_frames = True
     name = "sink"
-    notes: list[str] = []  # one-line hints for the user, printed when the sink opens
+    notes: tuple[str, ...] | list[str] = ()
+    on_quit = None
 
     def open(self, info: VideoInfo, audio=None, *, live: bool = False) -> None:
+        """Prepare for frames of ``info`` (pixels, timing); ``audio``: the input audio stream or
+        ``None``; ``live``: the source is live. Raises RtsegError when the output cannot be opened."""
         self.info = info
 
     @abstractmethod
@@ -60,16 +87,26 @@ class Sink(ABC):
         """Encode/store one frame."""
 
     def write_audio(self, packet: av.Packet) -> None:
-        pass
+        """Copy one audio packet (its ``pts`` in the packet's ``time_base``)."""
 
     def close(self) -> None:
-        pass
+        """Flush and finalise (idempotent)."""
+
+    @property
+    def has_audio(self) -> bool:
+        """True when :meth:`open` opened an audio stream to copy the source's packets into."""
+        return False
+
+    def set_pacing(self, pace: bool) -> None:
+        """Ask the sink to send frames at the stream's own rate (like ``ffmpeg -re``); only network
+        sinks pace, the others ignore it. The pipeline paces the outputs of non-live sources."""
 
 
 class NullSink(Sink):
     """Discards frames (``--no-output``; ``rtseg bench`` measures the pipeline with it)."""
 
     name = "null"
+    writes_frames = False
 
     def write(self, frame: av.VideoFrame) -> None:
         pass
@@ -157,7 +194,7 @@ class EncodedSink(Sink):
         self.container = None
         self.vstream = None
         self.astream = None
-        self.audio_note = None
+        self.notes: list[str] = []
         self.frames = 0
         self._last_pts = None
         self._closed = False
@@ -200,7 +237,7 @@ class EncodedSink(Sink):
             try:
                 self.astream = self.container.add_stream_from_template(audio)
             except (ValueError, av.error.FFmpegError) as e:
-                self.audio_note = f"audio not copied to {self.target}: {_short(e)}"
+                self.notes.insert(0, f"audio not copied to {self.target}: {_short(e)}")
                 self.astream = None
         if self.format:  # network: connect now, so a refused connection is an error before streaming
             try:
@@ -209,6 +246,11 @@ class EncodedSink(Sink):
                 self.container = None
                 raise RtsegError(f"cannot open output {self.target} ({_short(e)}); check that the receiver/server is "
                                  f"running and the URL is right") from None
+
+    @property
+    def has_audio(self) -> bool:
+        """True when the source's audio stream was added to the output (copied packet by packet)."""
+        return self.astream is not None
 
     def write(self, frame: av.VideoFrame) -> None:
         """Encode + mux one ``yuv420p`` frame (its ``pts`` in its ``time_base``)."""
@@ -293,6 +335,11 @@ class NetworkSink(EncodedSink):
                           f"c=IN IP4 {u.hostname} / t=0 0 / m=video {u.port} RTP/AVP 33 / a=rtpmap:33 MP2T/90000' "
                           f"(one line each; ffplay -protocol_whitelist file,udp,rtp -i stream.sdp)"]
 
+    def set_pacing(self, pace: bool) -> None:
+        """Send frames at the stream's own rate (``True`` for file sources, so receivers are not
+        flooded; ``False`` for live sources, which are paced by their input)."""
+        self.pace = pace
+
 
 class ImageFolderSink(Sink):
     """One image per frame: ``folder/000000.png`` ... or a printf pattern ``folder/%06d.jpg``.
@@ -320,7 +367,8 @@ class ImageFolderSink(Sink):
 
 
 class DisplaySink(Sink):
-    """An OpenCV window (``--show``); pressing q or Esc stops the stream.
+    """An OpenCV window (``--show``); pressing q or Esc calls :attr:`Sink.on_quit` (the pipeline's
+    graceful stop, reported as ``"display closed"``).
 
     Raises:
         RtsegError: no display (``$DISPLAY``/``$WAYLAND_DISPLAY`` unset) or OpenCV without GUI
@@ -333,7 +381,6 @@ class DisplaySink(Sink):
         import cv2
 
         self.title = title
-        self.on_quit = None
         if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
             raise RtsegError("--show needs a display but $DISPLAY is not set; run on a desktop or write a file with --output")
         try:

@@ -17,7 +17,12 @@ in ``yuv420p`` (other pixel formats are converted once, here) carrying their pre
 ``pts`` in ``time_base`` units, and, when the input has audio, the first audio stream's *packets*
 untouched (``av.Packet``, passed through to file sinks without re-encoding).
 
-Every user error is an :class:`rtseg.errors.RtsegError` with one line (problem + fix).
+Every user error is an :class:`rtseg.errors.RtsegError` with one line (problem + fix); a spec
+that can never open (unknown scheme, missing file or camera, empty folder) raises its subclass
+:class:`SourceSpecError`, which is never worth retrying.
+
+To add a source, subclass :class:`Source`: set ``live``/``network`` (and ``can_loop`` when it can
+replay itself), fill ``info`` in :meth:`Source.open` and yield :class:`Item` s from :meth:`Source.read`.
 """
 
 from __future__ import annotations
@@ -38,6 +43,12 @@ import av
 import numpy as np
 
 from ..errors import RtsegError
+
+
+class SourceSpecError(RtsegError):
+    """A ``--source`` that can never open as given (unknown scheme, missing file, missing camera,
+    empty folder or glob): retrying it is pointless, unlike a network source that is not up yet."""
+
 
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtp", "udp", "srt", "tcp", "rtmp", "rtmps", "http", "https")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -77,8 +88,20 @@ class Item:
 
 
 class Source(ABC):
-    """Base class. Subclasses set ``name``, ``live``, ``network`` and, after :meth:`open`, ``info``
-    (:class:`VideoInfo`) and ``audio`` (the input ``av.AudioStream`` to copy, or ``None``).
+    """Base class of every stream input.
+
+    What a source can do is declared, not guessed by the pipeline:
+
+    * ``live`` (bool): frames arrive in real time (cameras, network streams); under backpressure
+      the pipeline drops the oldest queued frame instead of blocking the reader, and rebases the
+      timestamps to start at 0;
+    * ``network`` (bool): a network input, reopened with backoff on failure when ``reconnect`` is on;
+    * ``can_loop`` (bool): :meth:`set_loop` can replay it (seekable video files only).
+
+    Subclasses set ``name`` and, after :meth:`open`, ``info`` (:class:`VideoInfo`) and ``audio``
+    (the input ``av.AudioStream`` to copy, or ``None``); :meth:`read` yields :class:`Item` s whose
+    video frames are ``av.VideoFrame`` ``yuv420p`` of ``info.width``×``info.height`` pixels with
+    ``pts`` in ``time_base`` units.
 
     Raises (open/read):
         RtsegError: the input is missing, unreadable, or has no video.
@@ -86,6 +109,7 @@ class Source(ABC):
 
     live = False
     network = False
+    can_loop = False
 
     def __init__(self, spec: str):
         self.spec = spec
@@ -107,6 +131,16 @@ class Source(ABC):
 
     def interrupt(self) -> None:
         """Ask a blocking :meth:`read` to return soon (called from another thread on stop)."""
+
+    def set_loop(self, passes: int) -> None:
+        """Read the input ``passes`` times (``--loop``; 0 = until stopped), timestamps continuing.
+
+        Raises:
+            RtsegError: ``passes`` ≠ 1 on a source whose ``can_loop`` is false (cameras, network
+                streams, lavfi graphs, image folders).
+        """
+        if passes != 1 and not self.can_loop:
+            raise RtsegError(f"--loop applies to video files, not {self.name}; drop --loop for live sources")
 
 
 def _even(n: int) -> int:
@@ -148,6 +182,21 @@ class AVSource(Source):
         self.container = None
         self.vstream = None
         self._interrupted = False
+
+    @property
+    def can_loop(self) -> bool:  # type: ignore[override]
+        """True for a seekable video file (not a camera, network stream or lavfi graph)."""
+        return not self.live and not self.network and self.format is None
+
+    def set_loop(self, passes: int) -> None:
+        """Read the file ``passes`` times (0 = until stopped); audio is not copied when looping.
+
+        Raises:
+            RtsegError: ``passes`` ≠ 1 and the input is not a video file.
+        """
+        super().set_loop(passes)
+        if passes != 1:
+            self.loop, self.audio = int(passes), None
 
     def open(self) -> None:
         self._interrupted = False
@@ -376,7 +425,9 @@ def open_source(spec: str | os.PathLike, *, fps: float | None = None, timeout: f
         The opened source (``info`` set).
 
     Raises:
-        RtsegError: missing file, unreadable video, missing camera, unknown scheme, empty folder.
+        SourceSpecError: unknown scheme, missing file or camera, empty folder or glob (never
+            worth retrying).
+        RtsegError: unreadable video, a network stream that does not answer (may come up later).
     """
     src = _make_source(str(spec), fps=fps, timeout=timeout)
     src.open()
@@ -387,21 +438,21 @@ def _make_source(spec: str, *, fps: float | None, timeout: float) -> Source:
     if spec.startswith("lavfi:"):
         graph = spec[len("lavfi:"):]
         if not graph:
-            raise RtsegError("lavfi: needs a filter graph, e.g. lavfi:testsrc2=size=1280x720:rate=30")
+            raise SourceSpecError("lavfi: needs a filter graph, e.g. lavfi:testsrc2=size=1280x720:rate=30")
         return AVSource(spec, graph, format="lavfi")
     idx = _camera_index(spec)
     if idx is not None:
         dev = f"/dev/video{idx}"
         if not os.path.exists(dev):
-            raise RtsegError(f"{spec} not found ({dev} does not exist); connect a camera, check 'ls /dev/video*', "
-                             f"or pass a video file or URL with --source")
+            raise SourceSpecError(f"{spec} not found ({dev} does not exist); connect a camera, check 'ls /dev/video*', "
+                                   f"or pass a video file or URL with --source")
         return _CameraSource(spec, dev, idx, fps)
     scheme = urlparse(spec).scheme.lower()
     if "://" in spec:
         if scheme not in NETWORK_SCHEMES and scheme != "file":
-            raise RtsegError(f"unknown source scheme {scheme + '://'!r} in {spec}; use a file, cameraN, "
-                             f"{', '.join(s + '://' for s in ('rtsp', 'rtp', 'udp', 'srt', 'tcp', 'rtmp', 'http', 'https'))} "
-                             f"an image folder or lavfi:GRAPH")
+            raise SourceSpecError(f"unknown source scheme {scheme + '://'!r} in {spec}; use a file, cameraN, "
+                                   f"{', '.join(s + '://' for s in ('rtsp', 'rtp', 'udp', 'srt', 'tcp', 'rtmp', 'http', 'https'))} "
+                                   f"an image folder or lavfi:GRAPH")
         if scheme == "file":
             return _make_source(urlparse(spec).path, fps=fps, timeout=timeout)
         path = urlparse(spec).path.lower()
@@ -417,17 +468,17 @@ def _make_source(spec: str, *, fps: float | None, timeout: float) -> Source:
     if any(ch in spec for ch in "*?["):
         files = sorted(Path(f) for f in glob.glob(spec) if f.lower().endswith(IMAGE_EXTS))
         if not files:
-            raise RtsegError(f"no images match {spec}; check the pattern (e.g. 'frames/*.png')")
+            raise SourceSpecError(f"no images match {spec}; check the pattern (e.g. 'frames/*.png')")
         return ImageFolderSource(spec, files, fps)
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
         if not files:
-            raise RtsegError(f"folder {spec} holds no images ({', '.join(IMAGE_EXTS)}); pass a video file or a folder of frames")
+            raise SourceSpecError(f"folder {spec} holds no images ({', '.join(IMAGE_EXTS)}); pass a video file or a folder of frames")
         return ImageFolderSource(spec, files, fps)
     if not p.exists():
-        raise RtsegError(f"video file {spec} does not exist; check the path (or use cameraN, a URL, a folder or lavfi:GRAPH)")
+        raise SourceSpecError(f"video file {spec} does not exist; check the path (or use cameraN, a URL, a folder or lavfi:GRAPH)")
     if not os.access(p, os.R_OK):
-        raise RtsegError(f"video file {spec} is not readable (permission denied); fix its permissions")
+        raise SourceSpecError(f"video file {spec} is not readable (permission denied); fix its permissions")
     return AVSource(spec, str(p))
 
 
