@@ -1,44 +1,31 @@
-"""EUNet (docs/networks.md §2): exact parameter counts, shapes, input checks, the phase trick."""
+"""EUNet (docs/networks.md §2): per-module parameter counts, widths, the phase trick.
+
+The contract (shapes, input checks, ONNX, total counts) is tested for every entry in test_model_contract.py."""
 
 import pytest
 import torch
 
-from rtseg.models import EUNet, count_parameters, create_model, list_models
+from rtseg.models import EUNet, count_parameters, create_model
 from rtseg.models.eunet import LKA, dilated_dwconv_by_phases
 
 
-def test_eunet_parameter_count_matches_spec():
-    m = create_model("eunet", num_classes=1)
-    assert count_parameters(m) == 4_564_511
+def test_eunet_per_module_parameters_match_spec():
+    m = create_model("eunet", num_classes=1)  # 4,564,511 in total: tests/test_model_contract.py
     # per-module breakdown of §2.2 (C = 1)
     parts = [m.stem, m.down1, m.down2, m.down3, m.up1, m.up2, m.up3, m.head]
     assert [count_parameters(p) for p in parts] == [222, 94_976, 353_792, 1_362_944, 1_363_200, 1_100_928, 288_320, 129]
+    assert sum(count_parameters(p) for p in parts) == count_parameters(m)
 
 
-def test_eunet_s_and_widths():
-    s = create_model("eunet-s")
-    assert s.widths == [32, 64, 128, 256]
-    assert count_parameters(s) == 1_196_831
+def test_eunet_widths_and_class_attributes():
+    assert create_model("eunet-s").widths == [32, 64, 128, 256]
     tiny = create_model("eunet", widths=[8, 16, 32, 64], num_classes=3)
-    assert tiny.widths == [8, 16, 32, 64]
-    assert "eunet" in list_models() and "eunet-s" in list_models()
-
-
-def test_eunet_output_shape_and_logits():
-    m = create_model("eunet-s", widths=[8, 16, 32, 64], num_classes=2).eval()
-    x = torch.randn(2, 3, 64, 96)
-    with torch.no_grad():
-        y = m(x)
-    assert y.shape == (2, 2, 64, 96) and y.dtype == torch.float32
-    assert (y < 0).any() and (y > 0).any()  # logits, not probabilities
+    assert tiny.widths == [8, 16, 32, 64] and tiny.head.out_channels == 3
+    with pytest.raises(ValueError, match="four positive ints"):
+        EUNet(widths=[8, 16, 32])
+    # §2.3: the original training script's normalisation, not ImageNet's
     assert EUNet.input_multiple == 8 and EUNet.output_activation == "sigmoid"
-
-
-@pytest.mark.parametrize("shape", [(1, 3, 60, 64), (1, 3, 64, 66), (1, 1, 64, 64)])
-def test_eunet_rejects_bad_input(shape):
-    m = create_model("eunet-s", widths=[8, 16, 32, 64]).eval()
-    with pytest.raises(ValueError, match="EUNet"):
-        m(torch.randn(*shape))
+    assert EUNet.default_mean == (0.471, 0.448, 0.408) and EUNet.default_std == (0.234, 0.239, 0.242)
 
 
 @pytest.mark.parametrize("hw", [(24, 24), (40, 56), (17, 31)])

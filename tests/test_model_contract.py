@@ -55,13 +55,15 @@ def check_attributes(model: torch.nn.Module, size: tuple[int, int]) -> None:
 
 
 def check_eval_logits(model: SegModel, size: tuple[int, int], num_classes: int) -> None:
-    """``eval()`` returns one logits tensor ``float32[N, C, H, W]`` at the input resolution."""
+    """``eval()`` returns one logits tensor ``float32[N, C, H, W]`` at the input resolution, for the
+    test size and for a non-square size one ``input_multiple`` wider."""
     model.eval()
-    with torch.no_grad():
-        y = model(noise_input(size))
-    assert isinstance(y, torch.Tensor), f"eval output is {type(y).__name__}, expected one tensor"
-    assert tuple(y.shape) == (2, num_classes, *size) and y.dtype == torch.float32
-    assert torch.isfinite(y).all()
+    for hw in (size, (size[0], size[1] + model.input_multiple)):
+        with torch.no_grad():
+            y = model(noise_input(hw))
+        assert isinstance(y, torch.Tensor), f"eval output is {type(y).__name__}, expected one tensor"
+        assert tuple(y.shape) == (2, num_classes, *hw) and y.dtype == torch.float32
+        assert torch.isfinite(y).all()
 
 
 def check_bad_input(model: SegModel, size: tuple[int, int]) -> None:
