@@ -29,7 +29,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from rtseg.errors import RtsegError
-from rtseg.export.tensorrt_build import TRT_MISSING, build_tensorrt_engine, fp16_onnx
+from rtseg.export.tensorrt_build import TRT_MISSING, TensorRTBuildOptions, build_tensorrt_engine, fp16_onnx
 from rtseg.export.trt_onnx_check import (
     TRT_SUPPORTED_OPS,
     TRT_UNSUPPORTED_OPS,
@@ -340,6 +340,9 @@ META = {
     "format": "rtseg-engine/1", "backend": "tensorrt", "backend_version": "10.3.0", "precision": "fp16",
     "device": {"type": "cuda", "name": "NVIDIA A10", "compute_capability": "8.6"},
     "engine_file": "model.engine", "batch": {"min": 1, "opt": 1, "max": 8},
+    "input": {"name": "input", "shape": [-1, 3, *HW], "dtype": "float32", "layout": "NCHW"},
+    "output": {"name": "logits", "shape": [-1, 2, *HW], "dtype": "float32"},
+    "model": {"model": "eunet-s", "num_classes": 2, "input_size": list(HW)},
     "checkpoint": {"path": "runs/eunet-s", "sha256": "0" * 64},
     "build": {"version_compatible": False, "hardware_compatibility_level": "none"},
 }
@@ -415,18 +418,18 @@ def test_load_engine_without_tensorrt_is_one_clear_error(tmp_path):
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
 def test_build_without_tensorrt_is_one_clear_error(eunet_onnx, tmp_path):
     with pytest.raises(RtsegError) as e:
-        build_tensorrt_engine(eunet_onnx, tmp_path / "e", "fp16", input_hw=HW)
+        build_tensorrt_engine(eunet_onnx, tmp_path / "e", "fp16", TensorRTBuildOptions(input_hw=HW))
     assert str(e.value) == TRT_MISSING
     assert not (tmp_path / "e").exists()
 
 
 def test_build_validates_options_before_anything_else(eunet_onnx, tmp_path):
     cases = [dict(precision="int4"), dict(min_batch=4, opt_batch=2), dict(max_batch=0),
-             dict(hardware_compatibility_level="turing_plus"), dict(workspace_mb=0)]
+             dict(hardware_compatibility_level="turing_plus"), dict(workspace_mb=0), dict(input_hw=None)]
     for case in cases:
         kw = {"precision": "fp16", "input_hw": HW, **case}
         with pytest.raises(RtsegError) as e:
-            build_tensorrt_engine(eunet_onnx, tmp_path / "e", kw.pop("precision"), **kw)
+            build_tensorrt_engine(eunet_onnx, tmp_path / "e", kw.pop("precision"), TensorRTBuildOptions(**kw))
         assert "TensorRT is not installed" not in str(e.value)
 
 
@@ -454,12 +457,18 @@ class _Enum:
         self.__dict__.update(members)
 
 
-def _fake_tensorrt(version: str, *, plan: bytes | None = b"PLAN", parse_ok: bool = True):
+def _fake_tensorrt(version: str, *, plan: bytes | None = b"PLAN", parse_ok: bool = True, cache_fits: bool = True):
     """A stand-in for the ``tensorrt`` module with only the API rtseg may use on ``version``
-    (TensorRT 11 has no BuilderFlag.FP16/INT8 and ignores STRONGLY_TYPED). Records every call."""
+    (TensorRT 11 has no BuilderFlag.FP16/INT8 and ignores STRONGLY_TYPED; HardwareCompatibilityLevel
+    has SAME_COMPUTE_CAPABILITY only from TensorRT 10.9). Records every call.
+
+    ``cache_fits=False``: a non-empty timing cache comes from another GPU, so ``set_timing_cache``
+    returns False and attaches nothing (``get_timing_cache()`` then returns None), as the real
+    bindings do; an empty (fresh) cache always fits."""
     import types
 
     major = int(version.split(".")[0])
+    minor = int(version.split(".")[1])
     calls: list[tuple] = []
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
@@ -470,7 +479,10 @@ def _fake_tensorrt(version: str, *, plan: bytes | None = b"PLAN", parse_ok: bool
     trt.BuilderFlag = _Enum(**flags)
     trt.NetworkDefinitionCreationFlag = _Enum(STRONGLY_TYPED=1)
     trt.MemoryPoolType = _Enum(WORKSPACE=0)
-    trt.HardwareCompatibilityLevel = _Enum(NONE=0, AMPERE_PLUS=1, SAME_COMPUTE_CAPABILITY=2)
+    levels = dict(NONE=0, AMPERE_PLUS=1)
+    if (major, minor) >= (10, 9):
+        levels.update(SAME_COMPUTE_CAPABILITY=2)
+    trt.HardwareCompatibilityLevel = _Enum(**levels)
     trt.DataType = _Enum(FLOAT="DataType.FLOAT", HALF="DataType.HALF")
 
     class Logger:
@@ -528,12 +540,16 @@ def _fake_tensorrt(version: str, *, plan: bytes | None = b"PLAN", parse_ok: bool
             calls.append(("set_shape", input, tuple(min), tuple(opt), tuple(max)))
 
     class TimingCache:
+        def __init__(self, blob):
+            self.blob = blob
+
         def serialize(self):
             return b"CACHE"
 
     class Config:
         def __init__(self):
             self.flags, self.hardware_compatibility_level = set(), trt.HardwareCompatibilityLevel.NONE
+            self.timing_cache = None
 
         def set_memory_pool_limit(self, pool, pool_size):
             calls.append(("set_memory_pool_limit", pool, pool_size))
@@ -551,14 +567,17 @@ def _fake_tensorrt(version: str, *, plan: bytes | None = b"PLAN", parse_ok: bool
 
         def create_timing_cache(self, serialized_timing_cache):
             calls.append(("create_timing_cache", bytes(serialized_timing_cache)))
-            return TimingCache()
+            return TimingCache(bytes(serialized_timing_cache))
 
         def set_timing_cache(self, cache, ignore_mismatch):
             calls.append(("set_timing_cache", ignore_mismatch))
+            if not (cache_fits or ignore_mismatch or cache.blob == b""):
+                return False  # the cache's CUDA device properties differ from this GPU's
+            self.timing_cache = cache
             return True
 
         def get_timing_cache(self):
-            return TimingCache()
+            return self.timing_cache
 
     class Builder:
         def __init__(self, logger):
@@ -611,8 +630,8 @@ def test_builder_call_sequence_fp16(fake_trt, eunet_onnx, tmp_path, version):
     out = tmp_path / "tensorrt-fp16"
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"OLD")
-    res = build_tensorrt_engine(eunet_onnx, out, "fp16", input_hw=HW, min_batch=1, opt_batch=2, max_batch=4,
-                                workspace_mb=512, timing_cache=cache)
+    res = build_tensorrt_engine(eunet_onnx, out, "fp16", TensorRTBuildOptions(
+        input_hw=HW, min_batch=1, opt_batch=2, max_batch=4, workspace_mb=512, timing_cache=cache))
     assert (out / "model.engine").read_bytes() == b"PLAN"
     assert cache.read_bytes() == b"CACHE"
     assert _call(trt, "create_timing_cache") == [("create_timing_cache", b"OLD")]
@@ -642,8 +661,8 @@ def test_builder_call_sequence_fp16(fake_trt, eunet_onnx, tmp_path, version):
 def test_builder_call_sequence_int8_and_options(fake_trt, eunet_onnx, tmp_path, version):
     trt = fake_trt(version)
     qdq = _ort_quantize(eunet_onnx, tmp_path / "model.qdq.onnx")
-    res = build_tensorrt_engine(qdq, tmp_path / "e", "int8", input_hw=HW, version_compatible=True,
-                                hardware_compatibility_level="ampere_plus")
+    res = build_tensorrt_engine(qdq, tmp_path / "e", "int8", TensorRTBuildOptions(
+        input_hw=HW, version_compatible=True, hardware_compatibility_level="ampere_plus"))
     strongly = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if version.startswith("10") else 0
     assert _call(trt, "create_network") == [("create_network", strongly)]
     (build,) = _call(trt, "build")
@@ -656,22 +675,60 @@ def test_builder_call_sequence_int8_and_options(fake_trt, eunet_onnx, tmp_path, 
 def test_builder_refuses_bad_inputs_with_fake_tensorrt(fake_trt, eunet_onnx, tmp_path):
     fake_trt("10.3.0")
     with pytest.raises(RtsegError, match="no Q/DQ nodes"):
-        build_tensorrt_engine(eunet_onnx, tmp_path / "a", "int8", input_hw=HW)
+        build_tensorrt_engine(eunet_onnx, tmp_path / "a", "int8", TensorRTBuildOptions(input_hw=HW))
     with pytest.raises(RtsegError, match="not .N, 3, 32, 32."):
-        build_tensorrt_engine(eunet_onnx, tmp_path / "b", "fp32", input_hw=(32, 32))
+        build_tensorrt_engine(eunet_onnx, tmp_path / "b", "fp32", TensorRTBuildOptions(input_hw=(32, 32)))
     bad = _ort_quantize(eunet_onnx, tmp_path / "default.qdq.onnx", trt_friendly=False)
     with pytest.raises(RtsegError, match="not quantized the way TensorRT expects"):
-        build_tensorrt_engine(bad, tmp_path / "c", "int8", input_hw=HW)
+        build_tensorrt_engine(bad, tmp_path / "c", "int8", TensorRTBuildOptions(input_hw=HW))
     fake_trt("10.3.0", parse_ok=False)
     with pytest.raises(RtsegError, match="could not parse model.onnx: In node 3"):
-        build_tensorrt_engine(eunet_onnx, tmp_path / "d", "fp32", input_hw=HW)
+        build_tensorrt_engine(eunet_onnx, tmp_path / "d", "fp32", TensorRTBuildOptions(input_hw=HW))
     fake_trt("10.3.0", plan=None)
     with pytest.raises(RtsegError, match="failed to build"):
-        build_tensorrt_engine(eunet_onnx, tmp_path / "e", "fp32", input_hw=HW)
+        build_tensorrt_engine(eunet_onnx, tmp_path / "e", "fp32", TensorRTBuildOptions(input_hw=HW))
     fake_trt("8.6.1")
     with pytest.raises(RtsegError, match="too old"):
-        build_tensorrt_engine(eunet_onnx, tmp_path / "f", "fp32", input_hw=HW)
+        build_tensorrt_engine(eunet_onnx, tmp_path / "f", "fp32", TensorRTBuildOptions(input_hw=HW))
 
+
+
+def test_build_without_input_size_is_one_clear_error(eunet_onnx, tmp_path):
+    for options in (None, TensorRTBuildOptions()):
+        with pytest.raises(RtsegError, match="pass --img-size HxW"):
+            build_tensorrt_engine(eunet_onnx, tmp_path / "e", "fp16", options)
+    assert not (tmp_path / "e").exists()
+
+
+def test_timing_cache_from_another_gpu_is_replaced_by_a_fresh_one(fake_trt, eunet_onnx, tmp_path):
+    """set_timing_cache returns False for a cache of another device: one warning, a fresh cache, the
+    build goes on and the fresh cache replaces the file (no AttributeError on get_timing_cache())."""
+    trt = fake_trt("10.3.0", cache_fits=False)
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"OTHER-GPU")
+    out = tmp_path / "e"
+    with pytest.warns(RuntimeWarning, match="does not fit this GPU") as record:
+        res = build_tensorrt_engine(eunet_onnx, out, "fp32", TensorRTBuildOptions(input_hw=HW, timing_cache=cache))
+    assert len(record) == 1 and "\n" not in str(record[0].message) and str(cache) in str(record[0].message)
+    assert _call(trt, "create_timing_cache") == [("create_timing_cache", b"OTHER-GPU"), ("create_timing_cache", b"")]
+    assert _call(trt, "set_timing_cache") == [("set_timing_cache", False), ("set_timing_cache", False)]
+    assert (out / "model.engine").read_bytes() == b"PLAN"
+    assert cache.read_bytes() == b"CACHE"
+    assert res["build"]["timing_cache"] == str(cache)
+
+
+def test_same_compute_capability_needs_tensorrt_10_9(fake_trt, eunet_onnx, tmp_path):
+    fake_trt("10.8.0")
+    with pytest.raises(RtsegError, match=r"TensorRT 10\.8\.0 has no hardware compatibility level same_compute_capability "
+                                         r"\(it needs TensorRT ≥ 10\.9\)"):
+        build_tensorrt_engine(eunet_onnx, tmp_path / "a", "fp32",
+                              TensorRTBuildOptions(input_hw=HW, hardware_compatibility_level="same_compute_capability"))
+    trt = fake_trt("10.9.0")
+    res = build_tensorrt_engine(eunet_onnx, tmp_path / "b", "fp32",
+                                TensorRTBuildOptions(input_hw=HW, hardware_compatibility_level="same-compute-capability"))
+    (build,) = _call(trt, "build")
+    assert build[2] == trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
+    assert res["build"]["hardware_compatibility_level"] == "same_compute_capability"
 
 # -- 6. GPU: build, compare with ONNX Runtime, run every path -------------------------------------------
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -701,8 +758,8 @@ def gpu_engines(tmp_path_factory):
     folders = {}
     for precision, src in (("fp32", onnx_path), ("fp16", onnx_path), ("int8", qdq_path)):
         folder = root / f"tensorrt-{precision}"
-        entries = build_tensorrt_engine(src, folder, precision, input_hw=HW, min_batch=1, opt_batch=2, max_batch=4,
-                                        workspace_mb=1024, timing_cache=cache)
+        entries = build_tensorrt_engine(src, folder, precision, TensorRTBuildOptions(
+            input_hw=HW, min_batch=1, opt_batch=2, max_batch=4, workspace_mb=1024, timing_cache=cache))
         meta = {"format": "rtseg-engine/1", **entries, "onnx_file": src.name, "model": model_meta,
                 "checkpoint": {"path": "test", "sha256": None}}
         (folder / "engine.json").write_text(json.dumps(meta))
@@ -784,8 +841,8 @@ def test_gpu_version_compatible_engine_and_refusal(gpu_engines):
     from rtseg.runtime import load_engine
 
     folder = gpu_engines["root"] / "tensorrt-fp32-vc"
-    entries = build_tensorrt_engine(gpu_engines["onnx"], folder, "fp32", input_hw=HW, max_batch=2,
-                                    version_compatible=True, timing_cache=gpu_engines["cache"])
+    entries = build_tensorrt_engine(gpu_engines["onnx"], folder, "fp32", TensorRTBuildOptions(
+        input_hw=HW, max_batch=2, version_compatible=True, timing_cache=gpu_engines["cache"]))
     meta = {"format": "rtseg-engine/1", **entries, "model": {"num_classes": 2}, "checkpoint": {"path": "test"}}
     (folder / "engine.json").write_text(json.dumps(meta))
     be = load_engine(folder)

@@ -34,14 +34,18 @@ TensorRT API calls used here and where each was checked (search tool, docs corpu
   ``kWORKSPACE`` (C++ enum docs) and real use in NVIDIA/TensorRT samples (code corpus).
 * ``create_optimization_profile``, ``IOptimizationProfile.set_shape(name, min, opt, max)``,
   ``add_optimization_profile`` — C++ IBuilder/IBuilderConfig member lists (10.15, 11.4) and code corpus.
-* ``create_timing_cache(bytes)``, ``set_timing_cache(cache, ignore_mismatch)``,
-  ``get_timing_cache().serialize()`` — IBuilderConfig member list (10.14, 11.4.1: createTimingCache)
-  and code corpus.
+* ``create_timing_cache(bytes)``, ``set_timing_cache(cache, ignore_mismatch)`` (returns a bool:
+  False for a cache whose CUDA device properties differ from this GPU's),
+  ``get_timing_cache().serialize()`` (``None`` when no cache is attached) — IBuilderConfig member
+  list (10.14, 11.4.1: createTimingCache) and code corpus. A refused cache is replaced by a fresh
+  one (``RuntimeWarning``) and the fresh cache is written back.
 * ``BuilderFlag.VERSION_COMPATIBLE`` — "Version Compatibility" page (10.16.1) shows
   ``builder_config.set_flag(tensorrt.BuilderFlag.VERSION_COMPATIBLE)``; engines from 10 run on 11.
 * ``config.hardware_compatibility_level = HardwareCompatibilityLevel.AMPERE_PLUS`` /
   ``SAME_COMPUTE_CAPABILITY`` — HardwareCompatibilityLevel enum (kNONE, kAMPERE_PLUS,
-  kSAME_COMPUTE_CAPABILITY) and IBuilderConfig getHardwareCompatibilityLevel (10.14, 11.4.1).
+  kSAME_COMPUTE_CAPABILITY) and IBuilderConfig getHardwareCompatibilityLevel (10.14, 11.4.1);
+  kSAME_COMPUTE_CAPABILITY exists only from TensorRT 10.9 ("Added a new hardware compatibility
+  level, kSAME_COMPUTE_CAPABILITY" — 10.9.0 release notes), so older 10.x refuse it with an RtsegError.
 * ``BuilderFlag.TF32`` ("Allow ... TF32 ... Enabled by default") — BuilderFlag enum, still present
   in the 11.x flag list.
 
@@ -53,6 +57,8 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -193,32 +199,85 @@ def fp16_onnx(onnx_in: str | Path, onnx_out: str | Path, *, keep_io_types: bool 
 
 
 # -- build ----------------------------------------------------------------------------------------
-def _validate(precision, input_hw, min_batch, opt_batch, max_batch, workspace_mb, hardware_compatibility_level):
+#: The first TensorRT version with each hardware compatibility level (``kSAME_COMPUTE_CAPABILITY``:
+#: "Added a new hardware compatibility level" in the TensorRT 10.9.0 release notes).
+HARDWARE_LEVEL_SINCE = {"ampere_plus": "8.6", "same_compute_capability": "10.9"}
+
+
+@dataclass
+class TensorRTBuildOptions:
+    """Options of :func:`build_tensorrt_engine` (the CLI's ``--min-batch``, ``--workspace-mb``, ...).
+
+    Attributes:
+        input_hw: (H, W) in pixels; must equal the ONNX input's H and W. Required: ``None`` raises
+            :class:`~rtseg.errors.RtsegError` at build time.
+        min_batch, opt_batch, max_batch: the batch optimisation profile (1 ≤ min ≤ opt ≤ max).
+        workspace_mb: ``MemoryPoolType.WORKSPACE`` limit in MiB.
+        timing_cache: path of a TensorRT timing cache, read if present and written back after the
+            build (reused across builds of any model on the same GPU/TensorRT version). A cache
+            TensorRT refuses (made on another GPU) is replaced by a fresh one, with a
+            ``RuntimeWarning`` (``warnings.warn``).
+        version_compatible: set ``BuilderFlag.VERSION_COMPATIBLE`` (engine also runs on later
+            TensorRT versions; may be slower; loading then allows the embedded lean runtime).
+        hardware_compatibility_level: ``None``/``"none"``, ``"ampere_plus"`` (TensorRT ≥ 8.6) or
+            ``"same_compute_capability"`` (TensorRT ≥ 10.9).
+        fp16_onnx_path: an FP16 ONNX to use for ``precision="fp16"``; it is then built strongly
+            typed on TensorRT 10 as well. Default on TensorRT 11: converted with :func:`fp16_onnx`.
+        builder_optimization_level: ``IBuilderConfig.builder_optimization_level`` (0-5), default
+            TensorRT's (3).
+        verbose: TensorRT log level VERBOSE instead of WARNING.
+    """
+
+    input_hw: tuple[int, int] | None = None
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 8
+    workspace_mb: int = 4096
+    timing_cache: str | Path | None = None
+    version_compatible: bool = False
+    hardware_compatibility_level: str | None = None
+    fp16_onnx_path: str | Path | None = None
+    builder_optimization_level: int | None = None
+    verbose: bool = False
+
+
+@dataclass
+class _Network:
+    """Which ONNX TensorRT parses and how it is typed (see the module table)."""
+
+    onnx: Path
+    strongly_typed: bool = True
+    fp16_flag: bool = False
+
+
+def _validate(precision: str, o: TensorRTBuildOptions) -> tuple[tuple[int, int], str]:
+    """(H, W) and the normalised hardware compatibility level, or an RtsegError naming the option."""
     if precision not in PRECISIONS:
         raise RtsegError(f"TensorRT precision {precision!r} is not one of {', '.join(PRECISIONS)}; pass --precision fp16")
     try:
-        h, w = (int(v) for v in input_hw)
+        h, w = (int(v) for v in o.input_hw)
     except (TypeError, ValueError):
-        raise RtsegError(f"input size {input_hw!r} is not (H, W); pass --img-size HxW") from None
+        raise RtsegError(f"input size {o.input_hw!r} is not (H, W); pass --img-size HxW") from None
     if h <= 0 or w <= 0:
         raise RtsegError(f"input size {h}x{w} must be positive; pass --img-size HxW")
-    if not (1 <= int(min_batch) <= int(opt_batch) <= int(max_batch)):
-        raise RtsegError(f"batch profile min={min_batch} opt={opt_batch} max={max_batch} must satisfy "
+    if not (1 <= int(o.min_batch) <= int(o.opt_batch) <= int(o.max_batch)):
+        raise RtsegError(f"batch profile min={o.min_batch} opt={o.opt_batch} max={o.max_batch} must satisfy "
                          f"1 <= min <= opt <= max; fix --min-batch/--opt-batch/--max-batch")
-    if int(workspace_mb) <= 0:
-        raise RtsegError(f"workspace of {workspace_mb} MiB must be positive; pass --workspace-mb 4096")
-    level = "none" if hardware_compatibility_level in (None, "") else str(hardware_compatibility_level).lower().replace("-", "_")
+    if int(o.workspace_mb) <= 0:
+        raise RtsegError(f"workspace of {o.workspace_mb} MiB must be positive; pass --workspace-mb 4096")
+    given = o.hardware_compatibility_level
+    level = "none" if given in (None, "") else str(given).lower().replace("-", "_")
     if level not in HARDWARE_LEVELS:
-        raise RtsegError(f"hardware compatibility level {hardware_compatibility_level!r} is not one of "
+        raise RtsegError(f"hardware compatibility level {given!r} is not one of "
                          f"{', '.join(HARDWARE_LEVELS)}; fix --hardware-compatibility-level")
     return (h, w), level
 
 
 def _preflight(onnx_path: Path, precision: str, hw: tuple[int, int], batches: tuple[int, int, int]):
-    """TensorRT-free checks of the ONNX (operators, static dims, Q/DQ layout)."""
+    """TensorRT-free checks of the ONNX (operators, static dims, Q/DQ layout) → the input name."""
     import onnx
 
-    from .trt_onnx_check import has_qdq, non_batch_dynamic_dims, qdq_placement_issues, unsupported_ops
+    from .trt_onnx_check import non_batch_dynamic_dims, unsupported_ops
 
     if not onnx_path.is_file():
         raise RtsegError(f"ONNX file {onnx_path} does not exist; run 'rtseg export' (or 'rtseg calibrate' for int8) first")
@@ -240,19 +299,26 @@ def _preflight(onnx_path: Path, precision: str, hw: tuple[int, int], batches: tu
         raise RtsegError(f"{onnx_path.name} input is {dims}, not [N, 3, {hw[0]}, {hw[1]}]; re-export at --img-size {hw[1]}x{hw[0]}")
     if dims[0] > 0 and set(batches) != {dims[0]}:
         raise RtsegError(f"{onnx_path.name} has a fixed batch of {dims[0]}; re-export with a dynamic batch ('rtseg export')")
+    _check_quantization(model, onnx_path.name, precision)
+    return inp[0].name
+
+
+def _check_quantization(model, name: str, precision: str) -> None:
+    """int8 needs a Q/DQ graph laid out for TensorRT; fp32/fp16 need a graph without Q/DQ nodes."""
+    from .trt_onnx_check import has_qdq, qdq_placement_issues
+
     qdq = has_qdq(model)
     if precision == "int8":
         if not qdq:
-            raise RtsegError(f"{onnx_path.name} has no Q/DQ nodes; INT8 engines are built from the calibrated model.qdq.onnx "
+            raise RtsegError(f"{name} has no Q/DQ nodes; INT8 engines are built from the calibrated model.qdq.onnx "
                              f"— run 'rtseg calibrate' first")
         issues = qdq_placement_issues(model)
         if issues:
             more = f" (+{len(issues) - 1} more)" if len(issues) > 1 else ""
-            raise RtsegError(f"{onnx_path.name} is not quantized the way TensorRT expects: {issues[0]}{more}; "
+            raise RtsegError(f"{name} is not quantized the way TensorRT expects: {issues[0]}{more}; "
                              f"re-run 'rtseg calibrate'")
     elif qdq:
-        raise RtsegError(f"{onnx_path.name} is a Q/DQ graph; {precision} engines are built from the FP32 model.onnx")
-    return inp[0].name
+        raise RtsegError(f"{name} is a Q/DQ graph; {precision} engines are built from the FP32 model.onnx")
 
 
 def _atomic_write(path: Path, data) -> None:
@@ -265,34 +331,182 @@ def _dims_list(dims) -> list[int]:
     return [int(d) for d in dims]
 
 
-def build_tensorrt_engine(onnx_path: str | Path, out_dir: str | Path, precision: str, *,
-                          input_hw: tuple[int, int], min_batch: int = 1, opt_batch: int = 1, max_batch: int = 8,
-                          workspace_mb: int = 4096, timing_cache: str | Path | None = None,
-                          version_compatible: bool = False, hardware_compatibility_level: str | None = None,
-                          fp16_onnx_path: str | Path | None = None, builder_optimization_level: int | None = None,
-                          verbose: bool = False) -> dict[str, Any]:
+def _dtype_name(t) -> str:
+    """NumPy-style name of a TensorRT tensor's dtype (``DataType.HALF`` → ``"float16"``)."""
+    return {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "UINT8": "uint8",
+            "BOOL": "bool", "BF16": "bfloat16", "INT64": "int64"}.get(str(t.dtype).split(".")[-1], str(t.dtype))
+
+
+def _network_source(onnx_path: Path, out_dir: Path, precision: str, fp16_onnx_path, major: int) -> _Network:
+    """The graph to parse and its typing: fp32/int8 strongly typed on both majors (weak typing is
+    deprecated since 10.12); fp16 from an FP16 ONNX (given, or converted on 11) or the FP16 flag (10)."""
+    if precision != "fp16":
+        return _Network(onnx_path)
+    if fp16_onnx_path is not None:
+        network_onnx = Path(fp16_onnx_path)
+        if not network_onnx.is_file():
+            raise RtsegError(f"FP16 ONNX {network_onnx} does not exist; omit it to convert model.onnx automatically")
+        return _Network(network_onnx)
+    if major >= 11:
+        return _Network(fp16_onnx(onnx_path, out_dir / FP16_ONNX_FILE))
+    return _Network(onnx_path, strongly_typed=False, fp16_flag=True)
+
+
+def _parse_network(trt, builder, logger, net: _Network, major: int):
+    """Create the network definition and parse ``net.onnx`` into it.
+
+    Raises:
+        RtsegError: a parser error (the first one, on one line), or not exactly one input.
+    """
+    flags = 0
+    if net.strongly_typed and major < 11:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(net.onnx)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        first = " ".join(errors[0].split()) if errors else "no parser error recorded"
+        raise RtsegError(f"TensorRT {trt.__version__} could not parse {net.onnx.name}: {first}; "
+                         f"check the operator list (rtseg.export.trt_onnx_check) or use --backend onnxruntime")
+    if network.num_inputs != 1:
+        raise RtsegError(f"{net.onnx.name} parsed to {network.num_inputs} inputs; rtseg engines take one image tensor")
+    return network, parser
+
+
+def _set_flags(trt, config, o: TensorRTBuildOptions, level: str, fp16_flag: bool) -> None:
+    """Workspace, precision and compatibility flags, optimisation level.
+
+    Raises:
+        RtsegError: this TensorRT lacks the hardware compatibility level (``same_compute_capability``
+            needs TensorRT ≥ 10.9).
+    """
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(o.workspace_mb) << 20)
+    if fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # "fp32" means FP32 math; TF32 is on by default
+    if o.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if level != "none":
+        enum_name = level.upper()
+        hcl = getattr(trt, "HardwareCompatibilityLevel", None)
+        if hcl is None or not hasattr(hcl, enum_name):
+            raise RtsegError(f"TensorRT {trt.__version__} has no hardware compatibility level {level} (it needs TensorRT "
+                             f"≥ {HARDWARE_LEVEL_SINCE[level]}); upgrade TensorRT or drop --hardware-compatibility-level")
+        config.hardware_compatibility_level = getattr(hcl, enum_name)
+    if o.builder_optimization_level is not None:
+        config.builder_optimization_level = int(o.builder_optimization_level)
+
+
+def _add_profile(builder, config, inp, hw: tuple[int, int], o: TensorRTBuildOptions) -> int:
+    """One optimisation profile: dynamic batch min/opt/max, fixed C×H×W → C."""
+    profile = builder.create_optimization_profile()
+    c = _dims_list(inp.shape)[1]
+    profile.set_shape(inp.name, (int(o.min_batch), c, *hw), (int(o.opt_batch), c, *hw), (int(o.max_batch), c, *hw))
+    config.add_optimization_profile(profile)
+    return c
+
+
+def _load_timing_cache(config, cache_path: Path) -> None:
+    """Attach the timing cache at ``cache_path`` (empty if the file is missing).
+
+    ``IBuilderConfig.set_timing_cache(cache, ignore_mismatch=False)`` returns False for a cache
+    whose CUDA device properties differ from this GPU's (and ``create_timing_cache`` may give no
+    cache for unreadable bytes); such a cache is replaced by a fresh one with a ``RuntimeWarning``,
+    and the build goes on.
+    """
+    blob = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return
+    warnings.warn(f"timing cache {cache_path} does not fit this GPU or TensorRT version (made on another device?); "
+                  f"building with a fresh cache, which replaces it", RuntimeWarning, stacklevel=4)
+    fresh = config.create_timing_cache(b"")
+    config.set_timing_cache(fresh, ignore_mismatch=False)
+
+
+def _save_timing_cache(config, cache_path: Path) -> None:
+    """Write the builder's timing cache back to ``cache_path`` (atomically); nothing if no cache is attached."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        return
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(cache_path, memoryview(cache.serialize()))
+
+
+def _build_plan(trt, builder, network, config, precision: str, net: _Network, engine_path: Path) -> float:
+    """Build and write the serialized engine → build time in seconds.
+
+    Raises:
+        RtsegError: TensorRT returned no plan (its log says why).
+    """
+    t0 = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - t0
+    if plan is None:
+        raise RtsegError(f"TensorRT {trt.__version__} failed to build the {precision} engine from {net.onnx.name} "
+                         f"(see the TensorRT log above); try a larger --workspace-mb or --verbose")
+    _atomic_write(engine_path, memoryview(plan))
+    return seconds
+
+
+def _relative(path: Path, out_dir: Path) -> str:
+    return path.name if path.parent == out_dir else str(path)
+
+
+def _build_entries(o: TensorRTBuildOptions, net: _Network, major: int, level: str, sources: dict[str, str],
+                   seconds: float) -> dict[str, Any]:
+    """The ``engine.json`` "build" entry; ``sources``: network_onnx, source_onnx, onnx_input."""
+    return {
+        "trt_major": major,
+        "strongly_typed": bool(net.strongly_typed or major >= 11),
+        "fp16_flag": net.fp16_flag,
+        **sources,
+        "workspace_mb": int(o.workspace_mb),
+        "timing_cache": str(Path(o.timing_cache)) if o.timing_cache else None,
+        "version_compatible": bool(o.version_compatible),
+        "hardware_compatibility_level": level,
+        "builder_optimization_level": o.builder_optimization_level,
+        "tf32": False,
+        "seconds": round(seconds, 2),
+    }
+
+
+def _run_builder(trt, net: _Network, o: TensorRTBuildOptions, hw: tuple[int, int], level: str, precision: str,
+                 engine_path: Path) -> tuple[Any, Any, int, float]:
+    """Parse, configure, build and write the engine (timing cache loaded before, saved after).
+
+    Returns:
+        (network input tensor, network output tensor, input channels C, build time in s).
+    """
+    major = trt_major(trt.__version__)
+    logger = trt.Logger(trt.Logger.VERBOSE if o.verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network, _parser = _parse_network(trt, builder, logger, net, major)  # the parser must outlive the build
+    inp, out = network.get_input(0), network.get_output(0)
+    config = builder.create_builder_config()
+    _set_flags(trt, config, o, level, net.fp16_flag)
+    c = _add_profile(builder, config, inp, hw, o)
+    cache_path = Path(o.timing_cache) if o.timing_cache else None
+    if cache_path is not None:
+        _load_timing_cache(config, cache_path)
+    seconds = _build_plan(trt, builder, network, config, precision, net, engine_path)
+    if cache_path is not None:
+        _save_timing_cache(config, cache_path)
+    return inp, out, c, seconds
+
+
+def build_tensorrt_engine(onnx_path: str | Path, out_dir: str | Path, precision: str,
+                          options: TensorRTBuildOptions | None = None) -> dict[str, Any]:
     """Build ``out_dir/model.engine`` from an ONNX graph.
 
     Args:
         onnx_path: the FP32 ``model.onnx`` (fp32, fp16) or the calibrated ``model.qdq.onnx`` (int8);
-            input ``float32[N, 3, H, W]`` with only N dynamic.
+            input ``float32[N, 3, H, W]`` (NCHW) with only N dynamic.
         out_dir: engine folder (created). Receives ``model.engine`` and, for FP16 on TensorRT 11,
             ``model.fp16.onnx``.
         precision: ``"fp32"``, ``"fp16"`` or ``"int8"`` (see the module table).
-        input_hw: (H, W) in pixels; must equal the ONNX input's H and W.
-        min_batch, opt_batch, max_batch: the batch optimisation profile (1 ≤ min ≤ opt ≤ max).
-        workspace_mb: ``MemoryPoolType.WORKSPACE`` limit in MiB.
-        timing_cache: path of a TensorRT timing cache, read if present and written back after the
-            build (reused across builds of any model on the same GPU/TensorRT version).
-        version_compatible: set ``BuilderFlag.VERSION_COMPATIBLE`` (engine also runs on later
-            TensorRT versions; may be slower; loading then allows the embedded lean runtime).
-        hardware_compatibility_level: ``None``/``"none"``, ``"ampere_plus"`` or
-            ``"same_compute_capability"`` (TensorRT ≥ 10 enum members).
-        fp16_onnx_path: an FP16 ONNX to use for ``precision="fp16"``; it is then built strongly
-            typed on TensorRT 10 as well. Default on TensorRT 11: converted with :func:`fp16_onnx`.
-        builder_optimization_level: ``IBuilderConfig.builder_optimization_level`` (0-5), default
-            TensorRT's (3).
-        verbose: TensorRT log level VERBOSE instead of WARNING.
+        options: :class:`TensorRTBuildOptions`; ``options.input_hw`` is required.
 
     Returns:
         The ``engine.json`` entries this builder owns::
@@ -304,130 +518,42 @@ def build_tensorrt_engine(onnx_path: str | Path, out_dir: str | Path, precision:
              "output": {"name", "shape": [-1, C, H, W], "dtype": "float32"},
              "batch": {"min", "opt", "max"},
              "build": {"trt_major", "strongly_typed", "network_onnx", "workspace_mb", "timing_cache",
-                       "version_compatible", "hardware_compatibility_level", "tf32", "seconds", ...}}
+                       "version_compatible", "hardware_compatibility_level", "tf32", "seconds" (build
+                       time in s), ...}}
+
+    Warns:
+        RuntimeWarning: the timing cache file does not fit this GPU/TensorRT; a fresh cache is used
+            and written back.
 
     Raises:
-        RtsegError: invalid options; TensorRT not installed or older than 10; no CUDA device; an
-            ONNX that fails the pre-flight checks (unsupported operators, dynamic H/W, Q/DQ layout,
-            wrong input size); a parser error; a failed build (message includes the first parser
-            error or the hint to raise the workspace).
+        RtsegError: invalid options (``input_hw`` missing included); TensorRT not installed or older
+            than 10; no CUDA device; an ONNX that fails the pre-flight checks (unsupported operators,
+            dynamic H/W, Q/DQ layout, wrong input size); a hardware compatibility level this TensorRT
+            lacks; a parser error; a failed build (message includes the first parser error or the
+            hint to raise the workspace).
     """
-    hw, level = _validate(precision, input_hw, min_batch, opt_batch, max_batch, workspace_mb,
-                          hardware_compatibility_level)
-    min_batch, opt_batch, max_batch = int(min_batch), int(opt_batch), int(max_batch)
-    onnx_path = Path(onnx_path)
-    out_dir = Path(out_dir)
-
+    o = options if options is not None else TensorRTBuildOptions()
+    hw, level = _validate(precision, o)
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     trt = import_tensorrt()
     device = cuda_device_info()
     major = trt_major(trt.__version__)
-    input_name = _preflight(onnx_path, precision, hw, (min_batch, opt_batch, max_batch))
+    input_name = _preflight(onnx_path, precision, hw, (int(o.min_batch), int(o.opt_batch), int(o.max_batch)))
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    # which graph, which typing
-    network_onnx = onnx_path
-    strongly_typed = True
-    use_fp16_flag = False
-    if precision == "fp16":
-        if fp16_onnx_path is not None:
-            network_onnx = Path(fp16_onnx_path)
-            if not network_onnx.is_file():
-                raise RtsegError(f"FP16 ONNX {network_onnx} does not exist; omit it to convert model.onnx automatically")
-        elif major >= 11:
-            network_onnx = fp16_onnx(onnx_path, out_dir / FP16_ONNX_FILE)
-        else:
-            strongly_typed, use_fp16_flag = False, True
-    # fp32 and int8: strongly typed on both majors (weak typing is deprecated since 10.12)
-
-    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    if strongly_typed and major < 11:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(network_onnx)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        first = " ".join(errors[0].split()) if errors else "no parser error recorded"
-        raise RtsegError(f"TensorRT {trt.__version__} could not parse {network_onnx.name}: {first}; "
-                         f"check the operator list (rtseg.export.trt_onnx_check) or use --backend onnxruntime")
-    if network.num_inputs != 1:
-        raise RtsegError(f"{network_onnx.name} parsed to {network.num_inputs} inputs; rtseg engines take one image tensor")
-    inp = network.get_input(0)
-    out = network.get_output(0)
-    in_shape, out_shape = _dims_list(inp.shape), _dims_list(out.shape)
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-    if use_fp16_flag:
-        config.set_flag(trt.BuilderFlag.FP16)
-    tf32 = False
-    if hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)  # "fp32" means FP32 math; TF32 is on by default
-    if version_compatible:
-        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    if level != "none":
-        enum_name = level.upper()
-        hcl = getattr(trt, "HardwareCompatibilityLevel", None)
-        if hcl is None or not hasattr(hcl, enum_name):
-            raise RtsegError(f"TensorRT {trt.__version__} has no hardware compatibility level {level}; "
-                             f"upgrade TensorRT or drop --hardware-compatibility-level")
-        config.hardware_compatibility_level = getattr(hcl, enum_name)
-    if builder_optimization_level is not None:
-        config.builder_optimization_level = int(builder_optimization_level)
-
-    profile = builder.create_optimization_profile()
-    c = in_shape[1]
-    profile.set_shape(inp.name, (min_batch, c, *hw), (opt_batch, c, *hw), (max_batch, c, *hw))
-    config.add_optimization_profile(profile)
-
-    cache_path = Path(timing_cache) if timing_cache else None
-    if cache_path is not None:
-        blob = cache_path.read_bytes() if cache_path.is_file() else b""
-        cache = config.create_timing_cache(blob)
-        config.set_timing_cache(cache, ignore_mismatch=False)
-
-    t0 = time.perf_counter()
-    plan = builder.build_serialized_network(network, config)
-    seconds = time.perf_counter() - t0
-    if plan is None:
-        raise RtsegError(f"TensorRT {trt.__version__} failed to build the {precision} engine from {network_onnx.name} "
-                         f"(see the TensorRT log above); try a larger --workspace-mb or --verbose")
-    _atomic_write(out_dir / ENGINE_FILE, memoryview(plan))
-    if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(cache_path, memoryview(config.get_timing_cache().serialize()))
-
-    def _dtype(t) -> str:
-        return {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "UINT8": "uint8",
-                "BOOL": "bool", "BF16": "bfloat16", "INT64": "int64"}.get(str(t.dtype).split(".")[-1], str(t.dtype))
-
+    net = _network_source(onnx_path, out_dir, precision, o.fp16_onnx_path, major)
+    inp, out, c, seconds = _run_builder(trt, net, o, hw, level, precision, out_dir / ENGINE_FILE)
+    sources = {"network_onnx": _relative(net.onnx, out_dir), "source_onnx": _relative(onnx_path, out_dir),
+               "onnx_input": input_name}
     return {
-        "backend": "tensorrt",
-        "backend_version": str(trt.__version__),
-        "precision": precision,
-        "device": device,
+        "backend": "tensorrt", "backend_version": str(trt.__version__), "precision": precision, "device": device,
         "engine_file": ENGINE_FILE,
-        "input": {"name": inp.name, "shape": [-1, c, *hw], "dtype": _dtype(inp), "layout": "NCHW"},
-        "output": {"name": out.name, "shape": [-1, *out_shape[1:]], "dtype": _dtype(out)},
-        "batch": {"min": min_batch, "opt": opt_batch, "max": max_batch},
-        "build": {
-            "trt_major": major,
-            "strongly_typed": bool(strongly_typed or major >= 11),
-            "fp16_flag": use_fp16_flag,
-            "network_onnx": network_onnx.name if network_onnx.parent == out_dir else str(network_onnx),
-            "source_onnx": onnx_path.name if onnx_path.parent == out_dir else str(onnx_path),
-            "onnx_input": input_name,
-            "workspace_mb": int(workspace_mb),
-            "timing_cache": str(cache_path) if cache_path else None,
-            "version_compatible": bool(version_compatible),
-            "hardware_compatibility_level": level,
-            "builder_optimization_level": builder_optimization_level,
-            "tf32": tf32,
-            "seconds": round(seconds, 2),
-        },
+        "input": {"name": inp.name, "shape": [-1, c, *hw], "dtype": _dtype_name(inp), "layout": "NCHW"},
+        "output": {"name": out.name, "shape": [-1, *_dims_list(out.shape)[1:]], "dtype": _dtype_name(out)},
+        "batch": {"min": int(o.min_batch), "opt": int(o.opt_batch), "max": int(o.max_batch)},
+        "build": _build_entries(o, net, major, level, sources, seconds),
     }
 
 
-__all__ = ["ENGINE_FILE", "FP16_ONNX_FILE", "HARDWARE_LEVELS", "PRECISIONS", "TRT_MISSING", "build_tensorrt_engine",
-           "cuda_device_info", "fp16_onnx", "import_tensorrt", "trt_major"]
+__all__ = ["ENGINE_FILE", "FP16_ONNX_FILE", "HARDWARE_LEVELS", "HARDWARE_LEVEL_SINCE", "PRECISIONS", "TRT_MISSING",
+           "TensorRTBuildOptions", "build_tensorrt_engine", "cuda_device_info", "fp16_onnx", "import_tensorrt",
+           "trt_major"]
