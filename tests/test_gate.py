@@ -27,14 +27,14 @@ CKPT = Path(__file__).parent / "data" / "eunet-tiny-kvasir64"
 
 @pytest.fixture(scope="module")
 def outlier_calib(tmp_path_factory, kvasir) -> Path:
-    """A deliberately fragile calibration set: 2 real images + 1 binary-noise image (activation
-    outliers), used with minmax."""
+    """A deliberately fragile calibration set for minmax: one binary-noise image (activation outliers
+    and no real colour statistics). With 2 real images beside it, the int8 loss was > 0.5 pt only on
+    AVX2-only CPUs (ORT's int16 saturation without VNNI); on AVX512-VNNI it was −0.13 pt, so the set
+    is noise alone (measured here: −5.4 pt before repair)."""
     import cv2
 
     d = tmp_path_factory.mktemp("calib-outlier") / "images"
     d.mkdir()
-    for p in sorted((kvasir / "images").glob("*.jpg"))[:2]:
-        shutil.copy(p, d / p.name)
     rng = np.random.default_rng(0)
     noise = (rng.integers(0, 2, (256, 256, 1)) * 255).astype(np.uint8).repeat(3, 2)
     cv2.imwrite(str(d / "zz_noise.png"), noise)

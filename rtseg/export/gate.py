@@ -372,7 +372,7 @@ def run_gate(folder: Path, engine: dict, gs: GateSet, options: GateOptions | Non
     before = run.measure("as calibrated")
     rounds, ranking, after = [{"excluded": [], **before}], [], before
     if not before["passed"] and rebuild is not None and (folder / cal.QDQ_ONNX).is_file():
-        after, ranking, repaired = _repair(run, rebuild)
+        after, ranking, repaired = _repair(run, rebuild, before)
         rounds += repaired
     return _gate_record(run, before, after, ranking, rounds, time.perf_counter() - t0)
 
@@ -396,7 +396,7 @@ def _start_gate(folder: Path, engine: dict, gs: GateSet, o: GateOptions, log) ->
     return _GateRun(folder, engine, gs, o, tol, ref_score, frames, x_sens, log)
 
 
-def _repair(run: _GateRun, rebuild: Callable[[Path], dict]) -> tuple[dict, list[dict], list[dict]]:
+def _repair(run: _GateRun, rebuild: Callable[[Path], dict], before: dict) -> tuple[dict, list[dict], list[dict]]:
     """Greedy repair rounds (module docstring): returns (last row, ranking of the float layers, rounds)."""
     import onnx
 
@@ -409,7 +409,7 @@ def _repair(run: _GateRun, rebuild: Callable[[Path], dict]) -> tuple[dict, list[
     limit = max(1, int(run.options.max_excluded_fraction * len(quantized_nodes(qm))))
     ranking: list[dict[str, Any]] = []
     rounds: list[dict[str, Any]] = []
-    k, after = 1, {}
+    k, after = 1, before
     for _ in range(run.options.max_rounds):
         k = min(k, limit)
         excluded = [r["node"] for r in ranking]
