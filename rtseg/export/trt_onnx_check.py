@@ -300,122 +300,145 @@ def qdq_placement_issues(model: ModelLike) -> list[str]:
     """
     m = load_model(model)
     G = _Graph(m)
-    issues: list[str] = []
     q_nodes = [n for n in m.graph.node if n.op_type == "QuantizeLinear"]
     dq_nodes = [n for n in m.graph.node if n.op_type == "DequantizeLinear"]
     if not q_nodes and not dq_nodes:
         return ["no QuantizeLinear/DequantizeLinear nodes: not a Q/DQ graph (run 'rtseg calibrate' first)"]
+    issues: list[str] = []
+    for q in q_nodes:  # checks 1, 2, 3
+        issues += _quantize_issues(G, q)
+    weight_dq: dict[str, None] = {}  # outputs of DequantizeLinear nodes that dequantize a constant weight (ordered)
+    for dq in dq_nodes:  # checks 2, 3
+        issues += _dequantize_issues(G, dq, weight_dq)
+    for dq_out in weight_dq:  # check 6
+        issues += _weight_consumer_issues(G, dq_out)
+    for node in m.graph.node:  # checks 4, 5
+        if node.op_type in WEIGHTED_OPS and len(node.input) >= 2:
+            issues += _weighted_op_issues(G, node)
+    return issues
 
-    def check_qparams(n: onnx.NodeProto) -> tuple[np.ndarray | None, int | None]:
-        scale = G.const(n.input[1]) if len(n.input) > 1 else None
-        if scale is None:
-            issues.append(f"{n.op_type} {n.name!r}: scale {n.input[1] if len(n.input) > 1 else ''!r} is not a constant")
-        elif not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
-            issues.append(f"{n.op_type} {n.name!r}: scale must be positive and finite")
-        zp_name = n.input[2] if len(n.input) > 2 else ""
-        if zp_name:
-            zdt = G.const_dtype(zp_name)
-            zp = G.const(zp_name)
-            if zdt is None:
-                issues.append(f"{n.op_type} {n.name!r}: zero point is not a constant")
-            else:
-                if zdt != onnx.TensorProto.INT8:
-                    issues.append(f"{n.op_type} {n.name!r}: zero point is {onnx.TensorProto.DataType.Name(zdt)}, "
-                                  f"TensorRT needs INT8 (quantize with QInt8 activations and weights)")
-                if zp is not None and np.any(zp != 0):
-                    issues.append(f"{n.op_type} {n.name!r}: zero point is not 0 (TensorRT quantization is symmetric)")
-        elif n.op_type == "QuantizeLinear":
-            # opset < 21 without zero point → uint8 output
-            issues.append(f"QuantizeLinear {n.name!r}: no zero point, so the output is UINT8; TensorRT needs INT8")
-        axis = int(_attrs(n).get("axis", 1))
-        return scale, axis
 
-    # 1 + 2/3 for Q
-    for q in q_nodes:
-        check_qparams(q)
-        for consumer in G.consumers.get(q.output[0], []):
-            if consumer.op_type != "DequantizeLinear":
-                issues.append(f"QuantizeLinear {q.name!r} feeds {consumer.op_type} {consumer.name!r}, not a DequantizeLinear")
-        if q.output[0] in G.graph_outputs:
-            issues.append(f"QuantizeLinear {q.name!r} output is a graph output")
-        if not G.is_const(q.input[0]):
-            scale = G.const(q.input[1])
-            if scale is not None and scale.size != 1:
-                issues.append(f"QuantizeLinear {q.name!r}: activation quantized per-channel ({scale.size} scales); "
-                              f"TensorRT quantizes activations per-tensor")
-
-    # 2/3 for DQ
-    weight_dq: set[str] = set()
-    for dq in dq_nodes:
-        scale, axis = check_qparams(dq)
-        x = dq.input[0]
-        if G.is_const(x):
-            xdt = G.const_dtype(x)
-            if xdt != onnx.TensorProto.INT8:
-                name = onnx.TensorProto.DataType.Name(xdt)
-                issues.append(f"DequantizeLinear {dq.name!r}: input {x!r} is {name}; TensorRT dequantizes INT8 only"
-                              + (" (bias quantized to INT32: quantize with extra_options QuantizeBias=False)" if xdt == onnx.TensorProto.INT32 else ""))
-            weight_dq.add(dq.output[0])
+def _qparam_issues(G: _Graph, n: onnx.NodeProto) -> tuple[list[str], np.ndarray | None]:
+    """Scale (constant, positive, finite) and zero point (constant INT8 zero) of a Q or DQ node → (issues, scale)."""
+    issues = []
+    scale = G.const(n.input[1]) if len(n.input) > 1 else None
+    if scale is None:
+        issues.append(f"{n.op_type} {n.name!r}: scale {n.input[1] if len(n.input) > 1 else ''!r} is not a constant")
+    elif not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
+        issues.append(f"{n.op_type} {n.name!r}: scale must be positive and finite")
+    zp_name = n.input[2] if len(n.input) > 2 else ""
+    if zp_name:
+        zdt = G.const_dtype(zp_name)
+        zp = G.const(zp_name)
+        if zdt is None:
+            issues.append(f"{n.op_type} {n.name!r}: zero point is not a constant")
         else:
-            src = G.producer.get(x)
-            if src is None or src.op_type != "QuantizeLinear":
-                issues.append(f"DequantizeLinear {dq.name!r}: input {x!r} does not come from a QuantizeLinear or a constant")
-            elif G.is_const(src.input[0]):
-                weight_dq.add(dq.output[0])  # Q→DQ on a float weight (AddQDQPairToWeight)
-            elif scale is not None and scale.size != 1:
-                issues.append(f"DequantizeLinear {dq.name!r}: activation dequantized per-channel; TensorRT needs per-tensor")
+            if zdt != onnx.TensorProto.INT8:
+                issues.append(f"{n.op_type} {n.name!r}: zero point is {onnx.TensorProto.DataType.Name(zdt)}, "
+                              f"TensorRT needs INT8 (quantize with QInt8 activations and weights)")
+            if zp is not None and np.any(zp != 0):
+                issues.append(f"{n.op_type} {n.name!r}: zero point is not 0 (TensorRT quantization is symmetric)")
+    elif n.op_type == "QuantizeLinear":
+        # opset < 21 without zero point → uint8 output
+        issues.append(f"QuantizeLinear {n.name!r}: no zero point, so the output is UINT8; TensorRT needs INT8")
+    return issues, scale
 
-    # 4/5/6: weighted ops and where constant weights go
-    for dq_out in weight_dq:
-        for consumer in G.consumers.get(dq_out, []):
-            idx = [i for i, name in enumerate(consumer.input) if name == dq_out]
-            if consumer.op_type in WEIGHTED_OPS and idx == [1]:
-                continue
-            if consumer.op_type in ("Conv", "ConvTranspose", "Gemm") and idx == [2]:
-                issues.append(f"{consumer.op_type} {consumer.name!r}: bias is quantized; keep biases float "
-                              f"(extra_options QuantizeBias=False)")
-            elif consumer.op_type == "MatMul" and idx == [0]:
-                continue  # constant A operand: treated like an activation input
-            else:
-                issues.append(f"{consumer.op_type} {consumer.name!r}: constant input {dq_out!r} is dequantized; "
-                              f"TensorRT quantizes weights only of {', '.join(WEIGHTED_OPS)} "
-                              f"(leave {consumer.op_type} out of op_types_to_quantize)")
 
-    for node in m.graph.node:
-        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
+def _quantize_issues(G: _Graph, q: onnx.NodeProto) -> list[str]:
+    """A QuantizeLinear: its q-params, feeds only DequantizeLinear nodes (a pair), is no graph output,
+    quantizes an activation per-tensor."""
+    issues, _ = _qparam_issues(G, q)
+    for consumer in G.consumers.get(q.output[0], []):
+        if consumer.op_type != "DequantizeLinear":
+            issues.append(f"QuantizeLinear {q.name!r} feeds {consumer.op_type} {consumer.name!r}, not a DequantizeLinear")
+    if q.output[0] in G.graph_outputs:
+        issues.append(f"QuantizeLinear {q.name!r} output is a graph output")
+    if not G.is_const(q.input[0]):
+        scale = G.const(q.input[1])
+        if scale is not None and scale.size != 1:
+            issues.append(f"QuantizeLinear {q.name!r}: activation quantized per-channel ({scale.size} scales); "
+                          f"TensorRT quantizes activations per-tensor")
+    return issues
+
+
+def _dequantize_issues(G: _Graph, dq: onnx.NodeProto, weight_dq: dict[str, None]) -> list[str]:
+    """A DequantizeLinear: its q-params, an INT8 constant or a QuantizeLinear as input, per-tensor for
+    activations. Adds its output to ``weight_dq`` when it dequantizes a constant weight."""
+    issues, scale = _qparam_issues(G, dq)
+    x = dq.input[0]
+    if G.is_const(x):
+        xdt = G.const_dtype(x)
+        if xdt != onnx.TensorProto.INT8:
+            name = onnx.TensorProto.DataType.Name(xdt)
+            issues.append(f"DequantizeLinear {dq.name!r}: input {x!r} is {name}; TensorRT dequantizes INT8 only"
+                          + (" (bias quantized to INT32: quantize with extra_options QuantizeBias=False)" if xdt == onnx.TensorProto.INT32 else ""))
+        weight_dq[dq.output[0]] = None
+        return issues
+    src = G.producer.get(x)
+    if src is None or src.op_type != "QuantizeLinear":
+        issues.append(f"DequantizeLinear {dq.name!r}: input {x!r} does not come from a QuantizeLinear or a constant")
+    elif G.is_const(src.input[0]):
+        weight_dq[dq.output[0]] = None  # Q→DQ on a float weight (AddQDQPairToWeight)
+    elif scale is not None and scale.size != 1:
+        issues.append(f"DequantizeLinear {dq.name!r}: activation dequantized per-channel; TensorRT needs per-tensor")
+    return issues
+
+
+def _weight_consumer_issues(G: _Graph, dq_out: str) -> list[str]:
+    """A dequantized constant goes only to the weight input of a weighted op (not a bias, not BatchNormalization)."""
+    issues = []
+    for consumer in G.consumers.get(dq_out, []):
+        idx = [i for i, name in enumerate(consumer.input) if name == dq_out]
+        if consumer.op_type in WEIGHTED_OPS and idx == [1]:
             continue
-        data_src = G.producer.get(node.input[0])
-        w_src = G.producer.get(node.input[1])
-        data_q = data_src is not None and data_src.op_type == "DequantizeLinear"
-        w_q = w_src is not None and w_src.op_type == "DequantizeLinear"
-        if data_q != w_q:
-            which = "input" if w_q else "weight"
-            issues.append(f"{node.op_type} {node.name!r}: weight and input must both be quantized (the {which} is float); "
-                          f"quantize both or neither")
-        if not w_q:
-            continue
-        w_name = w_src.input[0]
-        w_src_q = G.producer.get(w_name)
-        if w_src_q is not None and w_src_q.op_type == "QuantizeLinear":
-            w_name = w_src_q.input[0]
-        w = G.const(w_name)
-        if w is None:
-            if node.op_type != "MatMul":
-                issues.append(f"{node.op_type} {node.name!r}: weight is not a constant behind its DequantizeLinear")
-            continue
-        scale = G.const(w_src.input[1])
-        if scale is None or scale.size == 1:
-            continue
-        want = _weight_channel_axis(node, w.ndim)
-        axis = int(_attrs(w_src).get("axis", 1))
-        axis = axis + w.ndim if axis < 0 else axis
-        if axis != want:
-            hint = (" (ONNX Runtime quantizes ConvTranspose on axis 1; pass TensorQuantOverrides "
-                    "{weight: [{'axis': 0}]} or quantize it per-tensor)") if node.op_type == "ConvTranspose" else ""
-            issues.append(f"{node.op_type} {node.name!r}: weight quantized per-channel on axis {axis}, "
-                          f"TensorRT needs axis {want}{hint}")
-        elif scale.size != w.shape[want]:
-            issues.append(f"{node.op_type} {node.name!r}: {scale.size} weight scales for {w.shape[want]} channels")
+        if consumer.op_type in ("Conv", "ConvTranspose", "Gemm") and idx == [2]:
+            issues.append(f"{consumer.op_type} {consumer.name!r}: bias is quantized; keep biases float "
+                          f"(extra_options QuantizeBias=False)")
+        elif consumer.op_type == "MatMul" and idx == [0]:
+            continue  # constant A operand: treated like an activation input
+        else:
+            issues.append(f"{consumer.op_type} {consumer.name!r}: constant input {dq_out!r} is dequantized; "
+                          f"TensorRT quantizes weights only of {', '.join(WEIGHTED_OPS)} "
+                          f"(leave {consumer.op_type} out of op_types_to_quantize)")
+    return issues
+
+
+def _weighted_op_issues(G: _Graph, node: onnx.NodeProto) -> list[str]:
+    """A Conv/ConvTranspose/Gemm/MatMul: input and weight both quantized or neither; a per-channel
+    weight on the axis TensorRT expects, one scale per channel."""
+    issues = []
+    data_src = G.producer.get(node.input[0])
+    w_src = G.producer.get(node.input[1])
+    data_q = data_src is not None and data_src.op_type == "DequantizeLinear"
+    w_q = w_src is not None and w_src.op_type == "DequantizeLinear"
+    if data_q != w_q:
+        which = "input" if w_q else "weight"
+        issues.append(f"{node.op_type} {node.name!r}: weight and input must both be quantized (the {which} is float); "
+                      f"quantize both or neither")
+    if not w_q:
+        return issues
+    w_name = w_src.input[0]
+    w_src_q = G.producer.get(w_name)
+    if w_src_q is not None and w_src_q.op_type == "QuantizeLinear":
+        w_name = w_src_q.input[0]
+    w = G.const(w_name)
+    if w is None:
+        if node.op_type != "MatMul":
+            issues.append(f"{node.op_type} {node.name!r}: weight is not a constant behind its DequantizeLinear")
+        return issues
+    scale = G.const(w_src.input[1])
+    if scale is None or scale.size == 1:
+        return issues
+    want = _weight_channel_axis(node, w.ndim)
+    axis = int(_attrs(w_src).get("axis", 1))
+    axis = axis + w.ndim if axis < 0 else axis
+    if axis != want:
+        hint = (" (ONNX Runtime quantizes ConvTranspose on axis 1; pass TensorQuantOverrides "
+                "{weight: [{'axis': 0}]} or quantize it per-tensor)") if node.op_type == "ConvTranspose" else ""
+        issues.append(f"{node.op_type} {node.name!r}: weight quantized per-channel on axis {axis}, "
+                      f"TensorRT needs axis {want}{hint}")
+    elif scale.size != w.shape[want]:
+        issues.append(f"{node.op_type} {node.name!r}: {scale.size} weight scales for {w.shape[want]} channels")
     return issues
 
 
