@@ -101,6 +101,99 @@ def parity_bound(reference: np.ndarray) -> float:
     return float(PARITY_ATOL + PARITY_RTOL * float(np.max(np.abs(reference))) if reference.size else PARITY_ATOL)
 
 
+def _parity_sample(sample: np.ndarray | None, h: int, w: int) -> tuple[np.ndarray, bool]:
+    """(``float32[N ≤ 2, 3, H, W]`` parity input, whether the caller gave it); default: seeded noise of batch 2."""
+    if sample is None:
+        return np.random.default_rng(0).standard_normal((2, 3, h, w)).astype(np.float32), False
+    sample = np.ascontiguousarray(sample[:2], dtype=np.float32)
+    if sample.ndim != 4 or sample.shape[1:] != (3, h, w):
+        raise RtsegError(f"parity sample has shape {tuple(sample.shape)}, expected [N, 3, {h}, {w}]; pass images at the export size")
+    return sample, True
+
+
+def _torch_reference(model, sample: np.ndarray, h: int, w: int) -> np.ndarray:
+    """PyTorch logits ``float32[N, C, H, W]`` of ``sample``; refuses sizes the network rejects and non-NCHW outputs."""
+    import torch
+
+    try:
+        with torch.inference_mode():
+            reference = model(torch.from_numpy(sample)).float().numpy()
+    except ValueError as e:  # the networks' own input checks (H, W multiple of ...)
+        raise RtsegError(f"cannot export at {w}x{h}: {e}") from None
+    if reference.ndim != 4 or reference.shape[0] != sample.shape[0]:
+        raise RtsegError(f"model output has shape {tuple(reference.shape)}, expected [N, C, {h}, {w}]; "
+                         f"only segmentation networks returning logits can be exported")
+    return reference
+
+
+def _trace(model, dummy, opset: int) -> bytes:
+    """The legacy (TorchScript) exporter's ONNX bytes: batch-only dynamic axes, constants folded."""
+    import torch
+
+    buf = io.BytesIO()
+    try:
+        with quiet_export(), torch.no_grad():
+            torch.onnx.export(model, (dummy,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                              opset_version=opset, do_constant_folding=True, dynamo=False)
+    except Exception as e:  # the exporter raises many types; none is the user's fault to debug
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RtsegError(f"ONNX export failed at opset {opset}: {msg}; try another --opset or report the model") from None
+    return buf.getvalue()
+
+
+def _clean_graph(proto, out_shape: tuple[int, ...]) -> None:
+    """In place: inline ``Identity(initializer)`` nodes, stamp the output as ``[batch, C, H, W]``, set the producer."""
+    inline_identity_initializers(proto)
+    # Static everything but batch: some graphs (ContraFusionNet's final Resize takes its sizes from
+    # Shape ops) leave C/H/W symbolic in graph.output; stamp them from the PyTorch output so every
+    # consumer (TensorRT profiles, OpenVINO reshape, our own checks) sees [batch, C, H, W].
+    out_dims = proto.graph.output[0].type.tensor_type.shape.dim
+    for k, size in enumerate(out_shape):
+        if k == 0:
+            out_dims[0].ClearField("dim_value")
+            out_dims[0].dim_param = "batch"
+        else:
+            out_dims[k].ClearField("dim_param")
+            out_dims[k].dim_value = int(size)
+    proto.producer_name = "rtseg"
+    from .. import __version__
+
+    proto.producer_version = __version__
+
+
+def _check_graph(proto, data: bytes, sample: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """``onnx.checker`` (full) and ONNX Runtime-vs-PyTorch parity on ``sample`` → (max abs diff, bound).
+
+    Raises:
+        RtsegError: an invalid graph, a wrong output shape (batch not dynamic), or a difference above
+            :func:`parity_bound`.
+    """
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:
+        raise RtsegError(f"the exported ONNX graph is invalid ({str(e).splitlines()[0]}); try another --opset or report the model") from None
+    got = _ort_session(data).run([OUTPUT_NAME], {INPUT_NAME: sample})[0]
+    if got.shape != reference.shape:
+        raise RtsegError(f"ONNX output shape {got.shape} differs from PyTorch {reference.shape} at batch {sample.shape[0]}; "
+                         f"the batch axis is not dynamic in the export — report the model")
+    diff = float(np.max(np.abs(got.astype(np.float64) - reference)))
+    bound = parity_bound(reference)
+    if not np.isfinite(diff) or diff > bound:
+        raise RtsegError(f"ONNX output differs from PyTorch by {diff:.3g} (bound {bound:.3g}, logits up to "
+                         f"{np.max(np.abs(reference)):.3g}); an operator was exported wrongly — try another --opset or report the model")
+    return diff, bound
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def export_onnx(model, path: str | Path, input_hw: tuple[int, int] | list[int], opset: int = DEFAULT_OPSET,
                 check: bool = True, sample: np.ndarray | None = None) -> dict[str, Any]:
     """Export ``model`` to ONNX at ``path`` (written atomically) and check it.
@@ -132,53 +225,11 @@ def export_onnx(model, path: str | Path, input_hw: tuple[int, int] | list[int], 
     if opset < 17:
         raise RtsegError(f"opset {opset} is too old; use --opset 17 or newer (LayerNorm/attention ops and TensorRT 10 need ≥ 17)")
     model = model.to("cpu").eval()
-    given = sample is not None
-    if given:
-        sample = np.ascontiguousarray(sample[:2], dtype=np.float32)
-        if sample.ndim != 4 or sample.shape[1:] != (3, h, w):
-            raise RtsegError(f"parity sample has shape {tuple(sample.shape)}, expected [N, 3, {h}, {w}]; pass images at the export size")
-    else:
-        sample = np.random.default_rng(0).standard_normal((2, 3, h, w)).astype(np.float32)
-    dummy = torch.from_numpy(sample[:1].copy())
-
-    try:
-        with torch.inference_mode():
-            reference = model(torch.from_numpy(sample)).float().numpy()
-    except ValueError as e:  # the networks' own input checks (H, W multiple of ...)
-        raise RtsegError(f"cannot export at {w}x{h}: {e}") from None
-    if reference.ndim != 4 or reference.shape[0] != sample.shape[0]:
-        raise RtsegError(f"model output has shape {tuple(reference.shape)}, expected [N, C, {h}, {w}]; "
-                         f"only segmentation networks returning logits can be exported")
-
-    buf = io.BytesIO()
-    try:
-        with quiet_export(), torch.no_grad():
-            torch.onnx.export(model, (dummy,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                              opset_version=opset, do_constant_folding=True, dynamo=False)
-    except Exception as e:  # the exporter raises many types; none is the user's fault to debug
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RtsegError(f"ONNX export failed at opset {opset}: {msg}; try another --opset or report the model") from None
-
-    proto = onnx.load_from_string(buf.getvalue())
-    inline_identity_initializers(proto)
-    # Static everything but batch: some graphs (ContraFusionNet's final Resize takes its sizes from
-    # Shape ops) leave C/H/W symbolic in graph.output; stamp them from the PyTorch output so every
-    # consumer (TensorRT profiles, OpenVINO reshape, our own checks) sees [batch, C, H, W].
-    out_dims = proto.graph.output[0].type.tensor_type.shape.dim
-    for k, size in enumerate(reference.shape):
-        if k == 0:
-            out_dims[0].ClearField("dim_value")
-            out_dims[0].dim_param = "batch"
-        else:
-            out_dims[k].ClearField("dim_param")
-            out_dims[k].dim_value = int(size)
-    proto.producer_name = "rtseg"
-    from .. import __version__
-
-    proto.producer_version = __version__
+    sample, given = _parity_sample(sample, h, w)
+    reference = _torch_reference(model, sample, h, w)
+    proto = onnx.load_from_string(_trace(model, torch.from_numpy(sample[:1].copy()), opset))
+    _clean_graph(proto, reference.shape)
     data = proto.SerializeToString()
-
     result: dict[str, Any] = {
         "path": str(path), "opset": int(opset), "max_abs_diff": None, "tolerance": None,
         "parity_input": "given" if given else "noise",
@@ -187,27 +238,11 @@ def export_onnx(model, path: str | Path, input_hw: tuple[int, int] | list[int], 
         "output": {"name": OUTPUT_NAME, "shape": [-1, int(reference.shape[1]), int(reference.shape[2]), int(reference.shape[3])]},
     }
     if check:
-        try:
-            onnx.checker.check_model(proto, full_check=True)
-        except Exception as e:
-            raise RtsegError(f"the exported ONNX graph is invalid ({str(e).splitlines()[0]}); try another --opset or report the model") from None
         import onnxruntime as ort
 
-        got = _ort_session(data).run([OUTPUT_NAME], {INPUT_NAME: sample})[0]
-        if got.shape != reference.shape:
-            raise RtsegError(f"ONNX output shape {got.shape} differs from PyTorch {reference.shape} at batch {sample.shape[0]}; "
-                             f"the batch axis is not dynamic in the export — report the model")
-        diff = float(np.max(np.abs(got.astype(np.float64) - reference)))
-        bound = parity_bound(reference)
+        diff, bound = _check_graph(proto, data, sample, reference)
         result.update(max_abs_diff=diff, tolerance=bound, onnxruntime_version=ort.__version__)
-        if not np.isfinite(diff) or diff > bound:
-            raise RtsegError(f"ONNX output differs from PyTorch by {diff:.3g} (bound {bound:.3g}, logits up to "
-                             f"{np.max(np.abs(reference)):.3g}); an operator was exported wrongly — try another --opset or report the model")
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    _write_atomic(path, data)
     return result
 
 
