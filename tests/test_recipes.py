@@ -129,7 +129,9 @@ def test_ddp_two_processes_metrics_equal_single_process(tmp_path, kvasir):
     parts = fmt.splits(kvasir)
     val = parts["val"][: max(2, int(50 * 0.1))]
     ds = SegmentationDataset(val, (32, 32), meta.mean, meta.std, reader=fmt.read)
-    single, _ = evaluate_model(model.to(memory_format=torch.channels_last), ds, 1, batch_size=4)
+    # the same autocast as the run's validation (bf16 where the CPU has it): only the sharding differs
+    single, _ = evaluate_model(model.to(memory_format=torch.channels_last), ds, 1, batch_size=4,
+                               autocast=meta.training["bf16"])
     dist_m = meta.metrics["val"]
     assert single["n_images"] == dist_m["n_images"] == len(val)
     for k in ("dice", "iou", "precision", "recall"):
