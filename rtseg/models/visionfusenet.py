@@ -1,7 +1,7 @@
 """VisionFuseNet, docs/networks.md §1.
 
 ASPP re-arranged as a small U-Net of multi-head self-attention residual blocks (MHSAR) on a stride-16
-backbone feature, plus a DeepLabV3+-style decoder. Variants (registered in ``rtseg.models``):
+backbone feature, plus a DeepLabV3+-style decoder. Variants (registered at the end of this module):
 
 - ``visionfusenet-effv2b3`` (alias ``visionfusenet``): timm ``tf_efficientnetv2_b3``, 17,027,295 trainable
   parameters at C = 1 (the spec's 16,793,823 plus 233,472 learnable positional embeddings, decision 1);
