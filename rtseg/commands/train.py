@@ -64,7 +64,8 @@ def train(config, model, data, data_format, img_size, epochs, batch_size, lr, we
     Example: rtseg train --config eunet --model eunet-s --data-format polyp --data ../shared/data/kvasir-seg-256 --out runs/eunet-s
     """
     from ..errors import RtsegError
-    from ..training.loop import TrainConfig, load_recipe, train as run
+    from ..training.loop import TrainConfig, load_recipe
+    from ..training.loop import train as run
 
     d = load_recipe(config) if config else {}
     flags = dict(model=model, data=data, data_format=data_format, epochs=epochs, batch_size=batch_size, lr=lr,
