@@ -25,6 +25,8 @@ from .meta import CHECKPOINT_FORMAT as FORMAT, ModelMeta
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
+#: the graph of an imported model folder (``model.onnx`` + ``model.json``, :mod:`rtseg.byom`)
+MODEL_ONNX = "model.onnx"
 
 
 
@@ -72,10 +74,24 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise RtsegError(f"checkpoint {p} does not exist; pass the folder written by 'rtseg train' (it holds {WEIGHTS} and {META})")
     if not p.is_dir():
         raise RtsegError(f"{p} is not a checkpoint folder; pass the folder written by 'rtseg train' (it holds {WEIGHTS} and {META})")
+    if is_model_folder(p):
+        return p
     for name in (META, WEIGHTS):
         if not (p / name).is_file():
             raise RtsegError(f"checkpoint folder {p} has no {name}; pass the folder written by 'rtseg train'")
     return p
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """True for an imported model folder: ``model.json`` + ``model.onnx`` and no ``model.safetensors``
+    (written by :func:`rtseg.byom.import_onnx` / :func:`rtseg.byom.export_model`)."""
+    p = Path(path)
+    return p.is_dir() and (p / META).is_file() and (p / MODEL_ONNX).is_file() and not (p / WEIGHTS).exists()
+
+
+def weights_file(folder: str | Path) -> Path:
+    """The file that identifies a checkpoint's weights: ``model.safetensors``, or ``model.onnx`` of a model folder."""
+    return Path(folder) / (MODEL_ONNX if is_model_folder(folder) else WEIGHTS)
 
 
 def load_meta(path: str | Path) -> ModelMeta:
@@ -108,6 +124,9 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.
 
     folder = resolve_checkpoint(path)
     meta = load_meta(folder)
+    if is_model_folder(folder):
+        raise RtsegError(f"{folder} is an imported model folder ({MODEL_ONNX}, no PyTorch weights); it runs through its ONNX — "
+                         f"use it with build-engine, eval, stream or bench, not where PyTorch weights are needed")
     try:
         state = load_file(str(folder / WEIGHTS), device=map_location)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

@@ -21,6 +21,8 @@ from .errors import RtsegError
 #: the ``format`` of ``model.json`` and ``engine.json`` this rtseg writes and reads
 CHECKPOINT_FORMAT = "rtseg-checkpoint/1"
 ENGINE_FORMAT = "rtseg-engine/1"
+#: the ``format`` of a model folder's ``model.json`` (``model.onnx`` imported by :mod:`rtseg.byom`)
+IMPORTED_FORMAT = "rtseg-imported/1"
 BINARY_PALETTE = [[0, 0, 0], [0, 255, 0]]
 #: largest network input side rtseg accepts (pixels); larger is a typo, not a model
 MAX_INPUT_SIDE = 8192
@@ -47,6 +49,13 @@ class ModelMeta:
     training: dict[str, Any] = field(default_factory=dict)
     rtseg_version: str = __version__
     format: str = CHECKPOINT_FORMAT
+    #: imported model folders (:mod:`rtseg.byom`): where ``model.onnx`` came from and the edits made to it
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def imported(self) -> bool:
+        """True for a model folder (``model.onnx`` + ``model.json``, format :data:`IMPORTED_FORMAT`)."""
+        return self.format == IMPORTED_FORMAT
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -213,4 +222,4 @@ def _check_engine_fields(d: dict, src: str) -> None:
         raise _bad(src, "output.shape", f"has {out[1]} channels but the model has num_classes {n}")
 
 
-__all__ = ["BINARY_PALETTE", "CHECKPOINT_FORMAT", "ENGINE_FORMAT", "EngineMeta", "ModelMeta", "PRECISIONS"]
+__all__ = ["BINARY_PALETTE", "CHECKPOINT_FORMAT", "ENGINE_FORMAT", "IMPORTED_FORMAT", "EngineMeta", "ModelMeta", "PRECISIONS"]
