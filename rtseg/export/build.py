@@ -162,7 +162,9 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
     """Build an engine folder from a checkpoint (docs/internals.md "Engine folder").
 
     Args:
-        checkpoint: checkpoint folder (``model.safetensors`` + ``model.json``).
+        checkpoint: checkpoint folder (``model.safetensors`` + ``model.json``) or an imported model
+            folder (``model.onnx`` + ``model.json``, :mod:`rtseg.byom`): its ONNX is used as is (no
+            export) and, run by ONNX Runtime, is the parity reference (:mod:`rtseg.export.imported`).
         backend: a registered backend (:func:`rtseg.runtime.backend_names`: ``"openvino"`` (default on
             CPU), ``"onnxruntime"``, ``"tensorrt"``).
         precision: see the module table (``fp32`` | ``bf16`` | ``fp16`` | ``int8``).
@@ -181,14 +183,15 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
             calibration data, an export/quantization failure, or a backend that crashes or fails
             on the graph (each one line with the fix).
     """
-    from ..checkpoint import load_checkpoint, resolve_checkpoint
+    from ..checkpoint import is_model_folder, load_checkpoint, load_meta, resolve_checkpoint
 
     options = options or BuildOptions()
     spec = get_backend(backend)
     spec.check_precision(precision)
     _check_options(spec, precision, options)
     ckpt = resolve_checkpoint(checkpoint)
-    model, meta = load_checkpoint(ckpt)
+    # an imported model folder (rtseg.byom) has no PyTorch model: its model.onnx is the FP32 graph (model None)
+    model, meta = (None, load_meta(ckpt)) if is_model_folder(ckpt) else load_checkpoint(ckpt)
     hw = parse_img_size(options.img_size) or meta.input_hw
     out = Path(out) if out is not None else default_engine_dir(meta.model, backend, precision)
     tmp = _temporary_folder(out)
@@ -234,14 +237,25 @@ def _build_in(b: _Build) -> dict[str, Any]:
     from .onnx import export_onnx
 
     b.sample, b.sample_desc = _parity_sample(b.options.calib_data, b.meta, b.hw)
-    with torch.inference_mode():
-        b.reference = b.model(torch.from_numpy(b.sample)).float().numpy()
-    b.log(f"exporting {b.meta.model} to ONNX at {b.hw[1]}x{b.hw[0]} (opset {b.options.opset})")
-    b.export = export_onnx(b.model, b.folder / cal.FP32_ONNX, b.hw, opset=b.options.opset, sample=b.sample)
+    if b.model is None:  # imported model folder: its model.onnx in ONNX Runtime is the reference (rtseg.export.imported)
+        from .imported import imported_fp32
+
+        b.log(f"using {b.ckpt / 'model.onnx'} (imported) as the FP32 graph")
+        b.export, b.reference, b.sample = imported_fp32(b.ckpt, b.meta, b.folder / cal.FP32_ONNX, b.hw, b.sample)
+    else:
+        with torch.inference_mode():
+            b.reference = b.model(torch.from_numpy(b.sample)).float().numpy()
+        b.log(f"exporting {b.meta.model} to ONNX at {b.hw[1]}x{b.hw[0]} (opset {b.options.opset})")
+        b.export = export_onnx(b.model, b.folder / cal.FP32_ONNX, b.hw, opset=b.options.opset, sample=b.sample)
     b.export["path"] = cal.FP32_ONNX
     source_onnx, calibration = b.folder / cal.FP32_ONNX, None
     if b.precision == "int8":
-        calibration = _int8_qdq(b)
+        if b.model is None:
+            from .imported import imported_int8
+
+            calibration = imported_int8(b.ckpt, b.meta, _calib_options(b), b.options.qdq_from, b.log)
+        else:
+            calibration = _int8_qdq(b)
         source_onnx = b.folder / cal.QDQ_ONNX
     b.log(f"building the {b.backend} {b.precision} engine")
     info = _compile(b, source_onnx)
@@ -264,11 +278,14 @@ def _compile(b: _Build, source_onnx: Path) -> dict[str, Any]:
 def _engine_record(b: _Build, source_onnx: Path, info: dict[str, Any], calibration) -> dict[str, Any]:
     """The ``engine.json`` dict (docs/internals.md) of the engine just compiled."""
     from .. import __version__
-    from ..checkpoint import file_sha256
+    from ..checkpoint import file_sha256, weights_file
     from .onnx import onnx_io
 
     io_in, io_out = onnx_io(source_onnx)
     verify = info.pop("verify")
+    fixed_batch = b.model is None and (b.meta.source or {}).get("batch") == "fixed"
+    if b.model is None:
+        verify["reference"] = "model.onnx (fp32, imported) in ONNX Runtime"
     return {
         "format": ENGINE_FORMAT,
         "backend": b.backend,
@@ -279,8 +296,8 @@ def _engine_record(b: _Build, source_onnx: Path, info: dict[str, Any], calibrati
         "onnx_file": source_onnx.name,
         "input": info.pop("input", {"name": io_in["name"], "shape": [-1, 3, b.hw[0], b.hw[1]], "dtype": "float32", "layout": "NCHW"}),
         "output": info.pop("output", {"name": io_out["name"], "shape": [-1, *b.export["output"]["shape"][1:]], "dtype": "float32"}),
-        "batch": info.pop("batch", {"min": 1, "opt": 1, "max": None}),
-        "checkpoint": {"path": str(b.ckpt.resolve()), "sha256": file_sha256(b.ckpt / "model.safetensors")},
+        "batch": info.pop("batch", {"min": 1, "opt": 1, "max": 1 if fixed_batch else None}),
+        "checkpoint": {"path": str(b.ckpt.resolve()), "sha256": file_sha256(weights_file(b.ckpt))},
         "model": b.meta.to_dict(),
         "export": {k: b.export.get(k) for k in ("opset", "max_abs_diff", "tolerance", "torch_version", "onnx_version")},
         "calibration": calibration,

@@ -51,7 +51,8 @@ def load_engine(path: str | Path, backend: str | None = None, num_threads: int |
     """Open ``path`` for inference.
 
     Args:
-        path: an engine folder (``engine.json``) or a checkpoint folder (PyTorch reference).
+        path: an engine folder (``engine.json``), a checkpoint folder (PyTorch reference) or an imported
+            model folder (``model.onnx`` in ONNX Runtime fp32, :class:`rtseg.runtime.onnx_model.OnnxModelBackend`).
         backend: if given, the backend the caller expects; a folder built for another backend is
             refused (``RtsegError``).
         num_threads: CPU inference threads (OpenVINO/ONNX Runtime/torch); ``None`` = backend default.
@@ -67,6 +68,15 @@ def load_engine(path: str | Path, backend: str | None = None, num_threads: int |
     if not p.exists():
         raise RtsegError(f"{p} does not exist; pass an engine folder (from 'rtseg build-engine') or a checkpoint folder (from 'rtseg train')")
     if p.is_dir() and not (p / ENGINE_JSON).exists() and (p / "model.json").exists():
+        from ..checkpoint import is_model_folder
+
+        if is_model_folder(p):  # imported model folder: its model.onnx in ONNX Runtime fp32 (the reference)
+            if backend not in (None, "onnx"):
+                raise RtsegError(f"{p} is a model folder, not a {backend} engine; build one with "
+                                 f"'rtseg build-engine --checkpoint {p} --backend {backend}'")
+            from .onnx_model import OnnxModelBackend
+
+            return OnnxModelBackend(p, num_threads=num_threads)
         return _load_checkpoint(p, backend, num_threads, kwargs)
     meta = read_engine_json(p)
     built_for = meta.get("backend")
