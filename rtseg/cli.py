@@ -1,4 +1,4 @@
-"""The ``rtseg`` command line: train, eval, export, calibrate, build-engine, stream, bench.
+"""The ``rtseg`` command line: train, eval, export, calibrate, build-engine, stream, bench, import-onnx, import-torch.
 
 Every user error is an :class:`rtseg.errors.RtsegError`, printed as one line
 (``error: <problem>; <fix>``) with exit status 2 — never a traceback.
@@ -23,6 +23,10 @@ _COMMANDS = {
     "build-engine": ("rtseg.commands.export", "build_engine_command", "Build an inference engine folder from a checkpoint."),
     "stream": ("rtseg.commands.stream", "stream_command", "Segment a video/camera/network stream and write the overlaid output."),
     "bench": ("rtseg.commands.bench", "bench_command", "Benchmark an engine: latency, throughput, stream FPS."),
+    "import-onnx": ("rtseg.commands.imports", "import_onnx_command",
+                    "Make a model folder from any segmentation ONNX + a metadata file (accepted in place of a checkpoint)."),
+    "import-torch": ("rtseg.commands.imports", "import_torch_command",
+                     "Make a model folder from a PyTorch module ('module:factory') through the checked ONNX export."),
 }
 
 

@@ -15,7 +15,7 @@ from ..evaluation import evaluate_backend, format_table, overlay_grid, resolve_s
 
 @click.command("eval")
 @click.argument("target", required=False, type=click.Path())
-@click.option("--checkpoint", "checkpoint", type=click.Path(), help="Checkpoint folder (PyTorch reference).")
+@click.option("--checkpoint", "checkpoint", type=click.Path(), help="Checkpoint or model folder (PyTorch reference; a model folder runs its model.onnx in ONNX Runtime).")
 @click.option("--engine", "engine", type=click.Path(), help="Engine folder (engine.json).")
 @click.option("--data", type=click.Path(), help="Labelled folder (images/ + masks/); default: the model's training data.")
 @click.option("--data-format", default=None, help="Dataset layout (polyp, camvid, cityscapes, coco, fsoco); default: detected.")

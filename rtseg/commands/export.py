@@ -47,7 +47,7 @@ class _Command(click.Command):
 
 def _ckpt_option(f):
     return click.option("--checkpoint", "checkpoint", required=True, type=click.Path(path_type=Path),
-                        help="Checkpoint folder (model.safetensors + model.json).")(f)
+                        help="Checkpoint or model folder (model.safetensors or model.onnx, + model.json; 'rtseg import-onnx' makes model folders).")(f)
 
 
 @click.command("export", cls=_Command)
@@ -99,11 +99,15 @@ def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img
         calibrate_checkpoint,
     )
 
+    from ..checkpoint import is_model_folder
+    from ..export.imported import calibrate_imported
+
     kw = {"weight_bits": int(weight_bits)} if weight_bits else {}
     options = CalibOptions(calib_data=calib_data, method=method, num_images=num_images or DEFAULT_NUM_IMAGES, seed=seed,
                            out=out, img_size=parse_img_size(img_size), opset=opset, verify=not no_verify,
                            trt_cache=trt_cache, percentile=percentile, **kw)
-    rec = calibrate_checkpoint(checkpoint, options, log=_log)
+    calibrate = calibrate_imported if is_model_folder(checkpoint) else calibrate_checkpoint
+    rec = calibrate(checkpoint, options, log=_log)
     click.echo(f"{rec['folder']}  {rec['num_images']} images  {method}  seed {seed}  qdq sha256 {rec['qdq_sha256'][:16]}")
 
 
