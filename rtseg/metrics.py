@@ -146,3 +146,54 @@ class MulticlassMetrics:
             "mean_dice": float(np.nanmean(dice)) if np.any(union > 0) else float("nan"),
             "pixel_accuracy": float(tp.sum() / total) if total > 0 else float("nan"),
         }
+
+
+def pair_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two binary masks (``[H, W]`` bool or {0, 1}); two empty masks score 1 (§5's convention)."""
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    union = np.count_nonzero(a | b)
+    return 1.0 if union == 0 else np.count_nonzero(a & b) / union
+
+
+def class_pair_iou(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
+    """Agreement of two class-index maps ``uint8[H, W]``: binary models (``num_classes`` 1 or 2) →
+    :func:`pair_iou` of the foreground; multi-class → mean IoU over the classes present in either map."""
+    if num_classes <= 2:
+        return pair_iou(a > 0, b > 0)
+    n = max(int(num_classes), int(a.max(initial=0)) + 1, int(b.max(initial=0)) + 1)
+    m = np.bincount(a.reshape(-1).astype(np.int64) * n + b.reshape(-1), minlength=n * n).reshape(n, n)
+    tp = np.diag(m)
+    union = m.sum(0) + m.sum(1) - tp
+    present = union > 0
+    return float((tp[present] / union[present]).mean()) if present.any() else 1.0
+
+
+class FlickerMeter:
+    """Temporal flicker of a mask sequence: mean over consecutive frames of 1 − IoU(mask_t, mask_t+1).
+
+    Feed masks in frame order with :meth:`update` (class-index maps ``uint8[H, W]``; the IoU is
+    :func:`class_pair_iou`). ``value`` is NaN before the second mask; 0 = perfectly stable, 1 = no
+    overlap between any two consecutive masks.
+    """
+
+    def __init__(self, num_classes: int = 1):
+        self.num_classes = int(num_classes)
+        self.prev: np.ndarray | None = None
+        self.total = 0.0
+        self.pairs = 0
+
+    def update(self, mask: np.ndarray) -> float:
+        """Add the next mask; returns this pair's 1 − IoU (NaN for the first mask)."""
+        prev, self.prev = self.prev, mask
+        if prev is None:
+            return float("nan")
+        d = 1.0 - class_pair_iou(prev, mask, self.num_classes)
+        self.total += d
+        self.pairs += 1
+        return d
+
+    @property
+    def value(self) -> float:
+        """Mean 1 − IoU over the consecutive pairs seen so far (NaN with fewer than two masks)."""
+        return self.total / self.pairs if self.pairs else float("nan")

@@ -51,12 +51,19 @@ Examples:
 @click.option("--fps", default=None, type=click.FloatRange(min=0.01, min_open=False), help="Frame rate of image-folder sources (default 25) / asked of cameras.")
 @click.option("--show", is_flag=True, help="Show the overlaid video in a window (needs a display).")
 @click.option("--metrics-jsonl", default=None, type=click.Path(dir_okay=False), help="Write metrics once per second as JSON lines.")
+@click.option("--temporal", default="off", show_default=True, type=click.Choice(["off", "ema", "flow"]),
+              help="Use the time axis: ema smooths the logits over frames; flow carries the last keyframe's logits "
+                   "to the frames in between by optical flow (with --infer-every).")
+@click.option("--infer-every", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Run the network on every K-th frame (keyframes); the others get propagated logits.")
+@click.option("--ema", "ema", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Weight of the previous logits in --temporal ema.")
 @click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and --json).")
 def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeout_ms, alpha, contour, codec, preset, crf,
-                   threads, loop, max_frames, max_latency_ms, reconnect, stall_timeout, fps, show, metrics_jsonl, allow_failed_gate,
-                   as_json, quiet):
+                   threads, loop, max_frames, max_latency_ms, reconnect, stall_timeout, fps, show, metrics_jsonl, temporal,
+                   infer_every, ema, allow_failed_gate, as_json, quiet):
     """Segment a video/camera/network stream and write the overlaid output.
 
     Decoding, batched inference and overlay+encoding run in parallel threads; the output keeps the
@@ -82,7 +89,7 @@ def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeou
     options = StreamOptions(batch_size=batch_size, batch_timeout_ms=batch_timeout_ms, alpha=alpha, contour=contour,
                             codec=codec, preset=preset, crf=crf, max_frames=max_frames, max_latency_ms=max_latency_ms,
                             reconnect=reconnect, fps=fps, stall_timeout=stall_timeout, show=show,
-                            metrics_jsonl=metrics_jsonl, loop=loop)
+                            metrics_jsonl=metrics_jsonl, loop=loop, temporal=temporal, infer_every=infer_every, ema=ema)
     report = run_stream(backend, list(sources), [] if no_output else list(outputs), options,
                         log=None if not quiet else (lambda m: None))
     if as_json:

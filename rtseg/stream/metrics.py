@@ -88,7 +88,9 @@ class SourceReport:
 
     ``frames``: frames written to its sinks; ``fps``: frames / seconds of the run;
     ``drops``: live frames dropped under backpressure or for exceeding ``max_latency_ms``;
-    ``decode_errors``: packets the decoder rejected (skipped); ``reconnects``: successful reopens.
+    ``decode_errors``: packets the decoder rejected (skipped); ``reconnects``: successful reopens;
+    ``flicker``: mean over consecutive frames of 1 − IoU of the predicted masks at network size
+    (:class:`rtseg.metrics.FlickerMeter`; NaN with fewer than two frames).
     """
 
     name: str
@@ -103,6 +105,7 @@ class SourceReport:
     reconnects: int = 0
     e2e: Latency = field(default_factory=Latency)
     error: str | None = None
+    flicker: float = math.nan
 
 
 @dataclass
@@ -124,6 +127,9 @@ class StreamReport:
         backend: the backend's one-line description.
         rss_mb: resident memory of the process in MiB, sampled once per second: ``first``, ``last``,
             ``max``, ``samples``.
+        flicker: the predicted masks' temporal flicker, mean over consecutive frames of each source of
+            1 − IoU(mask_t, mask_t+1) at network size (0 = stable; NaN with fewer than two frames).
+        temporal: the temporal mode, e.g. ``"off, K=1"`` or ``"flow, K=2"`` (:mod:`rtseg.stream.temporal`).
     """
 
     frames: int = 0
@@ -137,6 +143,8 @@ class StreamReport:
     stopped: str = "end of input"
     backend: str = ""
     rss_mb: dict[str, float] = field(default_factory=dict)
+    flicker: float = math.nan
+    temporal: str = "off, K=1"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (NaN → ``None``)."""
@@ -148,7 +156,8 @@ class StreamReport:
     def table(self) -> str:
         """Human-readable multi-line summary: totals, per-stage p50/p99 ms, per-source FPS."""
         lines = [f"stream: {self.frames} frames in {self.seconds:.2f} s = {self.fps:.1f} FPS "
-                 f"({self.backend}; batch mean {self.batch_mean:.2f}; drops {self.drops}; stopped: {self.stopped})"]
+                 f"({self.backend}; batch mean {self.batch_mean:.2f}; drops {self.drops}; stopped: {self.stopped})",
+                 f"  temporal: {self.temporal}; flicker (mean 1 - IoU of consecutive masks): {_fmt(self.flicker, 4)}"]
         lines.append(f"  {'stage':<12}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'count':>8}")
         for name in STAGES:
             lat = self.latency.get(name, Latency())
@@ -175,8 +184,8 @@ class StreamReport:
         return "\n".join(lines)
 
 
-def _fmt(x: float) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
+def _fmt(x: float, digits: int = 2) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
 def _nan_to_none(o: Any) -> Any:

@@ -49,10 +49,12 @@ import numpy as np
 
 from ..data.transforms import Geometry, Preprocessor, place
 from ..errors import RtsegError
+from ..metrics import FlickerMeter
 from .metrics import STAGES, Latency, LatencyRecorder, MetricsWriter, SourceReport, StreamReport
 from .overlay import Overlay, palette_from_meta
 from .sinks import DisplaySink, NullSink, Sink, make_sink
 from .sources import NETWORK_SCHEMES, Item, Source, SourceSpecError, open_source
+from .temporal import check_temporal, describe_temporal, make_temporal
 
 _EOS = object()
 #: reconnect backoff: first wait, doubling up to the last (s)
@@ -83,6 +85,12 @@ class StreamOptions:
         overlay: draw the masks (``False``: frames pass through unchanged, for measurements).
         handle_signals: in the main thread, turn SIGINT/SIGTERM into a graceful stop (a second one
             abandons queued frames); the previous handlers are restored afterwards.
+        temporal: ``"off"``, ``"ema"`` or ``"flow"`` (:mod:`rtseg.stream.temporal`): smooth the logits
+            across frames of a source (``ema``) or carry the last keyframe's logits to the frames in
+            between by optical flow (``flow``).
+        infer_every: K ≥ 1: run the network on every K-th frame of a source (keyframes); the frames in
+            between keep their place, count and timestamps and get propagated logits.
+        ema: ``a`` in [0, 1) of ``ema``: ``z_t = a·z_{t−1} + (1 − a)·logits_t``.
 
     Raises:
         RtsegError: a value out of range (one line naming the option and the fix).
@@ -105,6 +113,9 @@ class StreamOptions:
     loop: int = 1
     overlay: bool = True
     handle_signals: bool = True
+    temporal: str = "off"
+    infer_every: int = 1
+    ema: float = 0.5
 
     def __post_init__(self) -> None:
         self.validate()
@@ -126,6 +137,7 @@ class StreamOptions:
             raise RtsegError(f"--max-frames must be ≥ 1, got {self.max_frames}; omit it to read the whole input")
         if self.stall_timeout <= 0:
             raise RtsegError(f"--stall-timeout must be > 0 s, got {self.stall_timeout}")
+        check_temporal(self.temporal, self.infer_every, self.ema)
 
 
 @dataclass
@@ -139,6 +151,10 @@ class StreamFrame:
         geom: where the network input sits in the frame (stretch or letterbox geometry).
         t0: ``time.perf_counter()`` (s) when the decode that produced it started (e2e latency).
         mask: ``uint8[H, W]`` class indices at network size, set after inference.
+        seq: frame number in its source (0-based, counts every frame read); fresh: first frame of a
+            (re)connection. logits: ``float32[C, H, W]`` at network size in the temporal modes
+            (keyframes: set by the batcher; the others: by :class:`rtseg.stream.temporal.Temporal`).
+        gray: ``uint8[H, W]`` gray network input (``flow`` with K > 1 only).
     """
 
     src: int
@@ -147,6 +163,10 @@ class StreamFrame:
     geom: Geometry
     t0: float
     mask: np.ndarray | None = None
+    seq: int = 0
+    fresh: bool = False
+    logits: np.ndarray | None = None
+    gray: np.ndarray | None = None
 
 
 class _Prep:
@@ -273,7 +293,8 @@ class _InQueues:
 class _SourceState:
     """Everything the three threads of one source share: counters, latencies, queues, buffer pool."""
 
-    def __init__(self, idx: int, src: Source, sinks: list[Sink], net_shape: tuple[int, int, int]):
+    def __init__(self, idx: int, src: Source, sinks: list[Sink], net_shape: tuple[int, int, int],
+                 num_classes: int = 1):
         self.idx = idx
         self.src = src
         self.sinks = sinks
@@ -291,6 +312,7 @@ class _SourceState:
         self.net_shape = net_shape
         self.last_video_s = 0.0
         self.frame_s = float(1 / src.info.rate) if src.info.rate else 0.04
+        self.flicker = FlickerMeter(num_classes)
 
     def get_buf(self) -> np.ndarray:
         """A ``uint8[H, W, 3]`` network-input buffer from the pool (or a new one)."""
@@ -395,6 +417,7 @@ class _SourceWorker:
         self.live = st.src.live
         self.clock = _LiveClock(st.src.info.time_base)
         self.max_frames = pipe.options.max_frames
+        self.fresh = True  # the next frame is the first of a (re)connection
 
     def run(self) -> None:
         try:
@@ -451,7 +474,9 @@ class _SourceWorker:
         buf = st.get_buf()
         geom = pipe.preprocess(f, buf)
         st.lat["preprocess"].add((time.perf_counter() - t0) * 1000.0)
-        pipe.inq.put(st.idx, StreamFrame(st.idx, f, buf, geom, t0 - item.decode_ms / 1000.0), pipe.stop, st.release)
+        sf = StreamFrame(st.idx, f, buf, geom, t0 - item.decode_ms / 1000.0, seq=st.read, fresh=self.fresh)
+        self.fresh = False
+        pipe.inq.put(st.idx, sf, pipe.stop, st.release)
         st.read += 1
         if self.max_frames is not None and st.read >= self.max_frames:
             st.max_frames_hit = True
@@ -472,6 +497,7 @@ class _SourceWorker:
                 continue
             self.st.reconnects += 1
             self.clock.resume()
+            self.fresh = True
             self.pipe.log(f"source {src.name} reconnected")
             return not stop.is_set()
         return False
@@ -579,6 +605,11 @@ class StreamPipeline:
         self.errors: list[BaseException] = []
         bs = self.options.batch_size
         self.batch_size = min(bs, int(backend.max_batch)) if backend.max_batch is not None else bs
+        opts = self.options
+        #: per-source temporal state (``None``: the default path, one predict_u8 per frame)
+        self.temporal = make_temporal(opts.temporal, opts.infer_every, opts.ema, backend.input_hw)
+        #: frames per batcher round: with K > 1 about ``batch_size`` of them are keyframes
+        self._take_n = self.batch_size * (opts.infer_every if self.temporal is not None else 1)
         model_meta = backend.meta.get("model", {}) if isinstance(backend.meta, dict) else {}
         self.drawer = Overlay(palette_from_meta(model_meta, backend.num_classes), alpha=self.options.alpha,
                               contour=self.options.contour)
@@ -603,6 +634,11 @@ class StreamPipeline:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """``uint8[N, H, W, 3]`` RGB batch → ``uint8[N, H, W]`` class indices (one engine call)."""
         return self.backend.predict_u8(batch)
+
+    def infer_logits(self, batch: np.ndarray) -> np.ndarray:
+        """Temporal modes (``temporal`` not ``off`` or ``infer_every`` > 1): ``uint8[N, H, W, 3]`` RGB batch
+        of keyframes → logits ``float32[N, C, H, W]`` (one engine call)."""
+        return self.backend.infer_u8(batch)
 
     def postprocess(self, item: StreamFrame) -> av.VideoFrame:
         """The frame to write: ``item.frame`` with ``item.mask`` overlaid (``yuv420p``, same size and
@@ -696,7 +732,7 @@ class StreamPipeline:
             shape = (*self.backend.input_hw, 3)
             for i, (src, sinks) in enumerate(zip(self._opened, per_src_sinks)):
                 self._open_sinks(src, sinks)
-                self.states.append(_SourceState(i, src, sinks, shape))
+                self.states.append(_SourceState(i, src, sinks, shape, self.backend.num_classes))
         except BaseException:
             _close_all(self._all_sinks, self._opened)
             raise
@@ -718,7 +754,7 @@ class StreamPipeline:
                 self.log(note)
 
     def _make_queues(self) -> None:
-        bs = self.batch_size
+        bs = self._take_n
         live = [st.src.live for st in self.states]
         self.inq = _InQueues([max(2, bs) if lv else max(4, 2 * bs) for lv in live], live)
 
@@ -776,7 +812,7 @@ class StreamPipeline:
         max_age = self.options.max_latency_ms / 1000.0 if self.options.max_latency_ms else None
         try:
             while not all(done):
-                items, finished = self.inq.take(self.batch_size, timeout, self.stop, self.abort, max_age,
+                items, finished = self.inq.take(self._take_n, timeout, self.stop, self.abort, max_age,
                                                 self._release)
                 if items:
                     self._infer_batch(batch, items)
@@ -791,6 +827,9 @@ class StreamPipeline:
                     self.states[i].put_out(_EOS, None, self.abort)
 
     def _infer_batch(self, batch: np.ndarray, items: list[StreamFrame]) -> None:
+        if self.temporal is not None:
+            self._infer_keyframes(batch, items)
+            return
         k = len(items)
         for j, it in enumerate(items):
             batch[j] = it.net
@@ -801,6 +840,24 @@ class StreamPipeline:
         self.batch_sizes.append(k)
         for j, it in enumerate(items):
             it.mask = masks[j]
+            self.states[it.src].put_out(it, self._out_cap, self.abort)
+
+    def _infer_keyframes(self, batch: np.ndarray, items: list[StreamFrame]) -> None:
+        """Temporal modes: only the keyframes go to the engine (:meth:`infer_logits`, ≤ ``batch_size`` a
+        call); every frame then goes on in order, the others get their logits in the sink thread."""
+        keys = [it for it in items if self.temporal.plan(it)]
+        for j0 in range(0, len(keys), self.batch_size):
+            chunk = keys[j0:j0 + self.batch_size]
+            for j, it in enumerate(chunk):
+                batch[j] = it.net
+            t0 = time.perf_counter()
+            logits = self.infer_logits(batch[:len(chunk)])
+            self.infer_lat.add((time.perf_counter() - t0) * 1000.0)
+            self.batch_sizes.append(len(chunk))
+            for j, it in enumerate(chunk):
+                it.logits = logits[j]
+        for it in items:
+            self.states[it.src].release(it)
             self.states[it.src].put_out(it, self._out_cap, self.abort)
 
     def _sink_worker(self, st: _SourceState) -> None:
@@ -828,6 +885,9 @@ class StreamPipeline:
             if abort.is_set():
                 continue
             t0 = perf()
+            if it.mask is None:
+                it.mask = self.temporal.resolve(it)
+            st.flicker.update(it.mask)
             frame = self.postprocess(it)
             t1 = perf()
             st.last_video_s = float(frame.pts * frame.time_base)
@@ -878,6 +938,10 @@ class StreamPipeline:
         report.frames = sum(s.written for s in self.states)
         report.fps = report.frames / seconds if seconds > 0 else 0.0
         report.drops = sum(self.inq.drops)
+        pairs = sum(s.flicker.pairs for s in self.states)
+        report.flicker = sum(s.flicker.total for s in self.states) / pairs if pairs else math.nan
+        o = self.options
+        report.temporal = describe_temporal(o.temporal, o.infer_every, o.ema)
         report.batch_mean = float(np.mean(self.batch_sizes)) if self.batch_sizes else 0.0
         report.queue_max = {"in": sum(self.inq.max_depth), "out": sum(s.out_max for s in self.states)}
         rss = self._rss
@@ -895,7 +959,7 @@ class StreamPipeline:
             width=s.src.info.width, height=s.src.info.height, live=s.src.live, frames=s.written,
             fps=s.written / seconds if seconds > 0 else 0.0, drops=self.inq.drops[i],
             decode_errors=s.src.decode_errors, reconnects=s.reconnects, e2e=Latency.of(s.lat["e2e"].samples()),
-            error=s.error)
+            error=s.error, flicker=s.flicker.value)
 
 
 def run_stream(backend, sources: Sequence, outputs: Sequence | None = None, options: StreamOptions | None = None,
