@@ -1,11 +1,14 @@
 """``rtseg bench``: latency and throughput of engines on real frames, and the stream's end-to-end FPS.
 
-For every target (engine folders, plus the PyTorch eager reference of the same checkpoint) and every
+For every target (engine folders, plus the reference of the same checkpoint: PyTorch eager, or the
+``model.onnx`` of an imported model folder in ONNX Runtime fp32; model folders themselves) and every
 batch size, frames decoded from a real video are preprocessed once to the engine's input size; then
 ``backend.infer_u8`` is timed call by call for ``--seconds`` after ``--warmup`` calls. Reported per
 row: latency p50/p99 per call (ms) and throughput (frames per second = frames / wall time). With
 ``--stream``, the whole pipeline (decode → preprocess → infer → overlay → H.264 encode) runs over the
 video and its end-to-end FPS is reported. Medians, not means: the machines are shared and noisy.
+:meth:`BenchReport.save_chart` draws the PNG (latency per batch size per engine; end-to-end FPS per path)
+that ``rtseg bench`` writes next to its JSON.
 """
 
 from __future__ import annotations
@@ -52,6 +55,45 @@ class BenchReport:
                         "pipeline_efficiency": st.fps / inf.fps if inf else None})
         return out
 
+    def save_chart(self, path: str | Path) -> Path:
+        """Write a PNG (matplotlib, Agg): left, inference latency p50 (ms) per batch size per engine;
+        right, end-to-end FPS per path (stream rows and the naive loop). Returns the path.
+
+        Raises:
+            RtsegError: the file cannot be written.
+        """
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for key in dict.fromkeys((r.target, r.backend, r.precision) for r in self.rows if r.kind == "infer"):
+            pts = sorted((r.batch, r.p50_ms) for r in self.rows if r.kind == "infer" and (r.target, r.backend, r.precision) == key)
+            ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_label(*key))
+        ax1.set(xlabel="batch size", ylabel="latency p50 per call (ms)", title="inference latency")
+        ax1.set_xticks(sorted({r.batch for r in self.rows if r.kind == "infer"}) or [1])
+        ax1.grid(alpha=0.3)
+        if ax1.lines:
+            ax1.legend(fontsize=7)
+        e2e = [r for r in self.rows if r.kind in ("stream", "naive")]
+        names = [("naive loop" if r.kind == "naive" else f"{_label(r.target, r.backend, r.precision)} b{r.batch}") for r in e2e]
+        ax2.barh(range(len(e2e)), [r.fps for r in e2e], color=["#999999" if r.kind == "naive" else "#2a7ab9" for r in e2e])
+        ax2.set_yticks(range(len(e2e)), names, fontsize=7)
+        ax2.set(xlabel="frames per second, end to end", title="stream FPS per path")
+        ax2.grid(alpha=0.3, axis="x")
+        fig.suptitle(f"rtseg bench — {Path(self.video).name}, {self.machine.get('cpu', '')}", fontsize=9)
+        fig.tight_layout()
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=110)
+        except OSError as e:
+            raise RtsegError(f"cannot write the chart {path} ({e}); pass a writable --chart path") from None
+        finally:
+            plt.close(fig)
+        return path
+
     def table(self) -> str:
         """Text table; with several targets, adds the speed-up of each over the slowest batch-1 row."""
         head = f"{'target':38s} {'kind':6s} {'batch':>5s} {'p50 ms':>8s} {'p99 ms':>8s} {'FPS':>8s}"
@@ -77,6 +119,21 @@ class BenchReport:
                              f"{f(c['infer_vs_torch'], '.2f')}x torch eager; pipeline efficiency "
                              f"{f(c['pipeline_efficiency'], '.2f')} (stream / inference FPS)")
         return "\n".join(lines)
+
+
+def _label(target: str, backend: str, precision: str) -> str:
+    """Chart label: the model name (``model.json`` ``model`` of the engine or folder) + backend-precision."""
+    import json
+
+    name = ""
+    for f in ("engine.json", "model.json"):
+        try:
+            d = json.loads((Path(target) / f).read_text()) if target else {}
+        except (OSError, ValueError):
+            continue
+        name = (d.get("model") or {}).get("model", "") if f == "engine.json" else d.get("model", "")
+        break
+    return f"{name} {backend}-{precision}".strip()
 
 
 def stream_row(backend, video: str, batch: int, output: str | None, max_frames: int | None = None) -> BenchRow:
@@ -201,7 +258,7 @@ def run_bench(targets: list[str], video: str, options: BenchOptions | None = Non
         raise RtsegError("nothing to benchmark; pass --engine DIR (repeatable) or --checkpoint DIR")
     if o.compare and not o.torch_ref:
         raise RtsegError("--compare needs the PyTorch reference; drop --no-torch")
-    backends = _open_targets(targets, o)
+    backends, refs = _open_targets(targets, o)
     if o.threads:
         import torch
 
@@ -213,25 +270,29 @@ def run_bench(targets: list[str], video: str, options: BenchOptions | None = Non
     if o.compare:
         ref = next((b for b in backends if b.name == "torch"), None)
         if ref is None:
-            raise RtsegError("--compare needs the PyTorch reference: pass engines built by 'rtseg build-engine' "
-                             "(their engine.json names the checkpoint) or add --checkpoint DIR")
+            raise RtsegError("--compare needs the PyTorch reference: pass engines built by 'rtseg build-engine' from a checkpoint "
+                             "(their engine.json names it) or add --checkpoint DIR; an imported model folder has no PyTorch "
+                             "module — drop --compare for it")
         row = naive_row(ref, video, o.stream_frames)
         log(f"  naive loop (cv2 read → torch eager → cv2 overlay → cv2 write): {row.fps:.1f} FPS end to end")
         report.rows.append(row)
     if o.stream or o.compare:
-        for b in (b for b in backends if b.name != "torch"):
+        for b in (b for b in backends if b.name != "torch" and id(b) not in refs):
             row = stream_row(b, video, o.stream_batch or 1, o.stream_output, o.stream_frames)
             log(f"  stream {b.describe()} batch {row.batch}: {row.fps:.1f} FPS end to end")
             report.rows.append(row)
     return report
 
 
-def _open_targets(targets: list[str], o: BenchOptions) -> list:
-    """Load every target, plus (``torch_ref``) the PyTorch reference of each engine's checkpoint, first."""
+def _open_targets(targets: list[str], o: BenchOptions) -> tuple[list, set]:
+    """Load every target, plus (``torch_ref``) the reference of each engine's checkpoint, first: PyTorch
+    eager for a checkpoint, ``model.onnx`` in ONNX Runtime fp32 for an imported model folder.
+    Returns (backends, ids of the references added, which get no stream row)."""
     from .runtime import load_engine
 
     backends = [load_engine(t, backend=o.backend if o.backend and (Path(t) / "engine.json").exists() else None,
                             num_threads=o.threads, allow_failed_gate=o.allow_failed_gate) for t in targets]
+    refs: set = set()
     if o.torch_ref:
         seen = {str(Path(t).resolve()) for t in targets}
         for b in list(backends):
@@ -239,7 +300,8 @@ def _open_targets(targets: list[str], o: BenchOptions) -> list:
             if b.name != "torch" and ck and Path(ck).is_dir() and str(Path(ck).resolve()) not in seen:
                 seen.add(str(Path(ck).resolve()))
                 backends.insert(0, load_engine(ck, num_threads=o.threads))
-    return backends
+                refs.add(id(backends[0]))
+    return backends, refs
 
 
 def _infer_rows(b, frames: list[np.ndarray], o: BenchOptions, log) -> list[BenchRow]:

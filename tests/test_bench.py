@@ -41,6 +41,12 @@ def test_bench_json_report(capsys, engine, clip, tmp_path):
     stream = [r for r in rows if r["kind"] == "stream"][0]
     assert stream["calls"] == 20
     assert rep["machine"]["cores"] >= 1 and rep["input_hw"] == [64, 64]
+    # the PNG chart next to the JSON: latency per batch size per engine, end-to-end FPS per path
+    import cv2
+
+    png = cv2.imread(str(out.with_suffix(".png")))
+    assert png is not None and png.shape[0] > 200 and png.shape[1] > 400
+    assert (png < 250).mean() > 0.02  # something is drawn, not a blank canvas
 
 
 def test_bench_table_and_wrong_backend(capsys, engine, clip):

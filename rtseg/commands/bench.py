@@ -20,8 +20,9 @@ def _ints(s: str) -> list[int]:
 
 
 @click.command("bench")
-@click.option("--engine", "engines", multiple=True, type=click.Path(), help="Engine or checkpoint folder (repeatable).")
-@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(), help="Checkpoint folder (PyTorch eager).")
+@click.option("--engine", "engines", multiple=True, type=click.Path(), help="Engine, checkpoint or model folder (repeatable).")
+@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(),
+              help="Checkpoint (PyTorch eager) or model folder (its model.onnx in ONNX Runtime fp32).")
 @click.option("--video", required=True, type=click.Path(), help="Real video whose frames are used (and streamed).")
 @click.option("--batch-sizes", default="1,2,4,8", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--seconds", default=3.0, show_default=True, type=float, help="Timed seconds per row.")
@@ -39,9 +40,11 @@ def _ints(s: str) -> list[int]:
               help="Also run the naive loop (cv2 read → torch eager → cv2 overlay → cv2 write) and print the ratios: "
                    "engine vs torch eager, stream vs naive loop, stream vs inference-only FPS.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
-@click.option("--out", "out_json", type=click.Path(), help="Also write the JSON report to this file.")
+@click.option("--out", "out_json", type=click.Path(), help="Also write the JSON report to this file (and the PNG chart next to it).")
+@click.option("--chart", "chart", type=click.Path(), default=None,
+              help="PNG chart: latency per batch size per engine, end-to-end FPS per path (default: --out with .png).")
 def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, threads, backend, no_torch, stream,
-                  stream_batch, stream_frames, stream_output, allow_failed_gate, compare, as_json, out_json):
+                  stream_batch, stream_frames, stream_output, allow_failed_gate, compare, as_json, out_json, chart):
     """Latency p50/p99 and throughput at each batch size on real frames, for engines and the PyTorch
     reference, plus the stream's end-to-end FPS on --video.
 
@@ -55,6 +58,10 @@ def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, thr
     rep = run_bench(list(engines) + list(checkpoints), video, options, log=log)
     if out_json:
         Path(out_json).write_text(json.dumps(rep.to_dict(), indent=2))
+    chart = chart or (str(Path(out_json).with_suffix(".png")) if out_json else None)
+    if chart:
+        rep.save_chart(chart)
+        log(f"chart: {chart}")
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=2))
     else:
