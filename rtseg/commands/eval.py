@@ -28,8 +28,20 @@ from ..evaluation import evaluate_backend, format_table, overlay_grid, resolve_s
 @click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
 @click.option("--out", "out_json", type=click.Path(), help="Also write the JSON result to this file.")
+@click.option("--video", type=click.Path(), help="Evaluate on a video clip (decoded as the stream does) against --masks.")
+@click.option("--masks", type=click.Path(), help="With --video: folder of per-frame masks (frame k ↔ k-th file in sorted order).")
+@click.option("--temporal", default="off", show_default=True, type=click.Choice(["off", "ema", "flow"]),
+              help="With --video: the stream's temporal mode (see rtseg stream --help).")
+@click.option("--infer-every", default=1, show_default=True, type=click.IntRange(min=1),
+              help="With --video: run the network on every K-th frame, propagate to the others.")
+@click.option("--ema", "ema", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="With --video: weight of the previous logits in --temporal ema.")
+@click.option("--max-frames", default=None, type=click.IntRange(min=1), help="With --video: score the first N frames.")
+@click.option("--plot", "plot_path", default=None, type=click.Path(),
+              help="With --video: PNG of per-frame Dice and flicker (default: --out with .png, else video_eval.png).")
 def eval_command(target, checkpoint, engine, data, data_format, split, batch_size, threads, limit, save_overlays,
-                 overlays_path, allow_failed_gate, as_json, out_json):
+                 overlays_path, allow_failed_gate, as_json, out_json, video, masks, temporal, infer_every, ema,
+                 max_frames, plot_path):
     """Dice, IoU, accuracy, recall, specificity, precision (per-image mean and dataset-global) of a
     checkpoint or an engine (default: rtseg's shipped polyp model), on a split or a folder.
 
@@ -47,6 +59,15 @@ def eval_command(target, checkpoint, engine, data, data_format, split, batch_siz
         backend = load_engine(path, num_threads=threads, allow_failed_gate=allow_failed_gate)
     if backend.max_batch:
         batch_size = min(batch_size, backend.max_batch)
+    if video or masks:
+        from ..video_eval import VideoEvalOptions
+
+        if not (video and masks):
+            raise RtsegError("--video and --masks go together; pass the clip and the folder of its per-frame masks")
+        opts = VideoEvalOptions(temporal=temporal, infer_every=infer_every, ema=ema, batch_size=batch_size,
+                                max_frames=max_frames)
+        _eval_video(backend, video, masks, opts, as_json, out_json, plot_path)
+        return
     samples, reader, where = resolve_samples(data, split, backend.meta.get("model", {}), data_format)
     res = evaluate_backend(backend, samples, batch_size=batch_size, limit=limit, progress=not as_json, reader=reader,
                            keep=save_overlays)
@@ -70,3 +91,29 @@ def eval_command(target, checkpoint, engine, data, data_format, split, batch_siz
         click.echo(f"inference {res['ms_per_image']:.1f} ms/image (batch {batch_size})")
         if res.get("overlays"):
             click.echo(f"overlays: {res['overlays']}")
+
+
+def _eval_video(backend, video, masks, opts, as_json: bool, out_json, plot_path) -> None:
+    """``rtseg eval --video``: run :func:`rtseg.video_eval.evaluate_video`, print, write JSON and the plot."""
+    from ..video_eval import evaluate_video, format_video_table, plot_video
+
+    res = evaluate_video(backend, video, masks, opts)
+    plot = plot_path or (str(Path(out_json).with_suffix(".png")) if out_json else "video_eval.png")
+    res["plot"] = str(plot_video(res, plot))
+    if out_json:
+        Path(out_json).write_text(json.dumps(_nan_to_none(res), indent=2))
+    if as_json:
+        click.echo(json.dumps(_nan_to_none(res)))
+    else:
+        click.echo(format_video_table(res))
+        click.echo(f"plot: {res['plot']}" + (f"; JSON: {out_json}" if out_json else ""))
+
+
+def _nan_to_none(o):
+    if isinstance(o, float) and o != o:
+        return None
+    if isinstance(o, dict):
+        return {k: _nan_to_none(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_nan_to_none(v) for v in o]
+    return o

@@ -588,6 +588,10 @@ class StreamPipeline:
         RtsegError: a bad option, or no source.
     """
 
+    #: a subclass that needs every frame's logits (``item.logits``, ``float32[C, H, W]``, e.g. video
+    #: evaluation) sets this: the temporal path then runs even with ``off`` and K = 1
+    keep_logits: bool = False
+
     def __init__(self, backend, sources: Sequence, outputs: Sequence | None = None,
                  options: StreamOptions | None = None, *, stop_event: threading.Event | None = None,
                  log: Callable[[str], None] | None = None):
@@ -607,7 +611,8 @@ class StreamPipeline:
         self.batch_size = min(bs, int(backend.max_batch)) if backend.max_batch is not None else bs
         opts = self.options
         #: per-source temporal state (``None``: the default path, one predict_u8 per frame)
-        self.temporal = make_temporal(opts.temporal, opts.infer_every, opts.ema, backend.input_hw)
+        self.temporal = make_temporal(opts.temporal, opts.infer_every, opts.ema, backend.input_hw,
+                                      force=self.keep_logits)
         #: frames per batcher round: with K > 1 about ``batch_size`` of them are keyframes
         self._take_n = self.batch_size * (opts.infer_every if self.temporal is not None else 1)
         model_meta = backend.meta.get("model", {}) if isinstance(backend.meta, dict) else {}
