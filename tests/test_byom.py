@@ -1,0 +1,254 @@
+"""Bring your own model (issue 15): third-party PyTorch models and ONNX files → model folder → OpenVINO
+and ONNX Runtime engines (fp32, int8 with the accuracy gate on real labelled images) → rtseg stream on
+a real clip → rtseg eval on real images; the bad-input errors of import-onnx, each one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+
+import av
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import byom_models as bm
+from rtseg.byom import ImportMeta, export_model, import_onnx
+from rtseg.cli import main
+from rtseg.errors import RtsegError
+
+HW = (96, 96)
+N_FRAMES = 8
+
+
+def _cli(capsys, args: list[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        main(args)
+        raise SystemExit(0)
+    cap = capsys.readouterr()
+    return e.value.code, cap.out, cap.err
+
+
+def _video_info(path) -> tuple[int, int, int, float]:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        n = sum(1 for _ in c.decode(s))
+        return n, s.codec_context.width, s.codec_context.height, float(s.average_rate)
+
+
+@pytest.fixture(scope="module", params=["smp-unet", "segformer"])
+def model_folder(request, tmp_path_factory):
+    """A model folder from a third-party module trained for a few steps on real Kvasir images."""
+    torch.set_num_threads(2)
+    name = request.param
+    module = bm.tiny_unet() if name == "smp-unet" else bm.tiny_segformer()
+    losses = bm.train_few_steps(module, HW)
+    assert losses[-1] < losses[0]  # it learned something from the real images
+    d = tmp_path_factory.mktemp(name)
+    folder = export_model(module, bm.meta(name, HW, stride=1 if name == "smp-unet" else 4), d / "model")
+    return folder, module
+
+
+def test_model_folder_matches_the_module(model_folder):
+    folder, module = model_folder
+    mj = json.loads((folder / "model.json").read_text())
+    assert mj["format"] == "rtseg-imported/1" and mj["source"]["kind"] == "torch" and mj["source"]["batch"] == "dynamic"
+    assert mj["input_size"] == list(HW) and mj["num_classes"] == 1
+    if mj["model"] == "segformer":  # logits at 1/4 were upsampled in the graph
+        assert any("upsampled" in e for e in mj["source"]["edits"])
+    from rtseg import load
+
+    seg = load(folder)
+    x, _ = bm.kvasir_batch(HW, 3, split="val")
+    with torch.inference_mode():
+        z = bm.logits_of(module(x))
+        z = torch.nn.functional.interpolate(z, size=HW, mode="bilinear", align_corners=False).numpy()
+    y = seg.backend.infer(x.numpy())
+    assert y.shape == (3, 1, *HW)
+    assert np.max(np.abs(y - z)) < 1e-3 * max(1.0, np.abs(z).max())
+
+
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_engines_fp32_int8_with_gate_stream_and_eval(model_folder, backend, tmp_path, capsys, clip, kvasir):
+    folder, _ = model_folder
+    common = ["--checkpoint", str(folder), "--backend", backend, "--threads", "2"]
+    code, out, err = _cli(capsys, ["build-engine", *common, "--precision", "fp32", "--out", str(tmp_path / "fp32")])
+    assert code == 0, err
+    code, out, err = _cli(capsys, ["build-engine", *common, "--precision", "int8", "--num-calib", "8",
+                                   "--gate-images", "16", "--gate-max-rounds", "2", "--out", str(tmp_path / "int8")])
+    engine = json.loads((tmp_path / "int8" / "engine.json").read_text())
+    gate = engine["accuracy_gate"]
+    # the gate ran on the real held-out labelled images with the Dice of a model that learned something
+    assert gate["status"] in ("passed", "failed") and gate["images"] == 16 and gate["metric"] == "dice"
+    assert gate["reference"]["score"] > 5.0
+    assert code == (0 if gate["status"] == "passed" else 2), err
+    assert engine["checkpoint"]["path"] == str(folder.resolve()) and engine["calibration"]["num_images"] == 8
+    assert engine["verify"]["reference"].startswith("model.onnx") and engine["verify"]["mask_agreement"] > 0.9
+    fp32 = json.loads((tmp_path / "fp32" / "engine.json").read_text())
+    assert fp32["verify"]["max_abs_diff"] < 1e-3 * max(1.0, fp32["verify"]["logit_scale"])
+    out_mp4 = tmp_path / "out.mp4"
+    code, _, err = _cli(capsys, ["stream", "--engine", str(tmp_path / "int8"), "--allow-failed-gate", "--source", str(clip),
+                                 "--output", str(out_mp4), "--max-frames", str(N_FRAMES), "--batch-size", "4", "--threads", "2", "-q"])
+    assert code == 0, err
+    assert _video_info(out_mp4) == (N_FRAMES, 1280, 720, 25.0)  # frame count, size and rate of the input
+    code, out, err = _cli(capsys, ["eval", "--engine", str(tmp_path / "fp32"), "--data", str(kvasir), "--split", "test",
+                                   "--limit", "16", "--json"])
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["n_images"] == 16 and 0.0 < res["per_image"]["dice"] <= 1.0
+
+
+def test_third_party_export_imports_and_streams(tmp_path, capsys, clip, kvasir):
+    """torch.onnx.export called directly on an smp U-Net (not rtseg's export): sigmoid probabilities out,
+    batch fixed at 1, another input name — imported (batch made dynamic, probabilities → logits), streamed."""
+    torch.set_num_threads(2)
+    unet = bm.tiny_unet().eval()
+    wrapped = torch.nn.Sequential(unet, torch.nn.Sigmoid()).eval()
+    onnx_path = tmp_path / "unet_probs.onnx"
+    with torch.no_grad():
+        torch.onnx.export(wrapped, (torch.zeros(1, 3, *HW),), str(onnx_path), input_names=["pixels"],
+                          output_names=["probs"], opset_version=17, dynamo=False)
+    meta_file = tmp_path / "meta.yaml"
+    meta_file.write_text(yaml.safe_dump(bm.meta("smp-unet-probs", HW, kind="probabilities")))
+    code, out, err = _cli(capsys, ["import-onnx", str(onnx_path), "--meta", str(meta_file), "--out", str(tmp_path / "m")])
+    assert code == 0, err
+    mj = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert mj["source"]["batch"] == "dynamic" and mj["source"]["original_input"]["name"] == "pixels"
+    assert any("logit" in e for e in mj["source"]["edits"])
+    from rtseg import load
+
+    x, _ = bm.kvasir_batch(HW, 2, split="val")
+    with torch.inference_mode():
+        z = unet(x).numpy()
+    y = load(tmp_path / "m").backend.infer(x.numpy())
+    inside = np.abs(z) < 8  # away from the probability clip (1e-6) the logits come back
+    assert np.max(np.abs(y - z)[inside]) < 1e-2
+    out_mp4 = tmp_path / "o.mp4"
+    code, _, err = _cli(capsys, ["stream", "--engine", str(tmp_path / "m"), "--source", str(clip), "--output", str(out_mp4),
+                                 "--max-frames", "6", "--batch-size", "2", "--threads", "2", "-q"])
+    assert code == 0, err
+    assert _video_info(out_mp4) == (6, 1280, 720, 25.0)
+
+
+def _export(module, path, shape, **kw):
+    with torch.no_grad():
+        torch.onnx.export(module.eval(), (torch.zeros(*shape),), str(path), opset_version=17, dynamo=False, **kw)
+    return path
+
+
+class _NHWC(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):  # NHWC in, class indices out
+        return (self.inner(x.permute(0, 3, 1, 2))[:, 0] > 0).to(torch.int64)
+
+
+def test_nhwc_input_and_index_output_are_normalised(tmp_path):
+    unet = bm.tiny_unet().eval()
+    path = _export(_NHWC(unet), tmp_path / "nhwc.onnx", (1, *HW, 3), input_names=["image"], output_names=["mask"],
+                   dynamic_axes={"image": {0: "n"}, "mask": {0: "n"}})
+    m = bm.meta("nhwc-idx", HW, kind="indices")
+    m["input"]["layout"] = "NHWC"
+    folder = import_onnx(path, m, tmp_path / "m")
+    edits = json.loads((folder / "model.json").read_text())["source"]["edits"]
+    assert edits[0].startswith("NHWC input") and any("indices" in e for e in edits)
+    from rtseg import load
+
+    x, _ = bm.kvasir_batch(HW, 2, split="val")
+    with torch.inference_mode():
+        want = (unet(x)[:, 0] > 0).numpy()
+    y = load(folder).backend.infer(x.numpy())
+    assert y.shape == (2, 1, *HW) and np.array_equal(y[:, 0] > 0, want)
+
+
+class _Head(torch.nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.avg_pool2d(x[:, :1], 4)  # output at 1/4 of the input
+
+
+class _Vector(torch.nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+def _custom_op_onnx(path):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, HW[0], HW[1]])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1, HW[0], HW[1]])
+    node = helper.make_node("FancySeg", ["x"], ["y"], name="fancy_head", domain="com.example")
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _bad_inputs(tmp_path):
+    """(name, onnx path, metadata dict or text, expected words in the error line)."""
+    unet = bm.tiny_unet().eval()
+    nchw = _export(unet, tmp_path / "unet.onnx", (1, 3, *HW), input_names=["x"], output_names=["z"])
+    nhwc = _export(_NHWC(unet), tmp_path / "nhwc.onnx", (1, *HW, 3), input_names=["image"], output_names=["mask"])
+    return [
+        ("no image input", _export(_Vector(), tmp_path / "vec.onnx", (1, 10), input_names=["features"]),
+         bm.meta("v", HW), ["no image input", "features"]),
+        ("undeclared NHWC", nhwc, bm.meta("n", HW, kind="indices"), ["'image'", "NHWC", "layout"]),
+        ("output size", _export(_Head(), tmp_path / "head.onnx", (1, 3, *HW), output_names=["low"]),
+         bm.meta("h", HW), ["'low'", "24x24", "output.stride: 4"]),
+        ("custom operator", _custom_op_onnx(tmp_path / "custom.onnx"), bm.meta("c", HW),
+         ["fancy_head", "com.example::FancySeg", "not an ONNX standard operator"]),
+        ("missing field", nchw, {k: v for k, v in bm.meta("u", HW).items() if k != "task"}, ["'task'", "missing"]),
+        ("wrong field", nchw, {**bm.meta("u", HW), "output": {"kind": "scores"}}, ["'output.kind'", "logits, probabilities, indices"]),
+        ("unknown field", nchw, {**bm.meta("u", HW), "clases": ["a", "b"]}, ["'clases'", "not a metadata field"]),
+        ("wrong size", nchw, bm.meta("u", (128, 128)), ["'x'", "96x96", "input.size"]),
+    ]
+
+
+def test_bad_inputs_are_one_line_errors_with_exit_2(tmp_path, capsys):
+    for name, onnx_path, meta, words in _bad_inputs(tmp_path):
+        meta_file = tmp_path / f"{name.replace(' ', '_')}.yaml"
+        meta_file.write_text(yaml.safe_dump(meta))
+        code, _, err = _cli(capsys, ["import-onnx", str(onnx_path), "--meta", str(meta_file), "--out", str(tmp_path / "out")])
+        lines = err.strip().splitlines()
+        assert code == 2 and lines[-1].startswith("error: "), (name, err)
+        assert "Traceback" not in err and all(w in lines[-1] for w in words), (name, lines[-1])
+        assert not (tmp_path / "out").exists()
+
+
+def test_metadata_file_errors(tmp_path):
+    with pytest.raises(RtsegError, match="does not exist"):
+        ImportMeta.load(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(RtsegError, match="not valid YAML"):
+        ImportMeta.load(tmp_path / "bad.yaml")
+    with pytest.raises(RtsegError, match="input.size"):
+        ImportMeta.from_dict({**bm.meta("u", HW), "input": {"size": [96]}})
+    with pytest.raises(RtsegError, match="output.stride"):
+        ImportMeta.from_dict(bm.meta("u", HW, stride=5))
+    with pytest.raises(RtsegError, match="classes"):
+        ImportMeta.from_dict({**bm.meta("u", HW), "task": "multiclass", "classes": ["only"]})
+
+
+def test_import_torch_cli_with_weights(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    unet = bm.tiny_unet()
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.01)
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    (tmp_path / "meta.yaml").write_text(yaml.safe_dump(bm.meta("smp-unet-cli", HW)))
+    code, out, err = _cli(capsys, ["import-torch", "byom_models:tiny_unet", "--weights", str(tmp_path / "w.safetensors"),
+                                   "--meta", str(tmp_path / "meta.yaml"), "--out", str(tmp_path / "m"), "--no-openvino-check"])
+    assert code == 0, err
+    assert "smp-unet-cli" in out and "batch dynamic" in out
+    from rtseg import load
+
+    x, _ = bm.kvasir_batch(HW, 1, split="val")
+    with torch.inference_mode():
+        z = unet.eval()(x).numpy()
+    assert np.max(np.abs(load(tmp_path / "m").backend.infer(x.numpy()) - z)) < 1e-3 * max(1.0, np.abs(z).max())
+    code, _, err = _cli(capsys, ["import-torch", "byom_models:nothing_here", "--meta", str(tmp_path / "meta.yaml"),
+                                 "--out", str(tmp_path / "m2")])
+    assert code == 2 and "has no 'nothing_here'" in err
