@@ -14,35 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from .errors import RtsegError
 from .meta import CHECKPOINT_FORMAT as FORMAT, ModelMeta
+from .safe_io import atomic_write_bytes, write_json  # noqa: F401  (re-exported: rtseg.checkpoint.write_json)
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
 #: the graph of an imported model folder (``model.onnx`` + ``model.json``, :mod:`rtseg.byom`)
 MODEL_ONNX = "model.onnx"
 
-
-
-def atomic_write_bytes(path: Path, data) -> None:
-    """Write ``data`` (bytes-like) to ``path`` via a temporary file, fsync and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, meta: ModelMeta) -> Path:

@@ -49,10 +49,11 @@ import numpy as np
 
 from ..data.transforms import Geometry, Preprocessor, place
 from ..errors import RtsegError
+from ..safe_io import write_error
 from ..metrics import FlickerMeter
 from .metrics import STAGES, Latency, LatencyRecorder, MetricsWriter, SourceReport, StreamReport
 from .overlay import Overlay, palette_from_meta
-from .sinks import DisplaySink, NullSink, Sink, make_sink
+from .sinks import DisplaySink, NullSink, Sink, make_sink, refuse_overwriting_inputs
 from .sources import NETWORK_SCHEMES, Item, Source, SourceSpecError, open_source
 from .temporal import check_temporal, describe_temporal, make_temporal
 
@@ -85,6 +86,9 @@ class StreamOptions:
         overlay: draw the masks (``False``: frames pass through unchanged, for measurements).
         handle_signals: in the main thread, turn SIGINT/SIGTERM into a graceful stop (a second one
             abandons queued frames); the previous handlers are restored afterwards.
+        open_timeout: how long a network source may take to open (s); ``None``: a ``udp://``/``rtp://``
+            listener waits for its sender until stopped (saying so after a second), other network
+            sources use ``stall_timeout``.
         temporal: ``"off"``, ``"ema"`` or ``"flow"`` (:mod:`rtseg.stream.temporal`): smooth the logits
             across frames of a source (``ema``) or carry the last keyframe's logits to the frames in
             between by optical flow (``flow``).
@@ -113,6 +117,7 @@ class StreamOptions:
     loop: int = 1
     overlay: bool = True
     handle_signals: bool = True
+    open_timeout: float | None = None
     temporal: str = "off"
     infer_every: int = 1
     ema: float = 0.5
@@ -137,6 +142,9 @@ class StreamOptions:
             raise RtsegError(f"--max-frames must be ≥ 1, got {self.max_frames}; omit it to read the whole input")
         if self.stall_timeout <= 0:
             raise RtsegError(f"--stall-timeout must be > 0 s, got {self.stall_timeout}")
+        for name, v in (("--fps", self.fps), ("--open-timeout", self.open_timeout)):
+            if v is not None and not (0 < v < math.inf):
+                raise RtsegError(f"{name} must be a positive number, got {v}; omit it for the default")
         check_temporal(self.temporal, self.infer_every, self.ema)
 
 
@@ -608,7 +616,7 @@ class StreamPipeline:
         self.stop_reason: str | None = None
         self.errors: list[BaseException] = []
         bs = self.options.batch_size
-        self.batch_size = min(bs, int(backend.max_batch)) if backend.max_batch is not None else bs
+        self.batch_size = max(1, min(bs, int(backend.max_batch))) if backend.max_batch is not None else bs
         opts = self.options
         #: per-source temporal state (``None``: the default path, one predict_u8 per frame)
         self.temporal = make_temporal(opts.temporal, opts.infer_every, opts.ema, backend.input_hw,
@@ -710,7 +718,7 @@ class StreamPipeline:
             metrics = self._start_metrics()
             for t in readers + [infer] + writers:
                 t.start()
-            self._wait(writers)
+            self._wait(writers, infer)
             seconds = time.perf_counter() - self._t_start
             if self.stop_reason is None and self.stop.is_set() and not self.errors:
                 self.stop_reason = "stop requested"
@@ -718,7 +726,10 @@ class StreamPipeline:
             guard.restore()
             self._shut_down(readers, infer)
             if metrics is not None:
-                metrics.close()
+                try:
+                    metrics.close()
+                except OSError as e:
+                    self.errors.append(write_error(self.options.metrics_jsonl, e, "--metrics-jsonl"))
         self._raise_errors()
         return self._report(seconds)
 
@@ -731,6 +742,7 @@ class StreamPipeline:
                 if opts.loop != 1:
                     src.set_loop(opts.loop)
             per_src_sinks = _map_outputs(self.outputs, self._opened, opts)
+            refuse_overwriting_inputs(per_src_sinks, self._opened)
             if opts.show:
                 for i, sinks in enumerate(per_src_sinks):
                     sinks.append(DisplaySink(f"rtseg [{i}] {self._opened[i].name}"))
@@ -782,10 +794,17 @@ class StreamPipeline:
         writer.start()
         return writer
 
-    def _wait(self, writers: list[threading.Thread]) -> None:
-        """Until every sink thread ended: sample RSS once per second (flat = no leak), pass stops on."""
+    def _wait(self, writers: list[threading.Thread], infer: threading.Thread | None = None) -> None:
+        """Until every sink thread ended: sample RSS once per second (flat = no leak), pass stops on;
+        once the inference thread has ended (by itself or by an error), no frame can come, so every
+        sink thread is told end-of-stream (it never waits forever)."""
         next_rss = 0.0
+        eos_sent = False
         while any(t.is_alive() for t in writers):
+            if infer is not None and not eos_sent and not infer.is_alive():
+                eos_sent = True
+                for st in self.states:
+                    st.put_out(_EOS, None, self.abort)
             if time.perf_counter() >= next_rss:
                 self._rss.append(self._proc.memory_info().rss / 2**20)
                 next_rss = time.perf_counter() + 1.0
@@ -810,12 +829,12 @@ class StreamPipeline:
 
     def _infer_worker(self) -> None:
         """Round-robin batches across sources → :meth:`infer` → each source's out-queue (EOS at the end)."""
-        h, w = self.backend.input_hw
-        batch = np.empty((self.batch_size, h, w, 3), dtype=np.uint8)
         done = [False] * len(self.states)
-        timeout = max(0.0, self.options.batch_timeout_ms) / 1000.0
-        max_age = self.options.max_latency_ms / 1000.0 if self.options.max_latency_ms else None
         try:
+            h, w = self.backend.input_hw
+            batch = np.empty((self.batch_size, h, w, 3), dtype=np.uint8)
+            timeout = max(0.0, self.options.batch_timeout_ms) / 1000.0
+            max_age = self.options.max_latency_ms / 1000.0 if self.options.max_latency_ms else None
             while not all(done):
                 items, finished = self.inq.take(self._take_n, timeout, self.stop, self.abort, max_age,
                                                 self._release)
@@ -998,7 +1017,8 @@ def _open_with_retry(spec, opts: StreamOptions, stop: threading.Event, log) -> S
     delay = BACKOFF_FIRST_S
     while True:
         try:
-            return open_source(spec, fps=opts.fps, timeout=opts.stall_timeout)
+            return open_source(spec, fps=opts.fps, timeout=opts.stall_timeout, open_timeout=opts.open_timeout,
+                               stop_event=stop, log=log)
         except SourceSpecError:
             raise
         except RtsegError as e:

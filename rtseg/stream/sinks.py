@@ -38,6 +38,7 @@ from urllib.parse import urlparse
 import av
 
 from ..errors import RtsegError
+from ..safe_io import atomic_write_bytes, discard, same_file, temp_path, write_error
 from .sources import IMAGE_EXTS, VideoInfo
 
 FILE_EXTS = (".mp4", ".mkv", ".mov", ".m4v", ".ts", ".avi", ".flv")
@@ -46,6 +47,9 @@ HW_H264 = ("h264_nvenc", "h264_qsv", "h264_vaapi", "h264_amf", "h264_videotoolbo
 CODEC_ALIASES = {"h264": "libx264", "x264": "libx264", "avc": "libx264", "hevc": "libx265", "h265": "libx265",
                  "x265": "libx265"}
 _PICT_NONE = 0
+#: containers whose mux failed: never closed natively (FFmpeg's trailer/close after a failed write
+#: has crashed the process), kept referenced so that they are not freed either
+_ABANDONED: list = []
 
 
 class Sink(ABC):
@@ -100,6 +104,11 @@ class Sink(ABC):
     def set_pacing(self, pace: bool) -> None:
         """Ask the sink to send frames at the stream's own rate (like ``ffmpeg -re``); only network
         sinks pace, the others ignore it. The pipeline paces the outputs of non-live sources."""
+
+    def would_overwrite(self, path: str | os.PathLike) -> bool:
+        """True when writing this output would replace or write into ``path`` (a file or folder an
+        input is read from); see :func:`refuse_overwriting_inputs`. Sinks that write no file: False."""
+        return False
 
 
 class NullSink(Sink):
@@ -198,6 +207,7 @@ class EncodedSink(Sink):
         self.frames = 0
         self._last_pts = None
         self._closed = False
+        self._failed = False  # a mux/encode failed: the container is abandoned, never closed natively
         self._t0 = None
 
     def open(self, info: VideoInfo, audio=None, *, live: bool = False) -> None:
@@ -207,7 +217,7 @@ class EncodedSink(Sink):
             self.container = av.open(self.target, "w", format=self.format, options=self.options,
                                      timeout=(10.0, 10.0) if self.format else None)
         except (av.error.FFmpegError, OSError, ValueError) as e:
-            raise RtsegError(f"cannot open output {self.target} ({_short(e)}); check the path/URL "
+            raise RtsegError(f"cannot open output {self.name} ({_short(e)}); check the path/URL "
                              f"(an RTSP output needs a server that accepts publishing)") from None
         rate = info.rate or Fraction(25)
         vs = self.container.add_stream(codec, rate=rate)
@@ -262,8 +272,12 @@ class EncodedSink(Sink):
         frame.pict_type = _PICT_NONE  # let the encoder choose frame types (decoded frames carry I/P/B)
         if self.pace:
             self._wait(pts * frame.time_base)
-        for pkt in self.vstream.encode(frame):
-            self.container.mux(pkt)
+        try:
+            for pkt in self.vstream.encode(frame):
+                self.container.mux(pkt)
+        except (av.error.FFmpegError, OSError) as e:
+            self._failed = True
+            raise self._write_error(e) from None
         self.frames += 1
 
     def _wait(self, t: Fraction) -> None:
@@ -277,22 +291,58 @@ class EncodedSink(Sink):
 
     def write_audio(self, packet: av.Packet) -> None:
         """Copy one audio packet of the source's audio stream (no re-encode)."""
-        if self.astream is None:
+        if self.astream is None or self._failed:
             return
         packet.stream = self.astream
-        self.container.mux(packet)
+        try:
+            self.container.mux(packet)
+        except (av.error.FFmpegError, OSError) as e:
+            self._failed = True
+            raise self._write_error(e) from None
 
     def close(self) -> None:
-        """Flush the encoder and finalise the container (the file is playable afterwards)."""
+        """Flush the encoder and finalise the container (the file is playable afterwards).
+
+        After a failed write (full disk, receiver gone) the container is abandoned instead: FFmpeg
+        is not asked to write a trailer into a broken output (that has crashed the process).
+
+        Raises:
+            RtsegError: flushing or finalising failed (one line naming the cause and the fix).
+        """
         if self._closed or self.container is None:
             return
         self._closed = True
+        if self._failed:
+            self._abandon()
+            return
         try:
             if self.vstream is not None and self.frames:
                 for pkt in self.vstream.encode(None):
                     self.container.mux(pkt)
-        finally:
+        except (av.error.FFmpegError, OSError) as e:
+            self._failed = True
+            self._abandon()
+            raise self._write_error(e) from None
+        try:
             self.container.close()
+        except (av.error.FFmpegError, OSError) as e:
+            self._failed = True
+            self._discard()
+            raise self._write_error(e) from None
+        self._commit()
+
+    def _abandon(self) -> None:
+        _ABANDONED.append(self.container)
+        self._discard()
+
+    def _discard(self) -> None:
+        """Forget a failed output (a file sink removes its temporary file)."""
+
+    def _commit(self) -> None:
+        """The output is complete (a file sink renames its temporary file into place)."""
+
+    def _write_error(self, e: BaseException) -> RtsegError:
+        return RtsegError(f"cannot send to {self.name} ({_short(e)}); check that the receiver/server is still running")
 
 
 class FileSink(EncodedSink):
@@ -306,7 +356,39 @@ class FileSink(EncodedSink):
         _check_writable_dir(path.parent if str(path.parent) else Path("."), "--output")
         if path.is_dir():
             raise RtsegError(f"output {path} is a folder; give a file name such as {path}/out.mp4")
-        super().__init__(str(path), **kw)
+        if len(path.name.encode()) > 200:  # the temporary name adds a few characters; most file systems stop at 255
+            raise RtsegError(f"output file name {path.name[:40]}... is {len(path.name.encode())} bytes long; "
+                             f"choose a name under 200 bytes")
+        self.path = path
+        super().__init__(str(temp_path(path)), **kw)
+        self.name = str(path)
+
+    def open(self, info: VideoInfo, audio=None, *, live: bool = False) -> None:
+        """Open the temporary file beside the target (renamed into place by :meth:`close`)."""
+        try:
+            super().open(info, audio, live=live)
+        except RtsegError:
+            self._discard()
+            raise
+
+    def would_overwrite(self, path: str | os.PathLike) -> bool:
+        return same_file(self.path, path)
+
+    def _discard(self) -> None:
+        discard(self.target)
+
+    def _commit(self) -> None:
+        if not self.frames:  # nothing was written: keep an earlier file rather than replace it by an empty one
+            self._discard()
+            return
+        try:
+            os.replace(self.target, self.path)
+        except OSError as e:
+            self._discard()
+            raise self._write_error(e) from None
+
+    def _write_error(self, e: BaseException) -> RtsegError:
+        return write_error(self.path, e, "--output")
 
 
 class NetworkSink(EncodedSink):
@@ -358,12 +440,22 @@ class ImageFolderSink(Sink):
         self.index = 0
 
     def write(self, frame: av.VideoFrame) -> None:
+        """Encode one image and write it atomically (temporary name, then renamed into place)."""
         import cv2
 
         path = self.folder / (self.pattern % self.index)
-        if not cv2.imwrite(str(path), frame.to_ndarray(format="bgr24")):
-            raise RtsegError(f"cannot write {path}; check free space and permissions of {self.folder}")
+        ok, buf = cv2.imencode(path.suffix or ".png", frame.to_ndarray(format="bgr24"))
+        if not ok:
+            raise RtsegError(f"cannot encode {path}; use a .png or .jpg pattern for --output")
+        try:
+            atomic_write_bytes(path, buf, fsync=False)
+        except OSError as e:
+            raise write_error(path, e, "--output") from None
         self.index += 1
+
+    def would_overwrite(self, path: str | os.PathLike) -> bool:
+        p = Path(path)
+        return same_file(self.folder, p) or (p.is_file() and same_file(self.folder, p.parent))
 
 
 class DisplaySink(Sink):
@@ -403,6 +495,25 @@ class DisplaySink(Sink):
             cv2.destroyWindow(self.title)
         except cv2.error:
             pass
+
+
+def refuse_overwriting_inputs(per_source_sinks: list[list[Sink]], sources: list) -> None:
+    """Refuse an output that would replace or write into an input (``--source clip.mp4 --output
+    clip.mp4``, an image folder as both): the input would be lost.
+
+    Args:
+        per_source_sinks: the sinks of each source; sources: opened :class:`rtseg.stream.sources.Source` s
+            (their ``input_paths()``).
+
+    Raises:
+        RtsegError: an output names an input file or folder.
+    """
+    inputs = [p for src in sources for p in src.input_paths()]
+    for sinks in per_source_sinks:
+        for sk in sinks:
+            for p in inputs:
+                if sk.would_overwrite(p):
+                    raise RtsegError(f"output {sk.name} would overwrite the input {p}; write to another file or folder")
 
 
 def make_sink(target: str, *, codec: str = "libx264", preset: str = "ultrafast", crf: int = 23,

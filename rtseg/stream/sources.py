@@ -30,8 +30,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import glob
+import math
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -56,6 +58,13 @@ VIDEO_FILE_EXTS = (".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".mts
                    ".mpeg", ".wmv", ".3gp", ".ogv", ".y4m", ".h264", ".264", ".hevc", ".265", ".mjpeg")
 # pixel formats the pipeline works in (planar 4:2:0, 8 bit)
 _INTERNAL_FORMATS = ("yuv420p", "yuvj420p")
+#: live MPEG-TS over UDP/RTP: probe only the first packets instead of FFmpeg's default 5 s, which
+#: held ~5 s of frames back and released them in one burst (counted as backpressure drops); when
+#: that is not enough to know the picture size (joined mid-stream) the input is reopened with the
+#: default probe (:meth:`AVSource.open`)
+FAST_PROBE = {"probesize": "32", "analyzeduration": "0"}
+#: how long a waiting listener is quiet before it says so (s)
+WAIT_NOTICE_S = 1.0
 
 
 @dataclass
@@ -132,6 +141,11 @@ class Source(ABC):
     def interrupt(self) -> None:
         """Ask a blocking :meth:`read` to return soon (called from another thread on stop)."""
 
+    def input_paths(self) -> list[Path]:
+        """Files or folders this source reads (an output must not write onto them); ``[]`` for
+        cameras, network streams and filter graphs."""
+        return []
+
     def set_loop(self, passes: int) -> None:
         """Read the input ``passes`` times (``--loop``; 0 = until stopped), timestamps continuing.
 
@@ -167,11 +181,18 @@ class AVSource(Source):
         options: FFmpeg demuxer/protocol options.
         live: drop frames under backpressure instead of blocking.
         network: reconnectable (``--reconnect``).
-        timeout: (open, read) timeouts in s; a read stalled longer than ``timeout[1]`` fails.
+        timeout: (open, read) timeouts in s; a read stalled longer than ``timeout[1]`` fails; an
+            open timeout of ``None`` waits for the sender (a listener, :meth:`wait_for_sender`).
     """
 
+    #: a listener that waits for its sender (``udp://``, ``rtp://``): set by :func:`open_source`
+    listener = False
+    #: set to a ``threading.Event`` to abandon a wait for the sender; ``log`` gets the waiting line
+    stop_event: threading.Event | None = None
+    log = staticmethod(lambda msg: None)
+
     def __init__(self, spec: str, url: str, *, format: str | None = None, options: dict | None = None,
-                 live: bool = False, network: bool = False, timeout: tuple[float, float] | None = None):
+                 live: bool = False, network: bool = False, timeout: tuple[float | None, float] | None = None):
         super().__init__(spec)
         self.url = url
         self.format = format
@@ -182,6 +203,10 @@ class AVSource(Source):
         self.container = None
         self.vstream = None
         self._interrupted = False
+
+    def input_paths(self) -> list[Path]:
+        """The video file (``[]`` for network streams, cameras and lavfi graphs)."""
+        return [Path(self.url)] if not self.network and self.format is None else []
 
     @property
     def can_loop(self) -> bool:  # type: ignore[override]
@@ -199,9 +224,26 @@ class AVSource(Source):
             self.loop, self.audio = int(passes), None
 
     def open(self) -> None:
+        """Open the input; a live MPEG-TS input whose fast probe did not find the picture size is
+        reopened with FFmpeg's default probe.
+
+        Raises:
+            RtsegError: missing/unreadable input, no video stream, unknown size, a sender that did
+                not come within the open timeout, or a stop while waiting for it.
+        """
+        self._open(self.options)
+        if self.info is None and FAST_PROBE.keys() <= self.options.keys():
+            self.close()
+            self._open({k: v for k, v in self.options.items() if k not in FAST_PROBE})
+        if self.info is None:
+            self.close()
+            raise RtsegError(f"{self.spec} has a video stream of unknown size; it is not a readable video — re-encode it (e.g. with ffmpeg -i IN -c:v libx264 OUT.mp4)")
+
+    def _open(self, options: dict) -> None:
         self._interrupted = False
+        self.info = None
         try:
-            self.container = av.open(self.url, format=self.format, options=self.options, timeout=self.timeout)
+            self.container = self._av_open(options)
         except av.error.FileNotFoundError:
             raise RtsegError(f"video {self.spec} does not exist; check the path or URL") from None
         except av.error.PermissionError:
@@ -217,14 +259,65 @@ class AVSource(Source):
         self.audio = self.container.streams.audio[0] if self.container.streams.audio else None
         cc = vs.codec_context
         if not cc.width or not cc.height:
-            self.close()
-            raise RtsegError(f"{self.spec} has a video stream of unknown size; it is not a readable video — re-encode it (e.g. with ffmpeg -i IN -c:v libx264 OUT.mp4)")
+            return
         rate = vs.average_rate or vs.guessed_rate or vs.base_rate
         rate = Fraction(rate) if rate else None
         tb = Fraction(vs.time_base) if vs.time_base else (1 / rate if rate else Fraction(1, 1000))
         self.info = VideoInfo(_even(cc.width), _even(cc.height), tb, rate,
                               int(_attr(cc, "colorspace", 2)), int(_attr(cc, "color_range", 0)),
                               int(_attr(cc, "color_primaries", 2)), int(_attr(cc, "color_trc", 2)))
+
+    def _av_open(self, options: dict):
+        if not (self.listener and self.timeout and self.timeout[0] is None):
+            return av.open(self.url, format=self.format, options=options, timeout=self.timeout)
+        return self.wait_for_sender(options)
+
+    def wait_for_sender(self, options: dict):
+        """Open a listener without an open timeout: ``av.open`` runs in a helper thread while this
+        one stays responsive (Ctrl-C, ``stop_event``) and says, after :data:`WAIT_NOTICE_S`, that it
+        is waiting. The first packets the sender sends are the first the demuxer sees.
+
+        Returns:
+            The opened ``av.container.InputContainer``.
+
+        Raises:
+            RtsegError: ``stop_event`` was set while waiting; whatever ``av.open`` raised.
+        """
+        box: dict = {}
+        lock = threading.Lock()
+
+        def target() -> None:
+            try:
+                c = av.open(self.url, format=self.format, options=options, timeout=self.timeout)
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread
+                box["error"] = e
+                return
+            with lock:
+                if box.get("abandoned"):
+                    c.close()
+                else:
+                    box["container"] = c
+
+        th = threading.Thread(target=target, name="rtseg-open", daemon=True)
+        th.start()
+        t0, told = time.monotonic(), False
+        try:
+            while th.is_alive():
+                th.join(0.2)
+                if self.stop_event is not None and self.stop_event.is_set():
+                    raise RtsegError(f"stopped while waiting for {self.spec}")
+                if not told and th.is_alive() and time.monotonic() - t0 > WAIT_NOTICE_S:
+                    self.log(f"waiting for {self.spec} (Ctrl-C to stop)")
+                    told = True
+        except BaseException:
+            with lock:
+                box["abandoned"] = True
+                if "container" in box:
+                    box.pop("container").close()
+            raise
+        if "error" in box:
+            raise box["error"]
+        return box["container"]
 
     #: passes over a video file (``--loop``): 1 = once, 0 = until stopped (files only; audio is
     #: not copied when looping)
@@ -352,7 +445,8 @@ class CvCameraSource(Source):
 class ImageFolderSource(Source):
     """Images of a folder (sorted by name) or a glob, played as a video at ``fps`` FPS.
 
-    Every image is scaled to the first image's size (made even); ``pts`` = image index,
+    Every image is scaled to the folder's most common image size (ties: the largest; made even), so
+    that one odd image (a 1×1 thumbnail first) does not set the size of all; ``pts`` = image index,
     ``time_base`` = 1/fps s.
     """
 
@@ -361,9 +455,30 @@ class ImageFolderSource(Source):
         self.files = files
         self.fps = Fraction(fps).limit_denominator(1001) if fps else Fraction(25)
 
+    def input_paths(self) -> list[Path]:
+        """The folders the images are read from."""
+        return sorted({f.parent for f in self.files})
+
+    def _frame_size(self) -> tuple[int, int]:
+        """(w, h): the most common image size (read from the headers), ties to the largest."""
+        from collections import Counter
+
+        from PIL import Image
+
+        sizes: Counter = Counter()
+        for f in self.files:
+            try:
+                with Image.open(f) as im:
+                    sizes[im.size] += 1
+            except (OSError, ValueError):
+                continue  # unreadable: read() names it when it gets there
+        if not sizes:
+            img = self._load(self.files[0])
+            return img.shape[1], img.shape[0]
+        return max(sizes, key=lambda s: (sizes[s], s[0] * s[1]))
+
     def open(self) -> None:
-        img = self._load(self.files[0])
-        h, w = img.shape[:2]
+        w, h = self._frame_size()
         self.info = VideoInfo(_even(w), _even(h), 1 / self.fps, self.fps, colorspace=1 if h >= 720 else 6)
 
     def _load(self, path: Path) -> np.ndarray:
@@ -413,13 +528,21 @@ def _camera_index(spec: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def open_source(spec: str | os.PathLike, *, fps: float | None = None, timeout: float = 10.0) -> Source:
+def open_source(spec: str | os.PathLike, *, fps: float | None = None, timeout: float = 10.0,
+                open_timeout: float | None = None, stop_event: threading.Event | None = None,
+                log=None) -> Source:
     """Parse a ``--source`` string and open it (see the module docstring for the forms).
 
     Args:
         spec: file path, ``cameraN`` / ``/dev/videoN``, URL, image folder/glob or ``lavfi:GRAPH``.
         fps: frame rate for image folders (default 25) and the rate asked of cameras.
-        timeout: network open/read timeout in s (a stalled stream fails after it).
+        timeout: network read timeout in s (a stalled stream fails after it); also the open
+            timeout of network clients (``rtsp://``, ``http://``, ...) when ``open_timeout`` is ``None``.
+        open_timeout: how long a network source may take to open (s). ``None``: a listener
+            (``udp://``, ``rtp://``) waits for its sender until stopped, saying so through ``log``
+            after a second ("waiting for udp://… (Ctrl-C to stop)").
+        stop_event: set it to abandon a wait for a sender (``RtsegError``).
+        log: ``callable(str)`` for the waiting line (default: none).
 
     Returns:
         The opened source (``info`` set).
@@ -429,7 +552,14 @@ def open_source(spec: str | os.PathLike, *, fps: float | None = None, timeout: f
             worth retrying).
         RtsegError: unreadable video, a network stream that does not answer (may come up later).
     """
+    if open_timeout is not None and not (open_timeout > 0 and math.isfinite(open_timeout)):
+        raise RtsegError(f"--open-timeout must be a positive number of seconds, not {open_timeout}; omit it to wait")
     src = _make_source(str(spec), fps=fps, timeout=timeout)
+    if isinstance(src, AVSource) and src.network:
+        src.timeout = (open_timeout if (open_timeout is not None or src.listener) else timeout, timeout)
+        src.stop_event = stop_event
+        if log is not None:
+            src.log = log
     src.open()
     return src
 
@@ -461,9 +591,10 @@ def _make_source(spec: str, *, fps: float | None, timeout: float) -> Source:
         if scheme in ("rtsp", "rtsps"):
             opts["rtsp_transport"] = "tcp"
         if scheme in ("udp", "rtp"):
-            opts.update({"fifo_size": "50000", "overrun_nonfatal": "1", "buffer_size": "4194304"})
-        return AVSource(spec, spec, options=opts, live=not is_file, network=True,
-                        timeout=(timeout, timeout))
+            opts.update({"fifo_size": "50000", "overrun_nonfatal": "1", "buffer_size": "4194304", **FAST_PROBE})
+        src = AVSource(spec, spec, options=opts, live=not is_file, network=True, timeout=(timeout, timeout))
+        src.listener = scheme in ("udp", "rtp")
+        return src
     p = Path(spec)
     if any(ch in spec for ch in "*?["):
         files = sorted(Path(f) for f in glob.glob(spec) if f.lower().endswith(IMAGE_EXTS))

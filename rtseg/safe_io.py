@@ -1,0 +1,100 @@
+"""Safe outputs: every file rtseg writes goes to a temporary name beside its target and is renamed
+into place (``os.replace``, atomic on POSIX) only once it is complete.
+
+A run killed at any moment (even SIGKILL) therefore leaves either the earlier file of that name,
+untouched, or the new complete one — never a truncated mix. Temporary names are hidden
+(``.NAME.tmpPID.EXT``, the extension kept so that muxers and image writers still recognise the type).
+
+Also here: the one-line messages for write errors (full disk, read-only folder, name too long) and
+:func:`same_file`, used to refuse writing an output onto an input.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import RtsegError
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """The temporary name beside ``path`` that a write goes to first: ``DIR/.NAME.tmpPID.EXT``."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.tmp{os.getpid()}{p.suffix}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data, *, fsync: bool = True) -> None:
+    """Write ``data`` (bytes-like) to ``path`` via :func:`temp_path`, ``fsync`` and ``os.replace``.
+
+    On failure the temporary file is removed and an earlier ``path`` is left as it was.
+
+    Raises:
+        OSError: the write or the rename failed (see :func:`write_error` for the user-facing line).
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        discard(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def discard(path: str | os.PathLike) -> None:
+    """Remove a temporary file if it exists (best effort: an error here must not hide the first one)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def write_error(target: str | os.PathLike, e: BaseException, what: str = "output") -> RtsegError:
+    """One-line :class:`RtsegError` for a failed write of ``target`` (``what``: the option that named it).
+
+    Names the cause (no space left, read-only, permission, name too long) and the fix.
+    """
+    code = getattr(e, "errno", None)
+    if code == errno.ENOSPC or code == errno.EDQUOT:
+        why, fix = "no space left on the device", f"free some space or choose another {what}"
+    elif code == errno.EROFS:
+        why, fix = "the file system is read-only", f"choose another {what}"
+    elif code in (errno.EACCES, errno.EPERM):
+        why, fix = "permission denied", f"fix the folder's permissions or choose another {what}"
+    elif code == errno.ENAMETOOLONG:
+        why, fix = "the file name is too long", f"choose a shorter {what}"
+    elif code == errno.ENOENT:
+        why, fix = "its folder does not exist", f"create the folder or choose another {what}"
+    else:
+        why = " ".join(str(getattr(e, "strerror", None) or e).split())[:200] or type(e).__name__
+        fix = f"check the path or choose another {what}"
+    return RtsegError(f"cannot write {target}: {why}; {fix} (an earlier file of that name is left unchanged)")
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` name the same existing file or folder (hard links and symlinks
+    included), or the same path once resolved."""
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+__all__ = ["atomic_write_bytes", "discard", "same_file", "temp_path", "write_error", "write_json"]
