@@ -46,8 +46,12 @@ FORMAT_NAMES = ["polyp", "kvasir", "kvasir-instrument", "cvc", "polypgen", "city
 @click.option("--loss", default=None, type=click.Choice(["auto", "bce_dice", "bce", "dice", "structure", "ce_dice", "ce_dice_infonce"]))
 @click.option("--early-stop-patience", default=None, type=int, help="Stop after N epochs without improvement (0 = off).")
 @click.option("--grad-clip-value", default=None, type=float, help="Clamp gradients to ±value (0 = off).")
-@click.option("--out", default=None, type=click.Path(), help="Run folder (also the checkpoint folder). [default: runs/train]")
+@click.option("--out", default=None, type=click.Path(),
+              help="Run folder (also the checkpoint folder); a folder that already holds a run is refused unless "
+                   "--resume or --overwrite. [default: runs/train]")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run already in --out (its files stay until the new run writes its own).")
 @click.option("--resize", default=None, type=click.Choice(["stretch", "letterbox"]))
 @click.option("--widths", default=None, help="EUNet stage widths, e.g. 16,32,64,128.")
 @click.option("--no-augment", is_flag=True, default=None, help="Disable augmentation.")
@@ -57,7 +61,7 @@ FORMAT_NAMES = ["polyp", "kvasir", "kvasir-instrument", "cvc", "polypgen", "city
 @click.option("--max-images", default=None, type=int, help="Use at most N images (quick runs).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(config, model, data, data_format, img_size, epochs, batch_size, lr, weight_decay, optimizer, scheduler, loss,
-          early_stop_patience, grad_clip_value, out, resume, resize, widths, no_augment, amp, threads, seed, max_images, quiet):
+          early_stop_patience, grad_clip_value, out, resume, overwrite, resize, widths, no_augment, amp, threads, seed, max_images, quiet):
     """Train a network; keeps the best checkpoint by validation Dice (binary) / mIoU (multi-class)
     and reports test metrics at the end.
 
@@ -80,13 +84,15 @@ def train(config, model, data, data_format, img_size, epochs, batch_size, lr, we
     if no_augment:
         d["augment"] = False
     d["resume"], d["progress"] = resume, not quiet
+    if overwrite:
+        d["overwrite"] = True
     if not d.get("data"):
         raise RtsegError("no training data; pass --data DIR (e.g. ../shared/data/kvasir-seg-256)")
     if d.get("data_format") == "auto":
         from ..data.formats import detect_format
 
         d["data_format"] = detect_format(d["data"])
-    cfg = TrainConfig.from_dict(d)
+    cfg = TrainConfig.from_dict(d, f"recipe {config} (with the flags)" if config else "training flags")
     s = run(cfg, log=click.echo)
     if not s:
         return  # non-zero rank of a distributed run

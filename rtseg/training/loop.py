@@ -11,7 +11,9 @@ OUT/curves.png                          loss and validation metrics per epoch
 OUT/summary.json                        final summary (best epoch, val and test metrics, time)
 ```
 
-Every file is written atomically, so a killed run never leaves a corrupt checkpoint, and
+Every file is written atomically (``metrics.jsonl`` included), so a killed run never leaves a
+corrupt checkpoint. An ``OUT`` that already holds a run is refused unless ``resume`` (continue it)
+or ``overwrite`` (replace it; the earlier files stay until the new run writes its own), and
 ``--resume`` continues weights, optimiser, scheduler, epoch, early-stopping state and the RNGs
 exactly (an interrupted-and-resumed run equals an uninterrupted one to float tolerance).
 
@@ -43,6 +45,8 @@ from ..checkpoint import ModelMeta, load_checkpoint, save_checkpoint, write_json
 from ..data.dataset import SegmentationDataset, default_augmentation
 from ..data.folder import fingerprint, write_split
 from ..errors import RtsegError
+from ..meta import MAX_INPUT_SIDE
+from ..safe_io import atomic_write_bytes, write_error
 from ..metrics import BinaryMetrics, MulticlassMetrics
 from ..models import create_model
 from .objectives import main_logits, make_loss, make_optimizer, make_scheduler
@@ -79,23 +83,58 @@ class TrainConfig:
     max_images: int = 0  # 0 = all (quick experiments/tests)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
+    overwrite: bool = False  # replace the run already in ``out`` (refused otherwise, unless ``resume``)
     progress: bool = True
     stop_after_epochs: int = 0  # stop (as if killed) after this many epochs of this invocation; tests
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        """Build from a recipe dict; unknown keys are an error (typos must not pass silently)."""
+    def from_dict(cls, d: dict, source: str = "training settings") -> "TrainConfig":
+        """Build from a recipe dict; unknown keys are an error (typos must not pass silently).
+
+        Types are checked by pydantic (``epochs: "many"`` is refused, ``"30"`` is 30), then bounds
+        (``epochs``/``batch_size`` ≥ 1, ``lr`` > 0, ``img_size`` sides in 1..8192, counts ≥ 0).
+
+        Raises:
+            RtsegError: one line naming ``source``, the setting and the fix.
+        """
+        import pydantic
+
+        if not isinstance(d, dict):
+            raise RtsegError(f"{source} must be a mapping of settings, not {type(d).__name__}; fix the recipe")
         names = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - names)
+        bad = sorted(set(d) - names, key=str)
         if bad:
-            raise RtsegError(f"unknown training setting(s) {', '.join(bad)}; valid keys: {', '.join(sorted(names))}")
+            raise RtsegError(f"unknown training setting(s) {', '.join(map(str, bad))}; valid keys: {', '.join(sorted(names))}")
         d = dict(d)
-        if "img_size" in d and not isinstance(d["img_size"], (list, tuple)):
-            d["img_size"] = (int(d["img_size"]), int(d["img_size"]))
-        for k in ("img_size", "betas"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
+        if "img_size" in d and isinstance(d["img_size"], (int, str)) and not isinstance(d["img_size"], bool):
+            d["img_size"] = (d["img_size"], d["img_size"])
+        try:
+            cfg = pydantic.TypeAdapter(cls).validate_python(d)
+        except pydantic.ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join(str(x) for x in err["loc"]) or "(settings)"
+            raise RtsegError(f"{source}: '{key}' {err['msg'].lower()} (got {err.get('input')!r:.60}); "
+                             f"fix the recipe or the flag") from None
+        cfg._check_bounds(source)
+        return cfg
+
+    def _check_bounds(self, source: str) -> None:
+        def bad(key: str, what: str) -> RtsegError:
+            return RtsegError(f"{source}: '{key}' {what}, not {getattr(self, key)!r}; fix the recipe or the flag")
+
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise bad(key, "must be ≥ 1")
+        for key in ("max_images", "threads", "early_stop_patience", "plateau_patience", "stop_after_epochs"):
+            if getattr(self, key) < 0:
+                raise bad(key, "must be ≥ 0")
+        if not (0 < self.lr < math.inf):
+            raise bad("lr", "must be a positive number")
+        if not all(1 <= v <= MAX_INPUT_SIDE for v in self.img_size):
+            raise bad("img_size", f"must be [H, W] with sides in 1..{MAX_INPUT_SIDE}")
+        for key in ("weight_decay", "grad_clip_value", "lambda_dice", "lambda_con"):
+            if not (0 <= getattr(self, key) < math.inf):
+                raise bad(key, "must be a number ≥ 0")
 
 
 def load_recipe(name_or_path: str) -> dict:
@@ -300,6 +339,7 @@ class _Run:
     step_per: str  # "batch" | "metric" | other (see make_scheduler)
     meta: ModelMeta
     progress: _Progress = field(default_factory=_Progress)
+    metrics_lines: list[str] = field(default_factory=list)  # metrics.jsonl, rewritten atomically each epoch
 
     @property
     def is_main(self) -> bool:
@@ -429,8 +469,13 @@ def _resume(run: _Run) -> None:
         raise RtsegError(f"--resume: {state_file} not found; start without --resume or point --out at an earlier run")
     m_last, _ = load_checkpoint(run.out / "last")
     run.model.load_state_dict(m_last.state_dict())
-    st = torch.load(state_file, map_location="cpu", weights_only=True)
-    run.opt.load_state_dict(st["optimizer"])
+    try:
+        st = torch.load(state_file, map_location="cpu", weights_only=True)
+        run.opt.load_state_dict(st["optimizer"])
+    except Exception as e:  # noqa: BLE001 - weights_only refuses pickled code; a truncated file fails to unpickle
+        raise RtsegError(f"--resume: {state_file} cannot be loaded safely ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:120]}); it is corrupt or not written by rtseg — restore it, "
+                         f"or start again with --overwrite") from None
     if run.sched is not None:
         run.sched.load_state_dict(st["scheduler"])
         if hasattr(run.sched, "total_steps") and run.sched.total_steps != max(run.steps, 1):
@@ -441,6 +486,10 @@ def _resume(run: _Run) -> None:
     p.history = json.loads(st["history"])
     _set_rng_state(st, run.g)
     p.best_es = st["best_es"]
+    metrics = run.out / "metrics.jsonl"
+    if metrics.is_file():  # the lines of the epochs being continued (not those of a later, lost epoch)
+        run.metrics_lines = [ln for ln in metrics.read_text().splitlines()
+                             if ln.strip() and _line_epoch(ln) <= p.start_epoch]
     run.log(f"resumed from epoch {p.start_epoch} (best {p.best:.4f} at epoch {p.best_epoch})")
 
 
@@ -533,9 +582,42 @@ def _save_epoch(run: _Run, epoch: int, rec: dict, m: dict, improved: bool) -> No
           "best_es": p.best_es, "history": json.dumps(p.history)} | _rng_state(run.g)
     torch.save(st, run.state_file.with_suffix(".tmp"))
     os.replace(run.state_file.with_suffix(".tmp"), run.state_file)
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(rec | {"val": m}) + "\n")
+    run.metrics_lines.append(json.dumps(rec | {"val": m}))
+    atomic_write_bytes(out / "metrics.jsonl", ("\n".join(run.metrics_lines) + "\n").encode())
     _plot_curves(p.history, out / "curves.png")
+
+
+def _line_epoch(line: str) -> int:
+    try:
+        return int(json.loads(line).get("epoch", 0))
+    except (ValueError, TypeError, AttributeError):
+        return 0
+
+
+#: the files that make a folder a training run (``--out`` of an earlier run)
+RUN_FILES = ("model.safetensors", "model.json", "metrics.jsonl", "last", "summary.json")
+
+
+def check_out(cfg: TrainConfig) -> None:
+    """Refuse an ``--out`` that would lose an earlier run or cannot be written.
+
+    Raises:
+        RtsegError: ``out`` holds a run (see :data:`RUN_FILES`) and neither ``resume`` nor
+            ``overwrite`` is set; ``out`` is a file; or its folder cannot be created or written.
+    """
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise RtsegError(f"--out {out} is a file; pass a folder for the run")
+    found = [n for n in RUN_FILES if (out / n).exists()]
+    if found and not (cfg.resume or cfg.overwrite):
+        raise RtsegError(f"--out {out} already holds a training run ({', '.join(found)}); pass --resume to continue it, "
+                         f"--overwrite to replace it, or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(out, e, "--out") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise RtsegError(f"cannot write {out}: permission denied or read-only; choose another --out")
 
 
 def _log_epoch(run: _Run, rec: dict, improved: bool) -> None:
@@ -583,6 +665,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
         RtsegError: bad data folder/format, unknown model/loss/optimizer, nothing to resume.
     """
     t_start = time.time()
+    check_out(cfg)
     run = _setup(cfg, log)
     if cfg.resume:
         _resume(run)
@@ -593,7 +676,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
         train_loss = _train_epoch(run, epoch)
         rec, m, improved = _validate(run, epoch, train_loss, t0)
         if run.is_main:
-            _save_epoch(run, epoch, rec, m, improved)
+            try:
+                _save_epoch(run, epoch, rec, m, improved)
+            except OSError as e:
+                raise write_error(run.out, e, "--out") from None
         _log_epoch(run, rec, improved)
         if run.world > 1:
             dist.barrier()
