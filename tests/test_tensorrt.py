@@ -450,43 +450,66 @@ def test_cli_build_engine_tensorrt_exits_2(tmp_path, capsys):
 
 
 # -- 5b. the builder's TensorRT call sequence, against a strict fake of the documented API ----------
-class _Enum:
-    """Enum members as ints; ``int(member)`` works like pybind11 enums."""
+#: enums and call signatures of the real TensorRT bindings (10.0.1 … 11.4.0.106), recorded and kept
+#: true by tests/test_trt_bindings.py: the fake below takes its enums from here, and
+#: test_fake_signatures_are_the_real_ones compares its methods with the real signatures
+TRT_API = json.loads((Path(__file__).parent / "data" / "trt_api.json").read_text())
 
-    def __init__(self, **members):
-        self.__dict__.update(members)
+
+def _vkey(v: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in v.split(".")[:3])
+
+
+def _api_for(version: str) -> dict:
+    """The recorded release nearest below ``version`` with the same major (the oldest for others)."""
+    same = [v for v in TRT_API if v.split(".")[0] == version.split(".")[0] and _vkey(v) <= _vkey(version)]
+    return TRT_API[max(same, key=_vkey) if same else min(TRT_API, key=_vkey)]
+
+
+class _Member(int):
+    """An enum member like pybind11's: an int whose str() is ``Enum.NAME``."""
+
+    def __new__(cls, enum: str, name: str, value: int):
+        m = super().__new__(cls, value)
+        m.label = f"{enum}.{name}"
+        return m
+
+    def __str__(self):
+        return self.label
+
+    __repr__ = __str__
+
+
+def _enum(api: dict, name: str):
+    import types
+
+    return types.SimpleNamespace(**{k: _Member(name, k, v) for k, v in api["enums"][name].items()})
 
 
 def _fake_tensorrt(version: str, *, plan: bytes | None = b"PLAN", parse_ok: bool = True, cache_fits: bool = True):
-    """A stand-in for the ``tensorrt`` module with only the API rtseg may use on ``version``
-    (TensorRT 11 has no BuilderFlag.FP16/INT8 and ignores STRONGLY_TYPED; HardwareCompatibilityLevel
-    has SAME_COMPUTE_CAPABILITY only from TensorRT 10.9). Records every call.
+    """A stand-in for the ``tensorrt`` module of ``version``: its enums are the real bindings' (the
+    nearest recorded release, :data:`TRT_API`: TensorRT 11 has no BuilderFlag.FP16/INT8 and
+    STRONGLY_TYPED = 0; HardwareCompatibilityLevel has SAME_COMPUTE_CAPABILITY only from 10.9), its
+    method parameters the real ones (checked by test_fake_signatures_are_the_real_ones). Records
+    every call.
 
     ``cache_fits=False``: a non-empty timing cache comes from another GPU, so ``set_timing_cache``
     returns False and attaches nothing (``get_timing_cache()`` then returns None), as the real
     bindings do; an empty (fresh) cache always fits."""
     import types
 
-    major = int(version.split(".")[0])
-    minor = int(version.split(".")[1])
+    api = _api_for(version)
     calls: list[tuple] = []
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.calls = calls
-    flags = dict(TF32=6, VERSION_COMPATIBLE=12)
-    if major < 11:
-        flags.update(FP16=0, INT8=1)
-    trt.BuilderFlag = _Enum(**flags)
-    trt.NetworkDefinitionCreationFlag = _Enum(STRONGLY_TYPED=1)
-    trt.MemoryPoolType = _Enum(WORKSPACE=0)
-    levels = dict(NONE=0, AMPERE_PLUS=1)
-    if (major, minor) >= (10, 9):
-        levels.update(SAME_COMPUTE_CAPABILITY=2)
-    trt.HardwareCompatibilityLevel = _Enum(**levels)
-    trt.DataType = _Enum(FLOAT="DataType.FLOAT", HALF="DataType.HALF")
+    for name in ("BuilderFlag", "NetworkDefinitionCreationFlag", "MemoryPoolType", "HardwareCompatibilityLevel",
+                 "DataType", "TensorIOMode"):
+        setattr(trt, name, _enum(api, name))
 
     class Logger:
-        WARNING, VERBOSE = 2, 4
+        WARNING, VERBOSE = 2, 4  # ILogger.Severity
+
 
         def __init__(self, min_severity):
             calls.append(("Logger", min_severity))
@@ -600,7 +623,39 @@ def _fake_tensorrt(version: str, *, plan: bytes | None = b"PLAN", parse_ok: bool
             return plan
 
     trt.Logger, trt.OnnxParser, trt.Builder = Logger, OnnxParser, Builder
+    trt.fake_classes = {"Builder": Builder, "INetworkDefinition": Network, "OnnxParser": OnnxParser,
+                        "IOptimizationProfile": Profile, "ITimingCache": TimingCache, "IBuilderConfig": Config}
     return trt
+
+
+def _real_params(signature: str, method: str) -> list[str]:
+    """Parameter names (without self) of ``method`` in a recorded pybind11 signature (first overload)."""
+    import re
+
+    m = re.search(rf"{re.escape(method)}\(self: ([^)]*)\)", signature)
+    assert m, f"no signature of {method} in {signature!r}"
+    return re.findall(r"(?:^|, )(\w+): ", m.group(1))
+
+
+@pytest.mark.parametrize("version", sorted(TRT_API, key=_vkey))
+def test_fake_signatures_are_the_real_ones(version):
+    """Every method of the fake that rtseg calls has the real parameter names and defaults-free arity."""
+    import inspect
+
+    trt = _fake_tensorrt(version)
+    calls = TRT_API[version]["calls"]
+    checked = 0
+    for real_cls, fake_cls in trt.fake_classes.items():
+        for key, signature in calls.items():
+            cls, _, method = key.partition(".")
+            if cls != real_cls or not method or method.endswith("=") or not callable(getattr(fake_cls, method, None)):
+                continue
+            if isinstance(inspect.getattr_static(fake_cls, method), property):
+                continue
+            fake = [p for p in inspect.signature(getattr(fake_cls, method)).parameters if p != "self"]
+            assert fake == _real_params(signature, method), f"{real_cls}.{method} on TensorRT {version}"
+            checked += 1
+    assert checked >= 12
 
 
 @pytest.fixture

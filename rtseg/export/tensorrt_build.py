@@ -382,9 +382,8 @@ def _set_flags(trt, config, o: TensorRTBuildOptions, level: str, fp16_flag: bool
     """
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(o.workspace_mb) << 20)
     if fp16_flag:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)  # "fp32" means FP32 math; TF32 is on by default
+        config.set_flag(trt.BuilderFlag.FP16)  # trt-guard: <11 (fp16_flag is set on TensorRT 10 only)
+    config.clear_flag(trt.BuilderFlag.TF32)  # "fp32" means FP32 math; TF32 is on by default
     if o.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if level != "none":

@@ -40,6 +40,7 @@ TensorRT 10/11 API used, and where each call was checked (search tool):
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,76 @@ def _torch_dtype(trt, dt):
     return table[key]
 
 
+@dataclass
+class EngineIO:
+    """The I/O of a deserialised engine, as :func:`engine_io` reads it (names, dtypes, batch profile)."""
+
+    input_name: str
+    output_name: str
+    extra_outputs: list[str]
+    hw: tuple[int, int]
+    min_batch: int
+    max_batch: int
+    input_dtype: Any
+    output_dtype: Any
+
+
+def deserialize_engine(trt, logger, plan: bytes, version_compatible: bool):
+    """``trt.Runtime(logger)`` and the ``ICudaEngine`` of ``plan`` (``None`` when TensorRT refuses it).
+
+    A version-compatible plan embeds its lean runtime: ``engine_host_code_allowed`` lets it run
+    (we trust plans from our own engine folders). Returns ``(runtime, engine)``; the runtime must
+    outlive the engine.
+    """
+    runtime = trt.Runtime(logger)
+    if version_compatible:
+        runtime.engine_host_code_allowed = True
+    return runtime, runtime.deserialize_cuda_engine(plan)
+
+
+def engine_io(trt, engine, want_output: str | None, where: str, hint: str) -> EngineIO:
+    """Read the engine's I/O tensors: one ``float32[N, 3, H, W]`` input with fixed H, W, and the
+    logits output (``want_output`` when the engine has it, else the first output).
+
+    Raises:
+        RtsegError: not exactly one input, no output, or an input that is not [N, 3, H, W].
+    """
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    if len(inputs) != 1 or not outputs:
+        raise RtsegError(f"{where} has {len(inputs)} inputs and {len(outputs)} outputs; rtseg engines have "
+                         f"one image input and a logits output — {hint}")
+    output = want_output if want_output in outputs else outputs[0]
+    in_shape = tuple(int(d) for d in engine.get_tensor_shape(inputs[0]))
+    if len(in_shape) != 4 or in_shape[1] != 3 or min(in_shape[2:]) <= 0:
+        raise RtsegError(f"{where} input shape {in_shape} is not [N, 3, H, W] with fixed H, W; {hint}")
+    if in_shape[0] < 0:
+        pmin, _, pmax = engine.get_tensor_profile_shape(inputs[0], 0)
+        min_b, max_b = int(pmin[0]), int(pmax[0])
+    else:
+        min_b = max_b = in_shape[0]
+    return EngineIO(inputs[0], output, [n for n in outputs if n != output], (in_shape[2], in_shape[3]), min_b, max_b,
+                    engine.get_tensor_dtype(inputs[0]), engine.get_tensor_dtype(output))
+
+
+def resolve_output_shape(context, io: EngineIO, where: str, hint: str) -> tuple[int, ...]:
+    """Set the input shape to the profile's max batch and read the logits shape ``(N, C, H, W)``
+    from the execution context (the engine may report -1 for dims it computes from shape tensors,
+    e.g. a final Resize whose sizes come from Shape ops).
+
+    Raises:
+        RtsegError: the shape cannot be set, or the output is not [N, C, H, W] at the input's H, W.
+    """
+    h, w = io.hw
+    if not context.set_input_shape(io.input_name, (io.max_batch, 3, h, w)):
+        raise RtsegError(f"{where}: cannot set input shape {(io.max_batch, 3, h, w)}; {hint}")
+    out_shape = tuple(int(d) for d in context.get_tensor_shape(io.output_name))
+    if len(out_shape) != 4 or min(out_shape) <= 0 or tuple(out_shape[2:]) != (h, w):
+        raise RtsegError(f"{where} output shape {out_shape} is not [N, C, {h}, {w}]; {hint}")
+    return out_shape
+
+
 class TensorRTBackend(Backend):
     """Runs a TensorRT engine folder on one CUDA device.
 
@@ -204,47 +275,22 @@ class TensorRTBackend(Backend):
         self.trt_version = trt.__version__
         self._logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
         with torch.cuda.device(idx):
-            self._runtime = trt.Runtime(self._logger)
-            if (meta.get("build") or {}).get("version_compatible") and hasattr(self._runtime, "engine_host_code_allowed"):
-                # the plan carries its own lean runtime; we trust plans from our own engine folders
-                self._runtime.engine_host_code_allowed = True
-            engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
+            self._runtime, engine = deserialize_engine(trt, self._logger, engine_path.read_bytes(),
+                                                       bool((meta.get("build") or {}).get("version_compatible")))
             if engine is None:
                 raise RtsegError(f"TensorRT {trt.__version__} could not load {engine_path} (corrupt or from another "
                                  f"TensorRT/GPU); {rebuild_hint(meta)}")
             self.engine = engine
-            names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-            inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-            outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-            if len(inputs) != 1 or not outputs:
-                raise RtsegError(f"{engine_path} has {len(inputs)} inputs and {len(outputs)} outputs; rtseg engines have "
-                                 f"one image input and a logits output — {rebuild_hint(meta)}")
-            self.input_name = inputs[0]
-            want_out = (meta.get("output") or {}).get("name")
-            self.output_name = want_out if want_out in outputs else outputs[0]
-            self._extra_outputs = [n for n in outputs if n != self.output_name]
-            in_shape = tuple(int(d) for d in engine.get_tensor_shape(self.input_name))
-            if len(in_shape) != 4 or in_shape[1] != 3 or min(in_shape[2:]) <= 0:
-                raise RtsegError(f"{engine_path} input shape {in_shape} is not [N, 3, H, W] with fixed H, W; {rebuild_hint(meta)}")
-            if in_shape[0] < 0:
-                pmin, _, pmax = engine.get_tensor_profile_shape(self.input_name, 0)
-                min_b, max_b = int(pmin[0]), int(pmax[0])
-            else:
-                min_b = max_b = in_shape[0]
-            self._in_dtype = _torch_dtype(trt, engine.get_tensor_dtype(self.input_name))
-            self._out_dtype = _torch_dtype(trt, engine.get_tensor_dtype(self.output_name))
-            h, w = in_shape[2], in_shape[3]
+            io = engine_io(trt, engine, (meta.get("output") or {}).get("name"), f"{engine_path}", rebuild_hint(meta))
+            self.input_name, self.output_name, self._extra_outputs = io.input_name, io.output_name, io.extra_outputs
+            min_b, max_b, h, w = io.min_batch, io.max_batch, io.hw[0], io.hw[1]
+            self._in_dtype = _torch_dtype(trt, io.input_dtype)
+            self._out_dtype = _torch_dtype(trt, io.output_dtype)
             self.context = engine.create_execution_context()
             if self.context is None:
                 raise RtsegError(f"TensorRT could not create an execution context for {engine_path} (GPU out of memory?)")
-            # output shapes resolved for the largest batch (the engine may report -1 for dims it
-            # computes from shape tensors, e.g. a final Resize whose sizes come from Shape ops)
-            if not self.context.set_input_shape(self.input_name, (max_b, 3, h, w)):
-                raise RtsegError(f"{engine_path}: cannot set input shape {(max_b, 3, h, w)}; {rebuild_hint(meta)}")
+            out_shape = resolve_output_shape(self.context, io, f"{engine_path}", rebuild_hint(meta))
             self._shape_set = (max_b, 3, h, w)
-            out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self.output_name))
-            if len(out_shape) != 4 or min(out_shape) <= 0 or tuple(out_shape[2:]) != (h, w):
-                raise RtsegError(f"{engine_path} output shape {out_shape} is not [N, C, {h}, {w}]; {rebuild_hint(meta)}")
             num_classes = int(out_shape[1])
 
             model = meta.get("model") or {}
