@@ -10,6 +10,7 @@ import click
 import cv2
 
 from ..errors import RtsegError
+from ..safe_io import atomic_write_bytes, write_error, write_json
 from ..evaluation import evaluate_backend, format_table, overlay_grid, resolve_samples
 
 
@@ -20,14 +21,15 @@ from ..evaluation import evaluate_backend, format_table, overlay_grid, resolve_s
 @click.option("--data", type=click.Path(), help="Labelled folder (images/ + masks/); default: the model's training data.")
 @click.option("--data-format", default=None, help="Dataset layout (polyp, camvid, cityscapes, coco, fsoco); default: detected.")
 @click.option("--split", default=None, help="train/val/test/all; default: test if --data is the training data, else all.")
-@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=None, type=int, help="Inference threads.")
-@click.option("--limit", default=0, type=int, help="Evaluate at most N images.")
-@click.option("--save-overlays", default=0, type=int, help="Write a grid PNG of image / ground truth / prediction for the first N images.")
+@click.option("--limit", default=0, type=click.IntRange(min=0), help="Evaluate at most N images (0 = all).")
+@click.option("--save-overlays", default=0, type=click.IntRange(min=0), help="Write a grid PNG of image / ground truth / prediction for the first N images.")
 @click.option("--overlays-path", default="eval_overlays.png", show_default=True, type=click.Path(), help="Where --save-overlays writes.")
 @click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
-@click.option("--out", "out_json", type=click.Path(), help="Also write the JSON result to this file.")
+@click.option("--out", "out_json", type=click.Path(dir_okay=False),
+              help="Also write the JSON result to this file (replaced if it exists; written atomically).")
 @click.option("--video", type=click.Path(), help="Evaluate on a video clip (decoded as the stream does) against --masks.")
 @click.option("--masks", type=click.Path(), help="With --video: folder of per-frame masks (frame k ↔ k-th file in sorted order).")
 @click.option("--temporal", default="off", show_default=True, type=click.Choice(["off", "ema", "flow"]),
@@ -69,20 +71,30 @@ def eval_command(target, checkpoint, engine, data, data_format, split, batch_siz
         _eval_video(backend, video, masks, opts, as_json, out_json, plot_path)
         return
     samples, reader, where = resolve_samples(data, split, backend.meta.get("model", {}), data_format)
+    if limit and limit < len(samples):
+        where = f"{where}, first {limit} evaluated (--limit)"
     res = evaluate_backend(backend, samples, batch_size=batch_size, limit=limit, progress=not as_json, reader=reader,
                            keep=save_overlays)
     kept = res.pop("_kept", None)
     if kept:
         mm = backend.meta.get("model", {})
         grid = overlay_grid(kept, mm.get("palette", [[0, 0, 0], [0, 255, 0]]), mm.get("ignore_index"))
-        Path(overlays_path).parent.mkdir(parents=True, exist_ok=True)
-        if not cv2.imwrite(str(overlays_path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-            raise RtsegError(f"cannot write {overlays_path}; check that the folder is writable")
+        ok, png = cv2.imencode(Path(overlays_path).suffix or ".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise RtsegError(f"cannot encode {overlays_path}; give --overlays-path a .png or .jpg name")
+        try:
+            Path(overlays_path).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(Path(overlays_path), png)
+        except OSError as e:
+            raise write_error(overlays_path, e, "--overlays-path") from None
         res["overlays"] = str(overlays_path)
     res["class_names"] = backend.meta.get("model", {}).get("class_names")
     res |= {"target": str(path), "backend": backend.name, "precision": backend.precision, "data": where}
     if out_json:
-        Path(out_json).write_text(json.dumps(res, indent=2))
+        try:
+            write_json(out_json, res)
+        except OSError as e:
+            raise write_error(out_json, e, "--out") from None
     if as_json:
         click.echo(json.dumps(res, indent=2))
     else:

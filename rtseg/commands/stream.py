@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 
 import click
 
@@ -17,6 +18,9 @@ Outputs: FILE.mp4|.mkv|.mov|.ts (H.264, audio copied), udp://host:port (MPEG-TS)
   (MPEG-TS over RTP), rtsp://server/path (publish), FOLDER/ or FOLDER/%06d.jpg (images), null.
   With N sources give N outputs, or one holding {i} or {name}.
 Ctrl-C (SIGINT) or SIGTERM stops: queued frames are finished and every output is finalised.
+Files are written under a temporary name and renamed into place when complete: an existing output
+file is replaced (a killed run leaves it as it was); an output that is one of the inputs is refused.
+A udp:// or rtp:// source waits for its sender (--open-timeout to give up after a while).
 
 \b
 Examples:
@@ -48,6 +52,9 @@ Examples:
 @click.option("--max-latency-ms", default=None, type=click.FloatRange(min=1), help="Drop live frames that waited longer than this before inference.")
 @click.option("--reconnect/--no-reconnect", default=False, show_default=True, help="Reopen failed or stalled network sources with backoff.")
 @click.option("--stall-timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.1), help="A network source silent this long (s) has failed.")
+@click.option("--open-timeout", default=None, type=click.FloatRange(min=0.1),
+              help="Give up on a network source that does not open within this many seconds (default: udp:// and "
+                   "rtp:// wait for their sender, other URLs use --stall-timeout).")
 @click.option("--fps", default=None, type=click.FloatRange(min=0.01, min_open=False), help="Frame rate of image-folder sources (default 25) / asked of cameras.")
 @click.option("--show", is_flag=True, help="Show the overlaid video in a window (needs a display).")
 @click.option("--metrics-jsonl", default=None, type=click.Path(dir_okay=False), help="Write metrics once per second as JSON lines.")
@@ -62,16 +69,16 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and --json).")
 def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeout_ms, alpha, contour, codec, preset, crf,
-                   threads, loop, max_frames, max_latency_ms, reconnect, stall_timeout, fps, show, metrics_jsonl, temporal,
-                   infer_every, ema, allow_failed_gate, as_json, quiet):
+                   threads, loop, max_frames, max_latency_ms, reconnect, stall_timeout, open_timeout, fps, show, metrics_jsonl,
+                   temporal, infer_every, ema, allow_failed_gate, as_json, quiet):
     """Segment a video/camera/network stream and write the overlaid output.
 
     Decoding, batched inference and overlay+encoding run in parallel threads; the output keeps the
     input's frame count, frame rate and timestamps. A summary (frames, FPS, per-stage latency
-    p50/p99) is printed at the end.
+    p50/p99) is printed at the end; file sources show a progress bar (frames, FPS, ETA) on a terminal.
     """
     from ..runtime import load_engine
-    from ..stream.pipeline import StreamOptions, run_stream
+    from ..stream.pipeline import StreamOptions, StreamPipeline
 
     if no_output and outputs:
         raise RtsegError("--no-output and --output exclude each other; drop one of them")
@@ -89,11 +96,47 @@ def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeou
     options = StreamOptions(batch_size=batch_size, batch_timeout_ms=batch_timeout_ms, alpha=alpha, contour=contour,
                             codec=codec, preset=preset, crf=crf, max_frames=max_frames, max_latency_ms=max_latency_ms,
                             reconnect=reconnect, fps=fps, stall_timeout=stall_timeout, show=show,
-                            metrics_jsonl=metrics_jsonl, loop=loop, temporal=temporal, infer_every=infer_every, ema=ema)
-    report = run_stream(backend, list(sources), [] if no_output else list(outputs), options,
-                        log=None if not quiet else (lambda m: None))
+                            metrics_jsonl=metrics_jsonl, loop=loop, temporal=temporal, infer_every=infer_every, ema=ema,
+                            open_timeout=open_timeout)
+    pipe = StreamPipeline(backend, list(sources), [] if no_output else list(outputs), options,
+                          log=None if not quiet else (lambda m: None))
+    done = threading.Event()
+    if not quiet and sys.stderr.isatty():
+        threading.Thread(target=_progress, args=(pipe, done, max_frames, loop), name="rtseg-progress", daemon=True).start()
+    try:
+        report = pipe.run()
+    finally:
+        done.set()
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     if not quiet:
         click.echo(report.table(), err=as_json)
     sys.stdout.flush()
+
+
+def _total_frames(pipe, max_frames: int | None, loop: int) -> int | None:
+    """Frames the run will write when every source is a file of known length (else ``None``)."""
+    total = 0
+    for st in pipe.states:
+        n = getattr(getattr(st.src, "vstream", None), "frames", 0) or 0
+        if st.src.live or not n or loop != 1:
+            return None if max_frames is None else max_frames * len(pipe.states)
+        total += min(n, max_frames) if max_frames else n
+    return total
+
+
+def _progress(pipe, done: threading.Event, max_frames: int | None, loop: int) -> None:
+    """A tqdm bar (frames done/total, FPS, ETA) polled twice a second: nothing on the per-frame path."""
+    from tqdm import tqdm
+
+    while pipe.inq is None:
+        if done.wait(0.2):
+            return
+    bar = tqdm(total=_total_frames(pipe, max_frames, loop), unit="frame", desc="stream", leave=False,
+               dynamic_ncols=True, file=sys.stderr)
+    last = 0
+    while not done.wait(0.5):
+        n = sum(st.written for st in pipe.states)
+        bar.update(n - last)
+        last = n
+    bar.close()
