@@ -683,12 +683,13 @@ def _call(trt, name):
 def test_builder_call_sequence_fp16(fake_trt, eunet_onnx, tmp_path, version):
     trt = fake_trt(version)
     out = tmp_path / "tensorrt-fp16"
-    cache = tmp_path / "timing.cache"
+    cache = tmp_path / f"timing.trt{version}.sm86.cache"  # --timing-cache timing.cache on an A10 (sm_86)
     cache.write_bytes(b"OLD")
     res = build_tensorrt_engine(eunet_onnx, out, "fp16", TensorRTBuildOptions(
-        input_hw=HW, min_batch=1, opt_batch=2, max_batch=4, workspace_mb=512, timing_cache=cache))
+        input_hw=HW, min_batch=1, opt_batch=2, max_batch=4, workspace_mb=512, timing_cache=tmp_path / "timing.cache"))
     assert (out / "model.engine").read_bytes() == b"PLAN"
-    assert cache.read_bytes() == b"CACHE"
+    assert cache.read_bytes() == b"CACHE" and not (tmp_path / "timing.cache").exists()
+    assert res["build"]["timing_cache"] == str(cache)
     assert _call(trt, "create_timing_cache") == [("create_timing_cache", b"OLD")]
     assert _call(trt, "set_timing_cache") == [("set_timing_cache", False)]
     assert _call(trt, "set_shape") == [("set_shape", "input", (1, 3, *HW), (2, 3, *HW), (4, 3, *HW))]
@@ -759,11 +760,11 @@ def test_timing_cache_from_another_gpu_is_replaced_by_a_fresh_one(fake_trt, eune
     """set_timing_cache returns False for a cache of another device: one warning, a fresh cache, the
     build goes on and the fresh cache replaces the file (no AttributeError on get_timing_cache())."""
     trt = fake_trt("10.3.0", cache_fits=False)
-    cache = tmp_path / "timing.cache"
+    cache = tmp_path / "timing.trt10.3.0.sm86.cache"  # named for this GPU, but copied from another one
     cache.write_bytes(b"OTHER-GPU")
     out = tmp_path / "e"
     with pytest.warns(RuntimeWarning, match="does not fit this GPU") as record:
-        res = build_tensorrt_engine(eunet_onnx, out, "fp32", TensorRTBuildOptions(input_hw=HW, timing_cache=cache))
+        res = build_tensorrt_engine(eunet_onnx, out, "fp32", TensorRTBuildOptions(input_hw=HW, timing_cache=tmp_path / "timing.cache"))
     assert len(record) == 1 and "\n" not in str(record[0].message) and str(cache) in str(record[0].message)
     assert _call(trt, "create_timing_cache") == [("create_timing_cache", b"OTHER-GPU"), ("create_timing_cache", b"")]
     assert _call(trt, "set_timing_cache") == [("set_timing_cache", False), ("set_timing_cache", False)]
@@ -784,6 +785,78 @@ def test_same_compute_capability_needs_tensorrt_10_9(fake_trt, eunet_onnx, tmp_p
     (build,) = _call(trt, "build")
     assert build[2] == trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
     assert res["build"]["hardware_compatibility_level"] == "same_compute_capability"
+
+def test_timing_cache_file_names_carry_version_and_compute_capability(tmp_path):
+    from rtseg.export.tensorrt_build import timing_cache_file
+
+    assert timing_cache_file(tmp_path / "timing.cache", "10.3.0", "8.6") == tmp_path / "timing.trt10.3.0.sm86.cache"
+    assert timing_cache_file(tmp_path, "11.4.0.106", "9.0") == tmp_path / "timing.trt11.4.0.106.sm90.cache"
+    assert timing_cache_file(tmp_path / "t", "10.3.0", "8.9") == tmp_path / "t.trt10.3.0.sm89.cache"
+    named = tmp_path / "timing.trt10.3.0.sm86.cache"
+    assert timing_cache_file(named, "10.3.0", "8.6") == named  # an already named file is used as is
+
+
+class _FakeEngine:
+    """Stands in for TensorRTBackend when the fake TensorRT "built" an engine: runs the engine's
+    source ONNX in ONNX Runtime (a correct engine), plus ``error`` × max |logit| (a broken one)."""
+
+    error = 0.0
+    opened: list = []
+
+    def __init__(self, folder, meta, **kw):
+        self.folder, self.meta = Path(folder), meta
+        self.min_batch, self.max_batch = meta["batch"]["min"], meta["batch"]["max"]
+        _FakeEngine.opened.append(meta)
+
+    def infer(self, x):
+        assert self.min_batch <= len(x) <= self.max_batch
+        y = _ort(self.folder / self.meta["build"]["source_onnx"], x)
+        return y + self.error * np.abs(y).max()
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("precision, error, ok", [("fp32", 0.0, True), ("fp32", 0.01, False), ("fp16", 0.01, True),
+                                                  ("fp16", 0.1, False)])
+def test_fp32_fp16_engines_are_checked_against_the_onnx_at_build(fake_trt, monkeypatch, tmp_path, kvasir,
+                                                                  precision, error, ok):
+    """build-engine --backend tensorrt runs the new engine on two real images and compares it with its
+    ONNX (ONNX Runtime): engine.json verify.onnx records it; an fp32/fp16 engine outside the bounds is
+    refused and no folder is published."""
+    import rtseg.runtime.tensorrt_backend as tbe
+    from rtseg.export.build import BuildOptions, build_engine
+    from rtseg.export.gate import GateOptions
+
+    fake_trt("10.3.0")
+    monkeypatch.setattr(tbe, "TensorRTBackend", _FakeEngine)
+    monkeypatch.setattr(_FakeEngine, "error", error)
+    ckpt = Path(__file__).parent / "data" / "eunet-tiny-kvasir64"
+    out = tmp_path / "tensorrt-fp32"
+    opts = BuildOptions(gate=GateOptions(enabled=False), backend_options={"min_batch": 1, "max_batch": 4})
+    if not ok:
+        with pytest.raises(RtsegError, match=rf"\({precision}\) does not match its ONNX: max abs diff"):
+            build_engine(ckpt, "tensorrt", precision, out, opts)
+        assert not out.exists()
+        return
+    meta = json.loads((build_engine(ckpt, "tensorrt", precision, out, opts) / "engine.json").read_text())
+    v = meta["verify"]
+    assert v["onnx"]["passed"] is True and v["onnx"]["bound"] > 0
+    assert v["onnx"]["max_abs_diff"] <= v["onnx"]["bound"] and v["onnx"]["mask_agreement"] >= 0.99
+    assert v["max_abs_diff"] < 1e-3 + error * v["logit_scale"] * 1.01 and "images from" in v["input"]  # vs PyTorch
+    assert meta["backend"] == "tensorrt" and meta["precision"] == precision
+    assert _FakeEngine.opened[-1]["engine_file"] == "model.engine"
+
+
+def test_int8_engine_parity_is_recorded_not_enforced():
+    from rtseg.export.tensorrt_build import check_onnx_parity
+
+    ref = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    rec = check_onnx_parity(ref + 0.5, ref, "int8")
+    assert rec["passed"] is None and rec["bound"] is None and rec["max_abs_diff"] == pytest.approx(0.5)
+    with pytest.raises(RtsegError, match="shape"):
+        check_onnx_parity(ref[:1], ref, "fp32")
+
 
 # -- 6. GPU: build, compare with ONNX Runtime, run every path -------------------------------------------
 def _dice(a: np.ndarray, b: np.ndarray) -> float:

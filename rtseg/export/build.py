@@ -270,8 +270,10 @@ def _compile(b: _Build, source_onnx: Path) -> dict[str, Any]:
     req = BuildRequest(source_onnx, b.folder, b.precision, b.hw, b.sample, dict(b.options.backend_options))
     info = dict(get_backend(b.backend).build(req))
     output = info.pop("output_sample", None)
+    onnx_parity = info.pop("verify_onnx", None)  # TensorRT: the engine against its source ONNX (fp32/fp16 checked)
     info["verify"] = {"input": b.sample_desc, "reference": "pytorch fp32",
-                      **(_compare(output, b.reference) if output is not None else {})}
+                      **(_compare(output, b.reference) if output is not None else {}),
+                      **({"onnx": onnx_parity} if onnx_parity is not None else {})}
     return info
 
 

@@ -58,7 +58,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +198,53 @@ def fp16_onnx(onnx_in: str | Path, onnx_out: str | Path, *, keep_io_types: bool 
     return out
 
 
+# -- parity with the ONNX reference ---------------------------------------------------------------
+#: Build-time parity of TensorRT engines with the ONNX they came from (ONNX Runtime, CPU):
+#: max |engine − reference| ≤ rel × max |reference| + abs, and mask agreement ≥ mask. fp32 is built
+#: with TF32 off, so it must match closely; fp16 within half-precision rounding. int8 is recorded
+#: only: its accuracy is the gate's decision (task metric on labelled images).
+PARITY_BOUNDS = {"fp32": {"rel": 1e-3, "abs": 1e-4, "mask": 0.999}, "fp16": {"rel": 2e-2, "abs": 1e-3, "mask": 0.99}}
+
+
+def onnx_reference(onnx_path: str | Path, x):
+    """Logits ``float32[N, C, H, W]`` of ``onnx_path`` on ``x`` (``float32[N, 3, H, W]``) in ONNX Runtime (CPU)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def check_onnx_parity(output, reference, precision: str, what: str = "the engine") -> dict[str, Any]:
+    """Compare engine logits with the ONNX reference (both ``float32[N, C, H, W]``).
+
+    Returns:
+        ``{"reference", "max_abs_diff", "logit_scale", "bound", "mask_agreement", "passed"}``
+        (``bound``/``passed`` ``None`` for int8: the accuracy gate decides).
+
+    Raises:
+        RtsegError: an fp32/fp16 engine outside :data:`PARITY_BOUNDS` (one line with the numbers).
+    """
+    import numpy as np
+
+    y, ref = np.asarray(output, np.float64), np.asarray(reference, np.float64)
+    if y.shape != ref.shape:
+        raise RtsegError(f"{what} returned logits of shape {y.shape}, the ONNX {ref.shape}; rebuild it")
+    diff, scale = float(np.max(np.abs(y - ref))), float(np.max(np.abs(ref)))
+    masks = (y > 0, ref > 0) if y.shape[1] == 1 else (y.argmax(1), ref.argmax(1))
+    agree = float(np.mean(masks[0] == masks[1]))
+    b = PARITY_BOUNDS.get(precision)
+    bound = None if b is None else b["rel"] * scale + b["abs"]
+    passed = None if b is None else bool(diff <= bound and agree >= b["mask"])
+    if passed is False:
+        raise RtsegError(f"{what} ({precision}) does not match its ONNX: max abs diff {diff:.3g} (bound {bound:.3g}), "
+                         f"mask agreement {agree:.4f} (needs {b['mask']}); rebuild with --verbose and report it, "
+                         f"or use --backend onnxruntime")
+    return {"reference": "ONNX Runtime (CPU) on the source ONNX", "max_abs_diff": diff, "logit_scale": scale,
+            "bound": bound, "mask_agreement": agree, "passed": passed}
+
+
 # -- build ----------------------------------------------------------------------------------------
 #: The first TensorRT version with each hardware compatibility level (``kSAME_COMPUTE_CAPABILITY``:
 #: "Added a new hardware compatibility level" in the TensorRT 10.9.0 release notes).
@@ -214,9 +261,10 @@ class TensorRTBuildOptions:
         min_batch, opt_batch, max_batch: the batch optimisation profile (1 ≤ min ≤ opt ≤ max).
         workspace_mb: ``MemoryPoolType.WORKSPACE`` limit in MiB.
         timing_cache: path of a TensorRT timing cache, read if present and written back after the
-            build (reused across builds of any model on the same GPU/TensorRT version). A cache
-            TensorRT refuses (made on another GPU) is replaced by a fresh one, with a
-            ``RuntimeWarning`` (``warnings.warn``).
+            build (reused across builds of any model on the same GPU/TensorRT version). The file
+            name gets the TensorRT version and compute capability (:func:`timing_cache_file`:
+            ``timing.cache`` → ``timing.trt10.3.0.sm86.cache``). A cache TensorRT refuses anyway
+            (copied from another GPU) is replaced by a fresh one, with a ``RuntimeWarning``.
         version_compatible: set ``BuilderFlag.VERSION_COMPATIBLE`` (engine also runs on later
             TensorRT versions; may be slower; loading then allows the embedded lean runtime).
         hardware_compatibility_level: ``None``/``"none"``, ``"ampere_plus"`` (TensorRT ≥ 8.6) or
@@ -406,6 +454,24 @@ def _add_profile(builder, config, inp, hw: tuple[int, int], o: TensorRTBuildOpti
     return c
 
 
+def timing_cache_file(path: str | Path, trt_version: str, compute_capability: str) -> Path:
+    """The timing cache file of this TensorRT version and GPU for the ``--timing-cache`` path given.
+
+    A timing cache fits one TensorRT version and one GPU, so its file name carries both: ``PATH``'s
+    suffix is preceded by ``.trt<version>.sm<cc>`` (``engines/timing.cache`` on TensorRT 10.3.0 and an
+    A10 → ``engines/timing.trt10.3.0.sm86.cache``); a directory (existing, or given with a trailing
+    ``/``) gets ``timing.trt<version>.sm<cc>.cache`` inside. One ``--timing-cache`` path can then be
+    shared by several GPUs and TensorRT versions without one build refusing the others' cache.
+    """
+    tag = f"trt{trt_version}.sm{str(compute_capability).replace('.', '')}"
+    p = Path(path)
+    if p.is_dir() or str(path).endswith(("/", "\\")):
+        return p / f"timing.{tag}.cache"
+    if f".{tag}" in p.name:
+        return p
+    return p.with_name(f"{p.stem}.{tag}{p.suffix or '.cache'}")
+
+
 def _load_timing_cache(config, cache_path: Path) -> None:
     """Attach the timing cache at ``cache_path`` (empty if the file is missing).
 
@@ -540,6 +606,8 @@ def build_tensorrt_engine(onnx_path: str | Path, out_dir: str | Path, precision:
     input_name = _preflight(onnx_path, precision, hw, (int(o.min_batch), int(o.opt_batch), int(o.max_batch)))
     out_dir.mkdir(parents=True, exist_ok=True)
     net = _network_source(onnx_path, out_dir, precision, o.fp16_onnx_path, major)
+    if o.timing_cache:
+        o = replace(o, timing_cache=timing_cache_file(o.timing_cache, trt.__version__, device["compute_capability"]))
     inp, out, c, seconds = _run_builder(trt, net, o, hw, level, precision, out_dir / ENGINE_FILE)
     sources = {"network_onnx": _relative(net.onnx, out_dir), "source_onnx": _relative(onnx_path, out_dir),
                "onnx_input": input_name}
@@ -554,5 +622,5 @@ def build_tensorrt_engine(onnx_path: str | Path, out_dir: str | Path, precision:
 
 
 __all__ = ["ENGINE_FILE", "FP16_ONNX_FILE", "HARDWARE_LEVELS", "HARDWARE_LEVEL_SINCE", "PRECISIONS", "TRT_MISSING",
-           "TensorRTBuildOptions", "build_tensorrt_engine", "cuda_device_info", "fp16_onnx", "import_tensorrt",
-           "trt_major"]
+           "PARITY_BOUNDS", "TensorRTBuildOptions", "build_tensorrt_engine", "check_onnx_parity", "cuda_device_info",
+           "fp16_onnx", "import_tensorrt", "onnx_reference", "timing_cache_file", "trt_major"]

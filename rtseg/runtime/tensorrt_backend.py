@@ -572,26 +572,53 @@ BUILD_OPTIONS = ("min_batch", "opt_batch", "max_batch", "workspace_mb", "timing_
                  "hardware_compatibility_level")
 
 
+def run_sample(folder: Path, meta: dict, sample: np.ndarray) -> np.ndarray:
+    """Logits ``float32[n, C, H, W]`` of the engine just built in ``folder`` on ``sample``
+    (``float32[n, 3, H, W]``), in batches the engine's profile accepts (a batch below its minimum
+    is padded by repeating images)."""
+    backend = TensorRTBackend(folder, meta)
+    try:
+        outs, n = [], len(sample)
+        for i in range(0, n, backend.max_batch):
+            x = sample[i:i + backend.max_batch]
+            k = len(x)
+            if k < backend.min_batch:
+                x = np.concatenate([x] * -(-backend.min_batch // k))[:backend.min_batch]
+            outs.append(backend.infer(np.ascontiguousarray(x))[:k])
+        return np.concatenate(outs)
+    finally:
+        backend.close()
+
+
 def build_tensorrt(req: BuildRequest) -> dict[str, Any]:
     """Build ``model.engine`` with :func:`rtseg.export.tensorrt_build.build_tensorrt_engine` (options from
-    ``req.options``, keys :data:`BUILD_OPTIONS`); returns the ``engine.json`` entries (no
-    ``output_sample``: the engine runs on the GPU only).
+    ``req.options``, keys :data:`BUILD_OPTIONS`), run it on ``req.sample`` and check it against the
+    ONNX it came from (:func:`~rtseg.export.tensorrt_build.check_onnx_parity`, ONNX Runtime on the
+    CPU: fp32 and fp16 must match, int8 is recorded for the gate). Returns the ``engine.json``
+    entries, ``output_sample`` (compared with PyTorch by the builder: ``verify``) and
+    ``verify_onnx`` (the ONNX parity record).
 
     Raises:
-        RtsegError: TensorRT or CUDA missing, or the builder's own errors.
+        RtsegError: TensorRT or CUDA missing, the builder's own errors, or an fp32/fp16 engine that
+            does not match its ONNX.
     """
     try:
-        from ..export.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engine
+        from ..export.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engine, check_onnx_parity, onnx_reference
     except ImportError as e:
         raise RtsegError(f"the TensorRT builder is unavailable ({e}); install 'rtseg[tensorrt]' on a machine with an "
                          f"NVIDIA GPU, or use --backend openvino") from None
     kwargs = {k: v for k, v in req.options.items() if v is not None and k in BUILD_OPTIONS}
-    info = dict(build_tensorrt_engine(req.onnx, req.folder, req.precision,
-                                      TensorRTBuildOptions(input_hw=tuple(req.input_hw), **kwargs)))
-    info.pop("backend", None)
-    info.pop("precision", None)
-    build = info.pop("build", {}) or {}
-    return {**info, **build}
+    entries = dict(build_tensorrt_engine(req.onnx, req.folder, req.precision,
+                                         TensorRTBuildOptions(input_hw=tuple(req.input_hw), **kwargs)))
+    info = {k: v for k, v in entries.items() if k not in ("backend", "precision", "build")}
+    info.update(entries.get("build") or {})
+    if req.sample is not None:
+        meta = {**entries, "model": {"num_classes": None}, "checkpoint": {"path": None}}
+        y = run_sample(Path(req.folder), meta, np.asarray(req.sample, np.float32))
+        info["verify_onnx"] = check_onnx_parity(y, onnx_reference(req.onnx, req.sample), req.precision,
+                                                f"the TensorRT engine in {req.folder}")
+        info["output_sample"] = y
+    return info
 
 
 def _version() -> str:
@@ -615,4 +642,5 @@ SPEC = BackendSpec(
     version=_version, device_info=_device_info, build=build_tensorrt, load=_load, build_options=BUILD_OPTIONS,
     description="TensorRT on an NVIDIA GPU: fp32, fp16, int8 (explicit Q/DQ)")
 
-__all__ = ["BUILD_OPTIONS", "SPEC", "TensorRTBackend", "build_tensorrt", "check_engine_meta", "rebuild_hint"]
+__all__ = ["BUILD_OPTIONS", "SPEC", "EngineIO", "TensorRTBackend", "build_tensorrt", "check_engine_meta", "deserialize_engine",
+           "engine_io", "rebuild_hint", "resolve_output_shape", "run_sample"]
