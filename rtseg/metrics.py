@@ -157,10 +157,12 @@ def pair_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def class_pair_iou(a: np.ndarray, b: np.ndarray, num_classes: int) -> float:
-    """Agreement of two class-index maps ``uint8[H, W]``: binary models (``num_classes`` 1 or 2) →
-    :func:`pair_iou` of the foreground; multi-class → mean IoU over the classes present in either map."""
-    if num_classes <= 2:
-        return pair_iou(a > 0, b > 0)
+    """Agreement of two class-index maps ``uint8[H, W]``: binary models (``num_classes`` 1 or 2, maps of
+    0/1) → IoU of the foreground (two empty maps: 1); multi-class → mean IoU over the classes present
+    in either map."""
+    if num_classes <= 2:  # 0/1 maps: bitwise on the uint8 maps, no temporary bool arrays (~20 µs at 192²)
+        union = np.count_nonzero(a | b)
+        return 1.0 if union == 0 else np.count_nonzero(a & b) / union
     n = max(int(num_classes), int(a.max(initial=0)) + 1, int(b.max(initial=0)) + 1)
     m = np.bincount(a.reshape(-1).astype(np.int64) * n + b.reshape(-1), minlength=n * n).reshape(n, n)
     tp = np.diag(m)

@@ -50,7 +50,7 @@ class VideoEvalOptions:
 
     temporal: str = "off"
     infer_every: int = 1
-    ema: float = 0.5
+    ema: float = 0.3
     batch_size: int = 4
     max_frames: int | None = None
     threshold: int = 127

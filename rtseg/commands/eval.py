@@ -36,7 +36,7 @@ from ..evaluation import evaluate_backend, format_table, overlay_grid, resolve_s
               help="With --video: the stream's temporal mode (see rtseg stream --help).")
 @click.option("--infer-every", default=1, show_default=True, type=click.IntRange(min=1),
               help="With --video: run the network on every K-th frame, propagate to the others.")
-@click.option("--ema", "ema", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+@click.option("--ema", "ema", default=0.3, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="With --video: weight of the previous logits in --temporal ema.")
 @click.option("--max-frames", default=None, type=click.IntRange(min=1), help="With --video: score the first N frames.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(),

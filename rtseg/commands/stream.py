@@ -63,7 +63,7 @@ Examples:
                    "to the frames in between by optical flow (with --infer-every).")
 @click.option("--infer-every", default=1, show_default=True, type=click.IntRange(min=1),
               help="Run the network on every K-th frame (keyframes); the others get propagated logits.")
-@click.option("--ema", "ema", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+@click.option("--ema", "ema", default=0.3, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Weight of the previous logits in --temporal ema.")
 @click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON on stdout.")

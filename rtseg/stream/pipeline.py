@@ -120,7 +120,7 @@ class StreamOptions:
     open_timeout: float | None = None
     temporal: str = "off"
     infer_every: int = 1
-    ema: float = 0.5
+    ema: float = 0.3
 
     def __post_init__(self) -> None:
         self.validate()
