@@ -113,7 +113,10 @@ def _eval_video(backend, video, masks, opts, as_json: bool, out_json, plot_path)
     plot = plot_path or (str(Path(out_json).with_suffix(".png")) if out_json else "video_eval.png")
     res["plot"] = str(plot_video(res, plot))
     if out_json:
-        Path(out_json).write_text(json.dumps(_nan_to_none(res), indent=2))
+        try:
+            write_json(out_json, _nan_to_none(res))
+        except OSError as e:
+            raise write_error(out_json, e, "--out") from None
     if as_json:
         click.echo(json.dumps(_nan_to_none(res)))
     else:
