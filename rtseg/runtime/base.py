@@ -142,6 +142,27 @@ def check_engine_header(folder: Path, meta: dict, backend: str, label: str, here
     return rebuild
 
 
+def check_io_shapes(folder: Path, meta: dict, input_shape, output_shape, rebuild: str) -> None:
+    """Cross-check ``engine.json``'s ``input.shape``/``output.shape`` against the engine file's own
+    (dimensions the engine leaves dynamic — ``None``, ``-1`` or a name — are not compared; the batch
+    never is). An edited ``engine.json`` (another input size, a channel count that is not the
+    engine's) would otherwise feed wrong-sized batches or score the logits as another task.
+
+    Raises:
+        RtsegError: a fixed dimension differs (one line naming the field, both shapes and the fix).
+    """
+    for key, real in (("input", input_shape), ("output", output_shape)):
+        want = (meta.get(key) or {}).get("shape") or []
+        real = list(real or [])
+        if len(real) != len(want):
+            raise RtsegError(f"{folder}/engine.json: '{key}.shape' is {want} but the engine file's {key} has rank "
+                             f"{len(real)}; the file was edited or belongs to another engine — {rebuild}")
+        for i, (w, r) in enumerate(zip(want, real)):
+            if i and isinstance(r, int) and r > 0 and w != r:
+                raise RtsegError(f"{folder}/engine.json: '{key}.shape' is {want} but the engine file's is {real}; "
+                                 f"the file was edited or belongs to another engine — {rebuild}")
+
+
 def engine_settings(folder: Path, meta: dict) -> dict[str, Any]:
     """:class:`Backend` constructor arguments (precision, input size, classes, normalisation, batch
     limit) read from an ``engine.json`` dict, checked by :meth:`rtseg.meta.EngineMeta.from_dict`.

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RtsegError
-from .base import Backend, check_engine_header, engine_settings
+from .base import Backend, check_engine_header, check_io_shapes, engine_settings
 from .registry import BackendSpec, BuildRequest, LoadOptions
 
 PRECISIONS = ("fp32", "int8")
@@ -108,6 +108,7 @@ class ORTBackend(Backend):
             raise RtsegError(f"ONNX Runtime cannot load {path} ({str(e).strip().splitlines()[0]}); {rebuild}") from None
         self._in = self._session.get_inputs()[0].name
         self._out = self._session.get_outputs()[0].name
+        check_io_shapes(folder, meta, self._session.get_inputs()[0].shape, self._session.get_outputs()[0].shape, rebuild)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """``float32[N, 3, H, W]`` normalised RGB → logits ``float32[N, C, H, W]``.

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RtsegError
-from .base import Backend, check_engine_header, engine_settings
+from .base import Backend, check_engine_header, check_io_shapes, engine_settings
 from .registry import BackendSpec, BuildRequest, LoadOptions
 
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
@@ -76,6 +76,11 @@ def check_precision_supported(precision: str, capabilities: list[str], device: s
         raise RtsegError(f"this {device} has no native bf16 (OpenVINO OPTIMIZATION_CAPABILITIES = {capabilities}); "
                          f"OpenVINO would silently run f32 — use --precision fp32 or int8 here, or build/run the bf16 "
                          f"engine on a CPU with AVX512_BF16 or AMX")
+
+
+def _static_dims(port) -> list[int]:
+    """A compiled model port's shape, ``-1`` for dynamic dimensions."""
+    return [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
 
 
 class OpenVINOBackend(Backend):
@@ -124,6 +129,8 @@ class OpenVINOBackend(Backend):
             self._compiled = self._core.compile_model(self._core.read_model(str(xml)), device, self.config)
         except RuntimeError as e:
             raise RtsegError(f"OpenVINO cannot compile {xml} ({str(e).strip().splitlines()[0]}); {rebuild}") from None
+        check_io_shapes(folder, meta, _static_dims(self._compiled.inputs[0]), _static_dims(self._compiled.outputs[0]),
+                        rebuild)
         if precision == "bf16":
             got = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
             if "bf16" not in got and "bfloat16" not in got:  # OpenVINO prints <Type: 'bfloat16'>
