@@ -96,7 +96,13 @@ def _load_checkpoint(p: Path, backend: str | None, num_threads: int | None, kwar
         import torch
 
         torch.set_num_threads(num_threads)
-    return TorchBackend.from_checkpoint(p, **kwargs)
+    backend = TorchBackend.from_checkpoint(p, **kwargs)
+    k = int(getattr(backend.model, "input_multiple", 1) or 1)
+    h, w = backend.input_hw
+    if h % k or w % k:
+        raise RtsegError(f"{p}/model.json: 'input_size' [{h}, {w}] is not a multiple of {k} pixels, which "
+                         f"{backend.model_meta.model} needs; set it to e.g. [{max(k, h // k * k)}, {max(k, w // k * k)}]")
+    return backend
 
 
 def check_accuracy_gate(folder: str | Path, meta: dict, allow_failed_gate: bool = False) -> None:
