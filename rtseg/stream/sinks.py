@@ -350,15 +350,15 @@ class FileSink(EncodedSink):
 
     def __init__(self, path: str | Path, **kw):
         path = Path(path)
+        if len(path.name.encode()) > 200:  # the temporary name adds a few characters; file systems stop at 255
+            raise RtsegError(f"output file name {path.name[:40]}... is {len(path.name.encode())} bytes long; "
+                             f"choose a name under 200 bytes")
         if path.suffix.lower() not in FILE_EXTS:
             raise RtsegError(f"unknown output type {path.suffix or '(no extension)'} for {path}; "
                              f"use one of {', '.join(FILE_EXTS)}, a folder ending in '/', a URL or null")
         _check_writable_dir(path.parent if str(path.parent) else Path("."), "--output")
         if path.is_dir():
             raise RtsegError(f"output {path} is a folder; give a file name such as {path}/out.mp4")
-        if len(path.name.encode()) > 200:  # the temporary name adds a few characters; most file systems stop at 255
-            raise RtsegError(f"output file name {path.name[:40]}... is {len(path.name.encode())} bytes long; "
-                             f"choose a name under 200 bytes")
         self.path = path
         super().__init__(str(temp_path(path)), **kw)
         self.name = str(path)
@@ -534,6 +534,9 @@ def make_sink(target: str, *, codec: str = "libx264", preset: str = "ultrafast",
             return make_sink(urlparse(t).path, codec=codec, preset=preset, crf=crf, pace_network=pace_network)
         return NetworkSink(t, codec=codec, preset=preset, crf=crf, pace=pace_network)
     p = Path(t)
+    long = [part for part in p.parts if len(part.encode()) > 200]
+    if long:  # the temporary name adds a few characters; file systems stop at 255 bytes
+        raise RtsegError(f"output name {long[0][:40]}... is {len(long[0].encode())} bytes long; choose a name under 200 bytes")
     if t.endswith(("/", os.sep)) or p.is_dir() or ("%" in p.name and p.suffix.lower() in IMAGE_EXTS):
         return ImageFolderSink(t)
     return FileSink(p, codec=codec, preset=preset, crf=crf)

@@ -596,6 +596,10 @@ def _make_source(spec: str, *, fps: float | None, timeout: float) -> Source:
         src.listener = scheme in ("udp", "rtp")
         return src
     p = Path(spec)
+    long = [part for part in p.parts if len(part.encode()) > 255]
+    if long:
+        raise SourceSpecError(f"source name {long[0][:40]}... is {len(long[0].encode())} bytes long, more than a file "
+                              f"system allows; check the path")
     if any(ch in spec for ch in "*?["):
         files = sorted(Path(f) for f in glob.glob(spec) if f.lower().endswith(IMAGE_EXTS))
         if not files:
