@@ -83,6 +83,25 @@ def write_error(target: str | os.PathLike, e: BaseException, what: str = "output
     return RtsegError(f"cannot write {target}: {why}; {fix} (an earlier file of that name is left unchanged)")
 
 
+def check_writable(path: str | os.PathLike, what: str = "--out") -> None:
+    """Before a long job: make ``path``'s folder and write (then remove) a probe file beside ``path``,
+    so that a read-only, full or forbidden destination is refused at once instead of at the end.
+
+    Raises:
+        RtsegError: the folder cannot be created or written (see :func:`write_error`).
+    """
+    p = Path(path)
+    probe = temp_path(p.with_name(p.name + ".probe"))
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"rtseg")
+    except OSError as e:
+        raise write_error(p, e, what) from None
+    finally:
+        discard(probe)
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """True when ``a`` and ``b`` name the same existing file or folder (hard links and symlinks
     included), or the same path once resolved."""
@@ -97,4 +116,4 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
-__all__ = ["atomic_write_bytes", "discard", "same_file", "temp_path", "write_error", "write_json"]
+__all__ = ["atomic_write_bytes", "check_writable", "discard", "same_file", "temp_path", "write_error", "write_json"]

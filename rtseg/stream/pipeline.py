@@ -817,7 +817,8 @@ class StreamPipeline:
         self.stop.set()
         self._interrupt_sources()
         for t in readers + [infer]:
-            t.join(timeout=1.0)
+            if t.ident is not None:  # started (an error before the start, e.g. --metrics-jsonl, must not hide)
+                t.join(timeout=1.0)
         # a source thread still blocked in a network read keeps its container (closing it under the
         # reader would be a use-after-free); the process exit reclaims it
         busy = {st.idx for st, t in zip(self.states, readers) if t.is_alive()}
