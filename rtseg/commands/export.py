@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from ..errors import RtsegError
+from ..safe_io import check_writable
 from .common import backend_choice, precision_choice
 
 
@@ -67,6 +68,7 @@ def export_command(checkpoint: Path, out: Path | None, img_size, opset: int) -> 
     out = out or Path(checkpoint) / "model.onnx"
     if out.suffix.lower() != ".onnx":
         raise RtsegError(f"--out {out} must be an .onnx file path; e.g. --out model.onnx")
+    check_writable(out, "--out")
     _log(f"exporting {meta.model} at {hw[1]}x{hw[0]}, opset {opset}")
     info = export_onnx(model, out, hw, opset=opset)
     click.echo(f"{out}  opset {info['opset']}  max|onnx-torch| = {info['max_abs_diff']:.3g} (bound {info['tolerance']:.3g})")
@@ -173,6 +175,8 @@ def build_engine_command(checkpoint, backend, precision, out, img_size, opset, c
                            num_calib=num_calib, seed=seed, weight_bits=int(weight_bits) if weight_bits else None,
                            qdq_from=qdq_from, gate=gate, threads=threads, backend_options=backend_options,
                            bench_batch=bench_batch, bench_seconds=bench_seconds)
+    if out is not None:
+        check_writable(out, "--out")
     if precision == "auto":
         if no_gate:
             raise RtsegError("--precision auto needs the accuracy gate; drop --no-gate")
