@@ -309,12 +309,27 @@ def _float_to_logits(ch: _Chain, spec: OutputSpec, dtype) -> None:
             ch.edits.append("probabilities → log-probabilities log(p)")
 
 
+def _rename(model, old: str, new: str) -> str:
+    """Rename tensor ``old`` to ``new`` everywhere in the graph (node inputs/outputs, graph outputs); returns ``new``."""
+    for node in model.graph.node:
+        for seq in (node.input, node.output):
+            for k, name in enumerate(seq):
+                if name == old:
+                    seq[k] = new
+    for o in model.graph.output:
+        if o.name == old:
+            o.name = new
+    return new
+
+
 def adapt_output(model, out_name: str, y: np.ndarray, spec: OutputSpec, hw: tuple[int, int], batch: int | None) -> list[str]:
     """Append the nodes that make ``out_name`` logits ``float32[batch, C, H, W]`` named :data:`OUTPUT_NAME`
     (module table); returns the list of edits made (empty: the output already follows the contract)."""
     from onnx import TensorProto, helper
 
     h, w = check_output(y, out_name, spec, hw)
+    if out_name == OUTPUT_NAME:  # the edited output takes this name: rename the original tensor first
+        out_name = _rename(model, OUTPUT_NAME, "rtseg_raw_" + OUTPUT_NAME)
     ch = _Chain(model, out_name)
     if spec.kind == "indices":
         _indices_to_logits(ch, spec, y.ndim, h, w)
