@@ -109,6 +109,7 @@ def test_gate_fails_then_repairs_deterministically(tmp_path, kvasir, outlier_cal
     left = set(quantized_nodes(onnx.load(str(tmp_path / "ort-0" / cal.QDQ_ONNX))))
     assert not left & {e["node"] for e in g["excluded_layers"]}
     assert meta["calibration"]["repaired_qdq_sha256"]
+    assert g["sensitivity"]["backend"] == "onnxruntime" and meta["build"]["quantizer"]["tool"] == "rtseg"
     def decisions(gate):
         strip = lambda d: {k: v for k, v in d.items() if k != "latency_ms"}  # noqa: E731 (timings differ)
         return gate["status"], strip(gate["before"]), strip(gate["after"]), gate["excluded_layers"]
@@ -126,6 +127,7 @@ def test_gate_catches_a_silently_broken_engine_and_repairs_it(tmp_path, kvasir):
     gate = json.loads((out / "engine.json").read_text())["accuracy_gate"]
     assert gate["before"]["delta_pt"] > 10
     assert gate["status"] == "passed" and 1 <= len(gate["excluded_layers"]) <= 8
+    assert gate["sensitivity"]["backend"] == "openvino"  # ranked where the error is: in the target backend
     assert [r["passed"] for r in gate["rounds"]][-1] is True and not any(r["passed"] for r in gate["rounds"][:-1])
 
 
@@ -184,3 +186,40 @@ def test_precision_auto_picks_the_fastest_passing_by_measurement(tmp_path, kvasi
     for p in ("fp32", "int8"):
         assert (tmp_path / f"openvino-{p}" / "engine.json").is_file()
     load_engine(tmp_path / "openvino-auto")
+
+
+def test_ranking_backend_follows_the_engine():
+    go = GateOptions()
+    assert go.ranking_backend("openvino") == "openvino" and go.ranking_backend("onnxruntime") == "onnxruntime"
+    assert go.ranking_backend("tensorrt") == "onnxruntime"  # no GPU needed to rank a TensorRT engine's layers
+    assert GateOptions(rank_backend="onnxruntime").ranking_backend("openvino") == "onnxruntime"
+    from rtseg.export.gate import layer_sensitivity
+
+    with pytest.raises(RtsegError, match="runs in onnxruntime or openvino"):
+        layer_sensitivity("a.onnx", "b.onnx", np.zeros((1, 3, 8, 8), np.float32), backend="tensorrt")
+
+
+def test_nncf_accuracy_controlled_int8_engine(tmp_path, kvasir):
+    """--int8-quantizer nncf-ac: NNCF quantizes the OpenVINO model on rtseg's calibration images (the
+    ones calib.json lists, SHA-256 checked) against the gate metric; the gate then checks the engine;
+    engine.json build.quantizer records the path and which compute layers OpenVINO runs in int8."""
+    out = _build(CKPT, "openvino", "int8", tmp_path / "ov-nncf", calib_method="minmax", calib_data=kvasir, num_calib=16,
+                 int8_quantizer="nncf-ac", **_gate_kw(kvasir, images=40))
+    meta = json.loads((out / "engine.json").read_text())
+    q = meta["build"]["quantizer"]
+    assert q["tool"] == "nncf" and q["mode"] == "quantize_with_accuracy_control" and q["max_drop_pt"] == 0.5
+    assert q["calibration_images"] == meta["calibration"]["num_images"] == 16
+    assert q["layers"]["int8"] > 10 and q["layers"]["float"] == len(q["layers"]["float_layers"])
+    gate = meta["accuracy_gate"]
+    assert gate["images"] == 40 and gate["status"] == "passed" and gate["excluded_layers"] == [] and len(gate["rounds"]) == 1
+    assert meta["verify"]["mask_agreement"] > 0.9
+    load_engine(out)
+
+
+def test_nncf_path_is_refused_outside_openvino_int8(tmp_path):
+    for backend, precision in (("onnxruntime", "int8"), ("openvino", "fp32")):
+        with pytest.raises(RtsegError, match="--int8-quantizer nncf builds OpenVINO int8 engines only"):
+            _build(CKPT, backend, precision, tmp_path / "x", int8_quantizer="nncf")
+    with pytest.raises(RtsegError, match="is not one of rtseg, nncf, nncf-ac"):
+        _build(CKPT, "openvino", "int8", tmp_path / "y", int8_quantizer="pot")
+    assert not (tmp_path / "x").exists()

@@ -145,14 +145,19 @@ def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img
 @click.option("--opt-batch", type=int, default=None, help="TensorRT profile: batch to optimise for.")
 @click.option("--max-batch", type=int, default=None, help="TensorRT profile: largest batch.")
 @click.option("--workspace-mb", type=int, default=None, help="TensorRT builder workspace (MiB).")
-@click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="TensorRT timing cache file (read/written).")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="TensorRT timing cache (read/written); its name gets the TensorRT version and compute capability "
+                   "(timing.cache -> timing.trt10.3.0.sm86.cache).")
 @click.option("--version-compatible", is_flag=True, default=None, help="TensorRT: version-compatible engine.")
 @click.option("--hardware-compatibility-level", type=click.Choice(["none", "ampere_plus", "same_compute_capability"]),
               default=None, help="TensorRT hardware compatibility (same_compute_capability needs TensorRT >= 10.9).")
+@click.option("--int8-quantizer", type=click.Choice(["rtseg", "nncf", "nncf-ac"]), default="rtseg", show_default=True,
+              help="OpenVINO int8: rtseg's Q/DQ ONNX + gate repair, NNCF post-training quantization, or NNCF with "
+                   "accuracy control against the gate metric (same calibration images; engine.json build.quantizer).")
 def build_engine_command(checkpoint, backend, precision, out, img_size, opset, calib_data, calib_method, num_calib, seed,
                          weight_bits, qdq_from, no_gate, gate_data, gate_split, gate_images, gate_tolerance, gate_max_rounds,
                          threads, bench_batch, bench_seconds, min_batch, opt_batch, max_batch, workspace_mb, timing_cache,
-                         version_compatible, hardware_compatibility_level) -> None:
+                         version_compatible, hardware_compatibility_level, int8_quantizer) -> None:
     """Build an inference engine folder from a checkpoint.
 
     int8/bf16/fp16 engines pass an accuracy gate against fp32 on held-out labelled images (int8 ones
@@ -174,7 +179,7 @@ def build_engine_command(checkpoint, backend, precision, out, img_size, opset, c
     options = BuildOptions(img_size=img_size, opset=opset, calib_data=calib_data, calib_method=calib_method,
                            num_calib=num_calib, seed=seed, weight_bits=int(weight_bits) if weight_bits else None,
                            qdq_from=qdq_from, gate=gate, threads=threads, backend_options=backend_options,
-                           bench_batch=bench_batch, bench_seconds=bench_seconds)
+                           bench_batch=bench_batch, bench_seconds=bench_seconds, int8_quantizer=int8_quantizer)
     if out is not None:
         check_writable(out, "--out")
     if precision == "auto":

@@ -70,6 +70,11 @@ class BuildOptions:
             ``max_batch``, ``workspace_mb``, ``timing_cache``, ``version_compatible``,
             ``hardware_compatibility_level``); refused by backends that take none.
         bench_batch, bench_seconds: ``--precision auto``: batch and timed seconds per candidate.
+        int8_quantizer: which path builds an OpenVINO int8 engine (:data:`INT8_QUANTIZERS`):
+            ``"rtseg"`` (the Q/DQ ONNX + gate repair ranked in OpenVINO), ``"nncf"`` (``nncf.quantize``
+            of the OpenVINO model) or ``"nncf-ac"`` (``nncf.quantize_with_accuracy_control`` against
+            the gate metric); all use the same calibration images. ``engine.json`` ``build.quantizer``
+            records the path (:mod:`rtseg.export.nncf_quant`).
     """
 
     img_size: Any = None
@@ -85,6 +90,11 @@ class BuildOptions:
     backend_options: dict[str, Any] = field(default_factory=dict)
     bench_batch: int = 1
     bench_seconds: float = 3.0
+    int8_quantizer: str = "rtseg"
+
+
+#: int8 paths of ``BuildOptions.int8_quantizer`` (NNCF ones: OpenVINO only)
+INT8_QUANTIZERS = ("rtseg", "nncf", "nncf-ac")
 
 
 def default_engine_dir(model: str, backend: str, precision: str) -> Path:
@@ -210,6 +220,11 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
 
 
 def _check_options(spec, precision: str, o: BuildOptions) -> None:
+    if o.int8_quantizer not in INT8_QUANTIZERS:
+        raise RtsegError(f"--int8-quantizer {o.int8_quantizer!r} is not one of {', '.join(INT8_QUANTIZERS)}; pick one")
+    if o.int8_quantizer != "rtseg" and (precision != "int8" or spec.name != "openvino"):
+        raise RtsegError(f"--int8-quantizer {o.int8_quantizer} builds OpenVINO int8 engines only, not {spec.name} "
+                         f"{precision}; drop it or pass --backend openvino --precision int8")
     if precision != "int8" and (o.qdq_from is not None or o.calib_data is not None):
         raise RtsegError(f"--calib-data/--qdq-from apply to --precision int8 only, not {precision}; drop them or pass --precision int8")
     extra = [k for k, v in o.backend_options.items() if v not in (None, False) and k not in spec.build_options]
@@ -262,13 +277,23 @@ def _build_in(b: _Build) -> dict[str, Any]:
     engine = _engine_record(b, source_onnx, info, calibration)
     if b.precision != "fp32" and b.options.gate.enabled:
         engine["accuracy_gate"] = _gate(b, engine)
+        if b.model is None and engine.get("verify"):  # a repair's rebuild re-labels verify as _compile does
+            engine["verify"]["reference"] = "model.onnx (fp32, imported) in ONNX Runtime"
     return engine
 
 
 def _compile(b: _Build, source_onnx: Path) -> dict[str, Any]:
     """Run the backend's builder on ``source_onnx``; the info dict with ``verify`` (vs PyTorch) added."""
     req = BuildRequest(source_onnx, b.folder, b.precision, b.hw, b.sample, dict(b.options.backend_options))
-    info = dict(get_backend(b.backend).build(req))
+    if b.precision == "int8" and b.options.int8_quantizer != "rtseg":
+        from .nncf_quant import build_openvino_nncf
+
+        info = build_openvino_nncf(b.folder, b.meta, b.sample, b.options.int8_quantizer, b.options.gate,
+                                   b.options.threads, b.log)
+    else:
+        info = dict(get_backend(b.backend).build(req))
+        if b.precision == "int8":
+            info["quantizer"] = {"tool": "rtseg", "mode": "qdq", "source": source_onnx.name}
     output = info.pop("output_sample", None)
     onnx_parity = info.pop("verify_onnx", None)  # TensorRT: the engine against its source ONNX (fp32/fp16 checked)
     info["verify"] = {"input": b.sample_desc, "reference": "pytorch fp32",
@@ -277,8 +302,6 @@ def _compile(b: _Build, source_onnx: Path) -> dict[str, Any]:
     return info
 
 
-        if b.model is None and engine.get("verify"):  # a repair's rebuild re-labels verify as _compile does
-            engine["verify"]["reference"] = "model.onnx (fp32, imported) in ONNX Runtime"
 def _engine_record(b: _Build, source_onnx: Path, info: dict[str, Any], calibration) -> dict[str, Any]:
     """The ``engine.json`` dict (docs/internals.md) of the engine just compiled."""
     from .. import __version__
@@ -333,7 +356,8 @@ def _gate(b: _Build, engine: dict) -> dict[str, Any]:
 
     threads = go.threads if go.threads is not None else b.options.threads
     record = g.run_gate(b.folder, engine, gs, g.GateOptions(**{**go.__dict__, "threads": threads}),
-                        rebuild=rebuild if b.precision == "int8" else None, log=b.log)
+                        rebuild=rebuild if b.precision == "int8" and b.options.int8_quantizer == "rtseg" else None,
+                        log=b.log)
     if record["excluded_layers"] and engine.get("calibration"):
         engine["calibration"]["repaired_qdq_sha256"] = file_sha256(b.folder / cal.QDQ_ONNX)
         engine["calibration"]["calibrated_qdq_file"] = "model.qdq.calibrated.onnx"
@@ -429,7 +453,8 @@ def build_auto(checkpoint: str | Path, backend: str = "openvino", out: str | Pat
             rows.append({"precision": p, "status": "skipped", "why": why})
             continue
         log(f"--- candidate {backend} {p}")
-        o = options if p == "int8" else BuildOptions(**{**options.__dict__, "calib_data": None, "qdq_from": None})
+        o = options if p == "int8" else BuildOptions(**{**options.__dict__, "calib_data": None, "qdq_from": None,
+                                                        "int8_quantizer": "rtseg"})
         rows.append({"precision": p, "folder": str(build_engine(checkpoint, backend, p, out.parent / f"{backend}-{p}", o, log))})
     selection = _select(rows, gs, options, log)
     _publish_selection(out, selection)

@@ -12,8 +12,12 @@ engine fails, the gate **repairs** it:
 
 1. *Per-layer sensitivity* (:func:`layer_sensitivity`): for every quantized compute node of the
    Q/DQ ONNX, the node alone is put back in float (its Q/DQ inputs replaced by the FP32 tensors) and
-   the whole network is run by ONNX Runtime on a few gate images; the node's score is how much the
-   output error against FP32 falls (mean squared difference of the sigmoid/softmax probabilities).
+   the whole network is run on a few gate images **in the engine's own backend** (OpenVINO for
+   OpenVINO engines, ONNX Runtime for ONNX Runtime and TensorRT engines; ``GateOptions.rank_backend``);
+   the node's score is how much the output error against FP32 (same backend) falls (mean squared
+   difference of the sigmoid/softmax probabilities). The error of an int8 graph is the backend's
+   own: the default model's Q/DQ graph is accurate in ONNX Runtime and not in OpenVINO, so a
+   ranking measured in ONNX Runtime repaired the wrong layers of an OpenVINO engine.
 2. The highest-scoring nodes are kept in float by rewriting the Q/DQ ONNX (:func:`keep_float`; the
    other nodes keep their calibrated scales, so nothing is re-calibrated), the backend engine is
    rebuilt from it and the gate is evaluated again. Each round doubles the float set (1, 2, 4, 8 …)
@@ -234,35 +238,61 @@ def output_error(z: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean((_probs(z) - _probs(ref)) ** 2))
 
 
-def _run_onnx(model_or_path, x: np.ndarray, folder: Path, threads: int | None) -> np.ndarray:
-    from ..runtime.onnxruntime_backend import make_session
+#: backends the per-layer sensitivity can rank in (both run a Q/DQ ONNX on this CPU)
+RANK_BACKENDS = ("onnxruntime", "openvino")
 
+
+def _run_onnx(model_or_path, x: np.ndarray, folder: Path, threads: int | None, backend: str = "onnxruntime") -> np.ndarray:
+    """Logits ``float32[N, C, H, W]`` of an ONNX (path or ``ModelProto``) on ``x`` ``float32[N, 3, H, W]``,
+    run by ``backend``: ONNX Runtime (all graph optimisations) or OpenVINO (compiled on the CPU with
+    ``INFERENCE_PRECISION_HINT=f32``, as rtseg's int8 engines are: Q/DQ → OpenVINO's int8 kernels)."""
     if isinstance(model_or_path, (str, Path)):
         path = Path(model_or_path)
     else:
         path = folder / "candidate.onnx"
         path.write_bytes(model_or_path.SerializeToString())
+    if backend == "openvino":
+        import openvino as ov
+
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = str(int(threads))
+        request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
+        return np.concatenate([np.array(request.infer({0: np.ascontiguousarray(x[i:i + 4])})[0], dtype=np.float32)
+                               for i in range(0, len(x), 4)])
+    from ..runtime.onnxruntime_backend import make_session
+
     sess = make_session(path, num_threads=threads, level="all")
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: x[i:i + 4]})[0] for i in range(0, len(x), 4)])
 
 
 def layer_sensitivity(fp32_onnx: str | Path, qdq_onnx: str | Path, x: np.ndarray, threads: int | None = None,
-                      already_float: Sequence[str] = (), log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                      already_float: Sequence[str] = (), log: Callable[[str], None] | None = None,
+                      backend: str = "onnxruntime") -> list[dict[str, Any]]:
     """Rank the quantized nodes of ``qdq_onnx`` by how much of its error against ``fp32_onnx`` each
-    one causes (ONNX Runtime, CPU).
+    one causes, measured in ``backend`` on the CPU.
 
     Args:
         fp32_onnx, qdq_onnx: the FP32 ONNX and its Q/DQ ONNX (same node names).
         x: ``float32[N, 3, H, W]`` preprocessed real images (a few suffice).
         already_float: nodes already kept in float (a repair in progress): the ranking is of the
             remaining quantized nodes, measured on that partly repaired graph.
+        backend: ``"onnxruntime"`` or ``"openvino"`` (:data:`RANK_BACKENDS`): where the error is
+            measured. Rank in the backend the engine is for: the error of an int8 graph is the
+            backend's own (the same Q/DQ graph can be accurate in one and not in the other). The FP32
+            reference runs in the same backend. OpenVINO compiles each candidate in about a second.
 
     Returns:
         ``[{"node", "op_type", "score", "error_if_float"}]`` sorted by ``score`` descending (ties by
         name): ``score = error(current graph) − error(current graph with this node float)``, errors
         from :func:`output_error` ×1e4.
+
+    Raises:
+        RtsegError: ``backend`` is not one of :data:`RANK_BACKENDS`.
     """
+    if backend not in RANK_BACKENDS:
+        raise RtsegError(f"the layer ranking runs in {' or '.join(RANK_BACKENDS)}, not {backend!r}; pass one of those")
     import onnx
 
     log = log or (lambda m: None)
@@ -271,12 +301,12 @@ def layer_sensitivity(fp32_onnx: str | Path, qdq_onnx: str | Path, x: np.ndarray
     done = list(already_float)
     names = [n for n in quantized_nodes(qm) if n not in set(done)]
     with tempfile.TemporaryDirectory(prefix="rtseg-sens-") as td:
-        ref = _run_onnx(fp32_onnx, x, Path(td), threads)
-        base = output_error(_run_onnx(keep_float(qm, fm, done), x, Path(td), threads), ref)
-        log(f"sensitivity of {len(names)} quantized layers on {len(x)} images (output error {1e4 * base:.3f}e-4)")
+        ref = _run_onnx(fp32_onnx, x, Path(td), threads, backend)
+        base = output_error(_run_onnx(keep_float(qm, fm, done), x, Path(td), threads, backend), ref)
+        log(f"sensitivity of {len(names)} quantized layers on {len(x)} images in {backend} (output error {1e4 * base:.3f}e-4)")
         rows = []
         for name in names:
-            err = output_error(_run_onnx(keep_float(qm, fm, done + [name]), x, Path(td), threads), ref)
+            err = output_error(_run_onnx(keep_float(qm, fm, done + [name]), x, Path(td), threads, backend), ref)
             rows.append({"node": name, "op_type": ops[name], "score": round(1e4 * (base - err), 6),
                          "error_if_float": round(1e4 * err, 6)})
     rows.sort(key=lambda r: (-r["score"], r["node"]))
@@ -301,6 +331,9 @@ class GateOptions:
         sensitivity_images: gate images used for the per-layer sensitivity.
         threads: inference threads for the evaluations and latencies (``None`` = the backend's default).
         latency_seconds: timed seconds per latency measurement (batch 1, real gate images).
+        rank_backend: where the repair ranks layers (:func:`layer_sensitivity`): ``None`` = the
+            engine's own backend when it is one of :data:`RANK_BACKENDS` (OpenVINO engines rank in
+            OpenVINO), else ONNX Runtime (TensorRT: no GPU needed for the ranking).
     """
 
     enabled: bool = True
@@ -313,6 +346,13 @@ class GateOptions:
     sensitivity_images: int = DEFAULT_SENSITIVITY_IMAGES
     threads: int | None = None
     latency_seconds: float = 1.0
+    rank_backend: str | None = None
+
+    def ranking_backend(self, engine_backend: str) -> str:
+        """The backend :func:`layer_sensitivity` runs in for an engine of ``engine_backend``."""
+        if self.rank_backend is not None:
+            return self.rank_backend
+        return engine_backend if engine_backend in RANK_BACKENDS else "onnxruntime"
 
 
 @dataclass
@@ -414,7 +454,8 @@ def _repair(run: _GateRun, rebuild: Callable[[Path], dict], before: dict) -> tup
         k = min(k, limit)
         excluded = [r["node"] for r in ranking]
         ranked = layer_sensitivity(run.folder / cal.FP32_ONNX, original, run.x_sens, threads=run.options.threads,
-                                   already_float=excluded, log=run.log)
+                                   already_float=excluded, log=run.log,
+                                   backend=run.options.ranking_backend(run.engine["backend"]))
         ranking += ranked[: k - len(excluded)]
         excluded = [r["node"] for r in ranking]
         tmp = qdq_path.with_name(f".{qdq_path.name}.tmp")
@@ -448,8 +489,9 @@ def _gate_record(run: _GateRun, before: dict, after: dict, ranking: list[dict], 
         "speed_cost_pct": round(100.0 * (after["latency_ms"] / before["latency_ms"] - 1.0), 2) if excluded else 0.0,
         "rounds": rounds,
         "sensitivity": {"images": run.options.sensitivity_images,
+                        "backend": run.options.ranking_backend(run.engine["backend"]),
                         "measure": "greedy leave-one-out per round: error(current graph) - error(this layer also float), "
-                                   "mean squared sigmoid/softmax difference vs fp32 x 1e4 (ONNX Runtime)"} if ranking else None,
+                                   "mean squared sigmoid/softmax difference vs fp32 (same backend) x 1e4"} if ranking else None,
         "threads": run.options.threads,
         "seconds": round(seconds, 2),
     }
