@@ -5,7 +5,9 @@ Stages (all latencies in milliseconds, wall clock, ``time.perf_counter``):
 * ``decode`` — one ``decode()`` call of the demuxed packet that produced a frame (waiting for the
   packet to arrive, e.g. from a camera or the network, is *not* counted);
 * ``preprocess`` — pixel-format conversion + resize/letterbox of one frame to the network input;
-* ``infer`` — one ``backend.predict_u8`` call on a batch (every frame of the batch sees it);
+* ``infer`` — one ``backend.predict_u8`` call on a batch (every frame of the batch sees it); in the
+  temporal modes one ``backend.infer_u8`` call on a batch of keyframes;
+* ``postprocess`` includes the temporal step of the frames in between (optical flow, EMA);
 * ``postprocess`` — mask → frame size + overlay of one frame;
 * ``encode`` — encode + mux of one frame into all of its source's sinks;
 * ``e2e`` — end to end, from the start of the decode call that produced a frame to its sinks having

@@ -5,8 +5,10 @@ Threads, joined by bounded queues (docs/architecture.md, "Stream pipeline")::
     source i:  demux + decode → yuv420p → preprocess (RGB, network size)  ─┐   (one thread per source)
                                                                            ├→ in-queues (one per source)
     infer:     round-robin batch across sources (≤ batch_size, ≤ batch_timeout_ms) → predict_u8
+               (temporal modes: only keyframes, → infer_u8 logits)
                                                                            ├→ out-queue of each source
-    sink i:    mask → frame size, overlay (YUV) → encode + mux into every sink of source i (+ audio copy)
+    sink i:    [temporal step: logits of the frame → mask] → flicker → mask → frame size, overlay (YUV)
+               → encode + mux into every sink of source i (+ audio copy)
 
 * Files (and lavfi graphs, image folders) never drop: a full queue blocks the decoder.
 * Live sources (cameras, network) drop the *oldest* queued frame when their queue is full, and
@@ -25,7 +27,8 @@ Threads, joined by bounded queues (docs/architecture.md, "Stream pipeline")::
 :class:`StreamPipeline` runs it; :func:`run_stream` is the one-call entry point. The per-frame
 steps are methods a subclass can override one at a time (like a predictor's hooks):
 :meth:`StreamPipeline.preprocess` (frame → network input), :meth:`StreamPipeline.infer`
-(batch → class-index masks), :meth:`StreamPipeline.postprocess` (mask → overlaid frame) and
+(batch → class-index masks; :meth:`StreamPipeline.infer_logits` in the temporal modes of
+:mod:`rtseg.stream.temporal`), :meth:`StreamPipeline.postprocess` (mask → overlaid frame) and
 :meth:`StreamPipeline.write` (frame → sinks). Sources and sinks declare what they can do
 (:class:`rtseg.stream.sources.Source`, :class:`rtseg.stream.sinks.Sink`); the pipeline reads
 those declarations and nothing else of them.
