@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from types import SimpleNamespace
 
 import av
@@ -26,7 +27,8 @@ tiny_engine, backend = test_stream.tiny_engine, test_stream.backend
 small_clip, small_bikes = test_stream.small_clip, test_stream.small_bikes
 
 from rtseg.errors import RtsegError
-from rtseg.stream import StreamOptions, StreamPipeline
+from rtseg.stream import Source, StreamOptions, StreamPipeline
+from rtseg.stream.sources import Item, VideoInfo
 from rtseg.stream.temporal import Temporal, make_temporal
 
 
@@ -174,3 +176,49 @@ def test_cli_stream_flow_prints_flicker(tiny_engine, small_clip):
     rep = json.loads(r.stdout)
     assert rep["frames"] == 50 and rep["temporal"] == "flow, K=2" and 0 <= rep["flicker"] <= 1
     assert "temporal: flow, K=2; flicker" in r.stderr
+
+
+class LiveClip(Source):
+    """A real clip replayed as a live source, as fast as it decodes (so a slow engine makes drops)."""
+
+    live = True
+
+    def __init__(self, path):
+        super().__init__(f"live:{path.name}")
+        self.path = path
+
+    def open(self):
+        with av.open(str(self.path)) as c:
+            s = c.streams.video[0]
+            self.info = VideoInfo(s.codec_context.width, s.codec_context.height, s.time_base, s.average_rate)
+
+    def read(self):
+        with av.open(str(self.path)) as c:
+            for f in c.decode(video=0):
+                yield Item("video", f.reformat(format="yuv420p"))
+
+
+def test_live_drops_flow_keyframe_after_each_gap(backend, small_clip):
+    """A live source with a slow engine drops frames: the frames that remain come out in order with
+    increasing timestamps, and the first frame after every gap is a keyframe (flow, K = 3)."""
+
+    class Slow(Recording):
+        def infer_logits(self, batch):
+            time.sleep(0.03)
+            return super().infer_logits(batch)
+
+    sink = PtsRecorder()
+    pipe = Slow(backend, [LiveClip(small_clip)], [sink],
+                StreamOptions(handle_signals=False, batch_size=1, temporal="flow", infer_every=3))
+    plans = []
+    plan = pipe.temporal.plan
+    pipe.temporal.plan = lambda it: plans.append((it.seq, plan(it))) or plans[-1][1]
+    rep = pipe.run()
+    assert rep.drops > 0 and rep.frames + rep.drops == 50
+    secs = sink.seconds()
+    assert len(secs) == rep.frames and all(a < b for a, b in zip(secs, secs[1:]))
+    seqs = [s for s, _ in pipe.masks[0]]
+    assert seqs == [s for s, _ in plans] and all(a < b for a, b in zip(seqs, seqs[1:]))
+    gaps = [k for (a, _), (b, k) in zip(plans, plans[1:]) if b != a + 1]
+    assert gaps and all(gaps) and plans[0][1]
+    assert pipe.engine_frames == sum(k for _, k in plans) < rep.frames
