@@ -217,6 +217,9 @@ def _check_engine_fields(d: dict, src: str) -> None:
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in vals) or not 1 <= lo <= opt \
             or (hi is not None and hi < opt):
         raise _bad(src, "batch", f"must satisfy 1 ≤ min ≤ opt ≤ max, not {batch!r}")
+    # the model record is what the backends normalise with (mean/std) and score as: same checks as model.json
+    _check_model_fields({"model": "(engine)", **{k: v for k, v in d["model"].items() if k in ModelMeta.__dataclass_fields__}},
+                        f"{src} 'model'")
     n = d["model"].get("num_classes")
     if n is not None and n != out[1]:
         raise _bad(src, "output.shape", f"has {out[1]} channels but the model has num_classes {n}")
