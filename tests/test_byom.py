@@ -254,3 +254,72 @@ def test_import_torch_cli_with_weights(tmp_path, capsys):
     code, _, err = _cli(capsys, ["import-torch", "byom_models:nothing_here", "--meta", str(tmp_path / "meta.yaml"),
                                  "--out", str(tmp_path / "m2")])
     assert code == 2 and "has no 'nothing_here'" in err
+
+
+class _ThreeClass(torch.nn.Module):
+    """A small conv net with 3 classes at 1/2 resolution; ``mode`` picks what the graph outputs."""
+
+    def __init__(self, mode: str):
+        super().__init__()
+        torch.manual_seed(1)
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 3, 1, 1))
+        self.mode = mode
+
+    def forward(self, x):
+        z = self.net(x)
+        if self.mode == "probs-nhwc":
+            return torch.softmax(z, 1).permute(0, 2, 3, 1)
+        if self.mode == "fixed-batch":  # a Reshape that bakes batch 1 into the graph
+            return z.reshape(1, 3, -1).reshape(1, 3, z.shape[2], z.shape[3])
+        return z.argmax(1)
+
+
+def _three_class_meta(name: str, kind: str, layout: str = "NCHW") -> dict:
+    return {"name": name, "task": "multiclass", "classes": ["a", "b", "c"], "input": {"size": list(HW)},
+            "output": {"kind": kind, "layout": layout, "stride": 2}}
+
+
+@pytest.mark.parametrize("mode,kind,layout", [("probs-nhwc", "probabilities", "NHWC"), ("indices", "indices", "NCHW"),
+                                              ("fixed-batch", "logits", "NCHW")])
+def test_multiclass_outputs_and_fixed_batch(tmp_path, kvasir, mode, kind, layout):
+    net = _ThreeClass(mode).eval()
+    path = _export(net, tmp_path / f"{mode}.onnx", (1, 3, *HW), input_names=["x"], output_names=["y"])
+    folder = import_onnx(path, _three_class_meta(mode, kind, layout), tmp_path / "m")
+    src = json.loads((folder / "model.json").read_text())["source"]
+    assert src["batch"] == ("fixed" if mode == "fixed-batch" else "dynamic")
+    from rtseg import load
+
+    seg = load(folder)
+    x, _ = bm.kvasir_batch(HW, 2, split="val")
+    with torch.inference_mode():
+        z = torch.nn.functional.interpolate(net.net(x), scale_factor=2, mode="nearest" if kind == "indices" else "bilinear")
+    runs = [x.numpy()[i:i + 1] for i in range(2)] if mode == "fixed-batch" else [x.numpy()]
+    y = np.concatenate([seg.backend.infer(b) for b in runs])
+    assert y.shape == (2, 3, *HW) and seg.backend.max_batch == (1 if mode == "fixed-batch" else None)
+    agree = np.mean(y.argmax(1) == z.numpy().argmax(1))
+    assert agree > (0.999 if kind == "indices" else 0.99), agree
+    if mode == "fixed-batch":  # engines of a batch-1 graph are built with max batch 1, and the stream batches by 1
+        from rtseg.export.build import build_engine
+
+        eng = build_engine(folder, "openvino", "fp32", tmp_path / "ov")
+        meta = json.loads((eng / "engine.json").read_text())
+        assert meta["batch"]["max"] == 1 and load(eng).backend.max_batch == 1
+        with pytest.raises(RtsegError, match="fixed at 96x96"):
+            from rtseg.export.build import BuildOptions
+
+            build_engine(folder, "openvino", "fp32", tmp_path / "ov2", BuildOptions(img_size=128))
+
+
+def test_smp_fpn_exports(tmp_path):
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    fpn = smp.FPN("tu-mobilenetv3_small_100", encoder_weights=None, classes=1, decoder_pyramid_channels=64,
+                  decoder_segmentation_channels=32).eval()
+    folder = export_model(fpn, bm.meta("smp-fpn", HW), tmp_path / "fpn")
+    from rtseg import load
+
+    x, _ = bm.kvasir_batch(HW, 2, split="val")
+    with torch.inference_mode():
+        z = fpn(x).numpy()
+    assert np.max(np.abs(load(folder).backend.infer(x.numpy()) - z)) < 1e-3 * max(1.0, np.abs(z).max())
