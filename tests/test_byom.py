@@ -323,3 +323,22 @@ def test_smp_fpn_exports(tmp_path):
     with torch.inference_mode():
         z = fpn(x).numpy()
     assert np.max(np.abs(load(folder).backend.infer(x.numpy()) - z)) < 1e-3 * max(1.0, np.abs(z).max())
+
+
+def test_calibrate_a_model_folder_then_build_from_its_qdq(tmp_path, capsys):
+    torch.set_num_threads(2)
+    folder = export_model(bm.tiny_unet(), bm.meta("calib-unet", HW), tmp_path / "m")
+    code, out, err = _cli(capsys, ["calibrate", "--checkpoint", str(folder), "--num-images", "4", "--out", str(tmp_path / "calib")])
+    assert code == 0, err
+    rec = json.loads((tmp_path / "calib" / "calib.json").read_text())
+    assert rec["num_images"] == 4 and rec["checkpoint"]["kind"] == "model folder"
+    assert rec["verified"]["openvino"]["compiled"] and rec["source"]["root"].endswith("kvasir-seg-256")
+    code, _, err = _cli(capsys, ["build-engine", "--checkpoint", str(folder), "--backend", "onnxruntime", "--precision", "int8",
+                                 "--qdq-from", str(tmp_path / "calib"), "--no-gate", "--out", str(tmp_path / "e")])
+    assert code == 0, err
+    eng = json.loads((tmp_path / "e" / "engine.json").read_text())
+    assert eng["calibration"]["from"] == str((tmp_path / "calib").resolve()) and eng["calibration"]["qdq_sha256"] == rec["qdq_sha256"]
+    other = export_model(bm.tiny_segformer(), bm.meta("other", HW, stride=4), tmp_path / "other")
+    code, _, err = _cli(capsys, ["build-engine", "--checkpoint", str(other), "--backend", "onnxruntime", "--precision", "int8",
+                                 "--qdq-from", str(tmp_path / "calib"), "--no-gate", "--out", str(tmp_path / "e2")])
+    assert code == 2 and "was calibrated for another model" in err.strip().splitlines()[-1]
