@@ -202,7 +202,8 @@ def _report(folder: Path) -> None:
     v = meta.get("verify") or {}
     extra = ""
     if "mask_agreement" in v:
-        extra = f"  vs PyTorch: max|Δlogit| {v['max_abs_diff']:.3g}, mask agreement {100 * v['mask_agreement']:.2f} %"
+        ref = "PyTorch" if str(v.get("reference", "pytorch")).startswith("pytorch") else "the imported ONNX (ORT)"
+        extra = f"  vs {ref}: max|Δlogit| {v['max_abs_diff']:.3g}, mask agreement {100 * v['mask_agreement']:.2f} %"
     click.echo(f"{folder}  {meta['backend']} {meta.get('precision')}{extra}")
     if meta.get("precision") != "fp32":
         click.echo(describe_gate(meta.get("accuracy_gate")))
