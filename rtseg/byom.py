@@ -485,7 +485,7 @@ def export_model(module, meta: "ImportMeta | dict | str | Path", out: str | Path
     from .checkpoint import write_json
 
     mj = json.loads((folder / "model.json").read_text())
-    mj["source"].update(kind="torch", file=None, module=f"{type(module).__module__}.{type(module).__qualname__}",
+    mj["source"].update(kind="torch", file=None, sha256=None, module=f"{type(module).__module__}.{type(module).__qualname__}",
                         torch_params=n_params, export={k: info.get(k) for k in ("opset", "max_abs_diff", "tolerance",
                                                                                "parity_input", "torch_version")})
     write_json(folder / "model.json", mj)
@@ -519,5 +519,29 @@ def load_factory(spec: str):
     return model
 
 
+def load_state(module, path: str | Path) -> None:
+    """Load a state_dict into ``module`` strictly: ``.safetensors``, or ``.pt``/``.pth`` (``weights_only``).
+
+    Raises:
+        RtsegError: missing or unreadable file, or keys/shapes that do not match the module.
+    """
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise RtsegError(f"weights file {p} does not exist; pass the state_dict saved for this module")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(p))
+        else:
+            state = torch.load(str(p), map_location="cpu", weights_only=True)
+        module.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state, strict=True)
+    except Exception as e:  # safetensors/torch/pickle raise many types
+        raise RtsegError(f"cannot load {p} into {type(module).__name__} ({str(e).strip().splitlines()[0][:200]}); "
+                         f"pass the state_dict saved for this exact module") from None
+
+
 __all__ = ["ImportMeta", "ImportOptions", "KINDS", "LAYOUTS", "as_import_meta", "default_palette", "export_model",
-           "import_onnx", "load_factory", "probe_images"]
+           "import_onnx", "load_factory", "load_state", "probe_images"]

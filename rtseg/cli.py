@@ -17,10 +17,10 @@ from .errors import RtsegError
 # `rtseg --help` stays fast and a missing optional dependency only affects its own command.
 _COMMANDS = {
     "train": ("rtseg.commands.train", "train", "Train a network on a labelled image folder."),
-    "eval": ("rtseg.commands.eval", "eval_command", "Evaluate a checkpoint or an engine (Dice, IoU, ... ; docs/networks.md §5)."),
+    "eval": ("rtseg.commands.eval", "eval_command", "Evaluate a checkpoint, model folder or engine (Dice, IoU, ... ; docs/networks.md §5)."),
     "export": ("rtseg.commands.export", "export_command", "Export a checkpoint to ONNX (dynamic batch), checked against PyTorch."),
     "calibrate": ("rtseg.commands.export", "calibrate_command", "Calibrate INT8: write a Q/DQ ONNX and its calibration record."),
-    "build-engine": ("rtseg.commands.export", "build_engine_command", "Build an inference engine folder from a checkpoint."),
+    "build-engine": ("rtseg.commands.export", "build_engine_command", "Build an inference engine folder from a checkpoint or model folder."),
     "stream": ("rtseg.commands.stream", "stream_command", "Segment a video/camera/network stream and write the overlaid output."),
     "bench": ("rtseg.commands.bench", "bench_command", "Benchmark an engine: latency, throughput, stream FPS."),
     "import-onnx": ("rtseg.commands.imports", "import_onnx_command",
