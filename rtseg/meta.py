@@ -192,6 +192,25 @@ class EngineMeta:
                    batch=d.get("batch") or {"min": 1, "opt": 1, "max": None}, records=records)
 
 
+#: the ``engine.json`` fields :func:`engine_seal` covers: what was built, for what, from which checkpoint
+SEALED_FIELDS = ("format", "backend", "backend_version", "precision", "device", "checkpoint", "engine_file", "input",
+                 "output", "batch")
+
+
+def engine_seal(d: dict) -> str:
+    """SHA-256 (hex) of the :data:`SEALED_FIELDS` of an ``engine.json`` dict, canonical JSON.
+
+    ``build-engine`` records it as ``seal``; loading recomputes it, so a hand-edited checkpoint hash,
+    device, precision, shape or batch profile is refused instead of silently trusted. The records
+    (gate, verify, selection, ...) are not covered: tools add to them after the build.
+    """
+    import hashlib
+    import json
+
+    core = {k: d.get(k) for k in SEALED_FIELDS}
+    return hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _shape4(v: Any) -> bool:
     return (isinstance(v, list) and len(v) == 4
             and all(isinstance(x, int) and not isinstance(x, bool) for x in v) and all(x >= 1 for x in v[1:]))
@@ -225,4 +244,5 @@ def _check_engine_fields(d: dict, src: str) -> None:
         raise _bad(src, "output.shape", f"has {out[1]} channels but the model has num_classes {n}")
 
 
-__all__ = ["BINARY_PALETTE", "CHECKPOINT_FORMAT", "ENGINE_FORMAT", "IMPORTED_FORMAT", "EngineMeta", "ModelMeta", "PRECISIONS"]
+__all__ = ["BINARY_PALETTE", "CHECKPOINT_FORMAT", "ENGINE_FORMAT", "IMPORTED_FORMAT", "EngineMeta", "ModelMeta", "PRECISIONS",
+           "SEALED_FIELDS", "engine_seal"]

@@ -209,7 +209,9 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
     try:
         engine = _build_in(b)
         from ..checkpoint import write_json
+        from ..meta import engine_seal
 
+        engine["seal"] = engine_seal(engine)
         write_json(tmp / "engine.json", engine)
         _publish(tmp, out)
     except BaseException:

@@ -132,7 +132,25 @@ def backend_from_meta(folder: str | Path, meta: dict, num_threads: int | None = 
     name = meta.get("backend")
     if name not in backend_names():
         raise RtsegError(f"{Path(folder) / ENGINE_JSON} names an unknown backend {name!r}; rebuild with 'rtseg build-engine'")
-    return get_backend(name).load(Path(folder), meta, LoadOptions(num_threads=num_threads, extra=dict(kwargs)))
+    backend = get_backend(name).load(Path(folder), meta, LoadOptions(num_threads=num_threads, extra=dict(kwargs)))
+    check_seal(folder, meta)
+    return backend
+
+
+def check_seal(folder: str | Path, meta: dict) -> None:
+    """Refuse an ``engine.json`` edited after the build (:func:`rtseg.meta.engine_seal`; engines
+    built before seals existed have none and are not checked).
+
+    Raises:
+        RtsegError: the recorded ``seal`` does not match the sealed fields any more.
+    """
+    from ..meta import SEALED_FIELDS, engine_seal
+
+    seal = meta.get("seal")
+    if seal is not None and seal != engine_seal(meta):
+        raise RtsegError(f"{Path(folder) / ENGINE_JSON} was edited after the build: its {', '.join(SEALED_FIELDS[1:])} "
+                         f"no longer match what was built (seal {str(seal)[:12]}...); rebuild the engine with "
+                         f"'rtseg build-engine' instead of editing engine.json")
 
 
 __all__ = ["Backend", "BackendSpec", "BuildRequest", "ENGINE_JSON", "LoadOptions", "all_precisions", "backend_from_meta",
