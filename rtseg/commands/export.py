@@ -95,21 +95,13 @@ def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img
                       trt_cache, no_verify) -> None:
     """Calibrate INT8: write one Q/DQ ONNX for every backend and its calibration record."""
     from ..export.build import parse_img_size
-    from ..export.calibrate import (
-        DEFAULT_NUM_IMAGES,
-        CalibOptions,
-        calibrate_checkpoint,
-    )
-
-    from ..checkpoint import is_model_folder
-    from ..export.imported import calibrate_imported
+    from ..export.calibrate import DEFAULT_NUM_IMAGES, CalibOptions, calibrate_checkpoint
 
     kw = {"weight_bits": int(weight_bits)} if weight_bits else {}
     options = CalibOptions(calib_data=calib_data, method=method, num_images=num_images or DEFAULT_NUM_IMAGES, seed=seed,
                            out=out, img_size=parse_img_size(img_size), opset=opset, verify=not no_verify,
                            trt_cache=trt_cache, percentile=percentile, **kw)
-    calibrate = calibrate_imported if is_model_folder(checkpoint) else calibrate_checkpoint
-    rec = calibrate(checkpoint, options, log=_log)
+    rec = calibrate_checkpoint(checkpoint, options, log=_log)
     click.echo(f"{rec['folder']}  {rec['num_images']} images  {method}  seed {seed}  qdq sha256 {rec['qdq_sha256'][:16]}")
 
 

@@ -267,20 +267,13 @@ def _build_in(b: _Build) -> dict[str, Any]:
     b.export["path"] = cal.FP32_ONNX
     source_onnx, calibration = b.folder / cal.FP32_ONNX, None
     if b.precision == "int8":
-        if b.model is None:
-            from .imported import imported_int8
-
-            calibration = imported_int8(b.ckpt, b.meta, _calib_options(b), b.options.qdq_from, b.log)
-        else:
-            calibration = _int8_qdq(b)
+        calibration = _int8_qdq(b)
         source_onnx = b.folder / cal.QDQ_ONNX
     b.log(f"building the {b.backend} {b.precision} engine")
     info = _compile(b, source_onnx)
     engine = _engine_record(b, source_onnx, info, calibration)
     if b.precision != "fp32" and b.options.gate.enabled:
         engine["accuracy_gate"] = _gate(b, engine)
-        if b.model is None and engine.get("verify"):  # a repair's rebuild re-labels verify as _compile does
-            engine["verify"]["reference"] = "model.onnx (fp32, imported) in ONNX Runtime"
     return engine
 
 
@@ -298,7 +291,7 @@ def _compile(b: _Build, source_onnx: Path) -> dict[str, Any]:
             info["quantizer"] = {"tool": "rtseg", "mode": "qdq", "source": source_onnx.name}
     output = info.pop("output_sample", None)
     onnx_parity = info.pop("verify_onnx", None)  # TensorRT: the engine against its source ONNX (fp32/fp16 checked)
-    info["verify"] = {"input": b.sample_desc, "reference": "pytorch fp32",
+    info["verify"] = {"input": b.sample_desc, "reference": "pytorch fp32" if b.model is not None else "model.onnx (fp32, imported) in ONNX Runtime",
                       **(_compare(output, b.reference) if output is not None else {}),
                       **({"onnx": onnx_parity} if onnx_parity is not None else {})}
     return info
@@ -313,8 +306,6 @@ def _engine_record(b: _Build, source_onnx: Path, info: dict[str, Any], calibrati
     io_in, io_out = onnx_io(source_onnx)
     verify = info.pop("verify")
     fixed_batch = b.model is None and (b.meta.source or {}).get("batch") == "fixed"
-    if b.model is None:
-        verify["reference"] = "model.onnx (fp32, imported) in ONNX Runtime"
     return {
         "format": ENGINE_FORMAT,
         "backend": b.backend,
@@ -401,14 +392,14 @@ def _calib_options(b: _Build):
 
 
 def _copy_qdq(b: _Build) -> dict[str, Any]:
-    """``--qdq-from``: reuse a calibration folder of the same checkpoint and input size."""
-    from ..checkpoint import file_sha256
+    """``--qdq-from``: reuse a calibration folder of the same checkpoint (or model folder) and input size."""
+    from ..checkpoint import file_sha256, weights_file
     from . import calibrate as cal
 
     src = Path(b.options.qdq_from)
     rec = cal.read_calib_record(src)
-    if rec.get("checkpoint", {}).get("sha256") != file_sha256(b.ckpt / "model.safetensors"):
-        raise RtsegError(f"{src} was calibrated for another checkpoint ({rec.get('checkpoint', {}).get('path')}); "
+    if rec.get("checkpoint", {}).get("sha256") != file_sha256(weights_file(b.ckpt)):
+        raise RtsegError(f"{src} was calibrated for another model ({rec.get('checkpoint', {}).get('path')}); "
                          f"re-run 'rtseg calibrate --checkpoint {b.ckpt}' or drop --qdq-from")
     if list(rec.get("preprocessing", {}).get("input_hw", [])) != list(b.hw):
         raise RtsegError(f"{src} was calibrated at {rec['preprocessing']['input_hw']}, not {list(b.hw)}; "

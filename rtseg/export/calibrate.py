@@ -253,12 +253,15 @@ def _preprocessing_record(hw: tuple[int, int], meta) -> dict[str, Any]:
 def _calib_record(ckpt: Path, meta, opts: CalibOptions, sel: _Selection, hw: tuple[int, int], out: Path,
                   settings: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     """The ``calib.json`` record (``verified`` empty, ``tensorrt_cache`` None: filled afterwards)."""
+    from ..checkpoint import weights_file
+
     entries = [{"file": relative_name(p, sel.root), "sha256": sha256_file(p)} for p in sel.chosen]
     listing = "".join(f"{e['file']}\t{e['sha256']}\n" for e in entries)
     fp32, qdq = out / FP32_ONNX, out / QDQ_ONNX
     return {
         "format": CALIB_FORMAT,
-        "checkpoint": {"path": str(ckpt.resolve()), "sha256": sha256_file(ckpt / "model.safetensors")},
+        "checkpoint": {"path": str(ckpt.resolve()), "sha256": sha256_file(weights_file(ckpt)),
+                       **({"kind": "model folder"} if meta.imported else {})},
         "model": meta.model,
         "source": sel.source,
         "selection": f"first {opts.num_images} of {sel.num_candidates} candidates sorted by sha256('<seed>:<relative path>')",
@@ -311,11 +314,36 @@ def _no_log(msg: str) -> None:
     """The default ``log``: progress messages are dropped."""
 
 
+def _model_and_meta(ckpt: Path, opts: CalibOptions):
+    """``(PyTorch model, ModelMeta, options)`` of a checkpoint; for an imported model folder the model is
+    ``None`` and ``options.onnx_path`` defaults to its ``model.onnx`` (its graph is fixed at its input size).
+
+    Raises:
+        RtsegError: a checkpoint that does not load, or an ``img_size`` other than a model folder's own.
+    """
+    from dataclasses import replace
+
+    from ..checkpoint import MODEL_ONNX, is_model_folder, load_checkpoint, load_meta
+
+    if not is_model_folder(ckpt):
+        model, meta = load_checkpoint(ckpt)
+        return model, meta, opts
+    meta = load_meta(ckpt)
+    if opts.img_size is not None and tuple(opts.img_size) != tuple(meta.input_hw):
+        raise RtsegError(f"model folder {ckpt} is fixed at {meta.input_hw[1]}x{meta.input_hw[0]}; drop --img-size")
+    if opts.onnx_path is None:
+        opts = replace(opts, onnx_path=ckpt / MODEL_ONNX,
+                       export_info={"opset": (meta.source or {}).get("opset"), "imported": True})
+    return None, meta, opts
+
+
 def calibrate_checkpoint(checkpoint: str | Path, options: CalibOptions | None = None, log=None) -> dict[str, Any]:
     """Checkpoint → ``model.onnx`` → ``model.qdq.onnx`` + ``calib.json`` in ``options.out``.
 
     Args:
-        checkpoint: checkpoint folder (``model.safetensors`` + ``model.json``).
+        checkpoint: checkpoint folder (``model.safetensors`` + ``model.json``), or an imported model
+            folder (:mod:`rtseg.byom`: its ``model.onnx`` is the FP32 graph, at its own input size;
+            ``calib.json`` ``checkpoint.sha256`` is then that file's SHA-256).
         options: :class:`CalibOptions` (``None``: the defaults — training split, entropy, 100 images).
         log: ``log(message: str)`` for progress lines; ``None``: silent.
 
@@ -326,13 +354,13 @@ def calibrate_checkpoint(checkpoint: str | Path, options: CalibOptions | None = 
         RtsegError: unknown method, bad checkpoint, no calibration data, unreadable images, or a Q/DQ
             graph that OpenVINO cannot compile.
     """
-    from ..checkpoint import load_checkpoint, resolve_checkpoint, write_json
+    from ..checkpoint import resolve_checkpoint, write_json
 
     opts = options if options is not None else CalibOptions()
     log = log or _no_log
     check_method(opts.method)
     ckpt = resolve_checkpoint(checkpoint)
-    model, meta = load_checkpoint(ckpt)
+    model, meta, opts = _model_and_meta(ckpt, opts)
     hw = tuple(int(v) for v in (opts.img_size or meta.input_hw))
     sel = _select(opts, meta)
     out = Path(opts.out) if opts.out is not None else default_calib_dir(meta.model, opts.method, opts.num_images, opts.seed)
@@ -343,8 +371,9 @@ def calibrate_checkpoint(checkpoint: str | Path, options: CalibOptions | None = 
     settings = calibrate_onnx(out / FP32_ONNX, out / QDQ_ONNX, data, method=opts.method, percentile=opts.percentile,
                               weight_bits=opts.weight_bits)
     record = _calib_record(ckpt, meta, opts, sel, hw, out, settings, info)
-    if opts.verify:
-        record["verified"]["openvino"] = _openvino_check(out / QDQ_ONNX, data[:2], log)
+    if opts.verify:  # a graph imported with its batch fixed at 1 takes one image at a time
+        probe = data[:1] if (meta.source or {}).get("batch") == "fixed" else data[:2]
+        record["verified"]["openvino"] = _openvino_check(out / QDQ_ONNX, probe, log)
     if opts.trt_cache:
         record["tensorrt_cache"] = _tensorrt_cache_entry(out)
     write_json(out / CALIB_JSON, record)
