@@ -198,7 +198,13 @@ def test_tensorrt_dispatch_without_tensorrt(ckpt, work, monkeypatch):
                 "device": {"type": "cuda", "name": "fake"}, "engine_file": "model.engine",
                 "batch": {"min": 1, "opt": 2, "max": 4}, "build": {"strongly_typed": False}}
 
+    import rtseg.runtime.tensorrt_backend as trt_backend
+
+    def fake_run(folder, meta, x):  # the "engine" computes what its ONNX computes (no GPU here)
+        return trt_build.onnx_reference(folder / "model.onnx", x)
+
     monkeypatch.setattr(trt_build, "build_tensorrt_engine", fake_build)
+    monkeypatch.setattr(trt_backend, "run_sample", fake_run)
     folder = build_engine(ckpt, "tensorrt", "fp16", out=work / "trt",  # the gate runs the engine: needs a GPU
                           options=BuildOptions(backend_options={"opt_batch": 2, "max_batch": 4, "workspace_mb": None},
                                                gate=NO_GATE))
@@ -206,3 +212,4 @@ def test_tensorrt_dispatch_without_tensorrt(ckpt, work, monkeypatch):
                      "workspace_mb": 4096}  # None = the builder's default
     meta = json.loads((folder / "engine.json").read_text())
     assert meta["backend"] == "tensorrt" and meta["batch"]["max"] == 4 and meta["build"]["strongly_typed"] is False
+    assert meta["verify"]["mask_agreement"] == 1.0  # the build ran the engine and compared it
