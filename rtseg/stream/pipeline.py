@@ -410,9 +410,17 @@ class _LiveClock:
         pkt.dts = pkt.pts + d
         return True
 
-    def resume(self) -> None:
-        """After a reconnect: continue from the last frame plus the outage's wall-clock length."""
-        gap = time.monotonic() - self.last_wall if self.last_wall else 0.0
+    def resume(self, silent_since: float | None = None) -> None:
+        """After a reconnect: continue from the last frame plus the outage's wall-clock length.
+
+        ``silent_since`` (``time.monotonic()`` s): when the input went silent, if known (a stall is
+        noticed ``stall_timeout`` s after the last packet; frames the demuxer still held are given out
+        only then, so their hand-out time would hide that part of the outage).
+        """
+        start = self.last_wall
+        if start is not None and silent_since is not None:
+            start = min(start, silent_since)
+        gap = time.monotonic() - start if start is not None else 0.0
         prev = float(self.last_pts * self.tb_out) if self.last_pts is not None else 0.0
         self.base_pts, self.base_tb, self.offset_s = None, None, prev + gap
 
@@ -429,6 +437,7 @@ class _SourceWorker:
         self.clock = _LiveClock(st.src.info.time_base)
         self.max_frames = pipe.options.max_frames
         self.fresh = True  # the next frame is the first of a (re)connection
+        self.silent_since: float | None = None  # monotonic time the input went silent (a stall)
 
     def run(self) -> None:
         try:
@@ -451,8 +460,9 @@ class _SourceWorker:
         except Exception as e:  # noqa: BLE001 - network read failures end or reconnect the source
             if not src.network or stop.is_set():
                 raise
-            why = (f"sent no data for {opts.stall_timeout:g} s" if isinstance(e, av.error.ExitError)
-                   else f"failed ({_short(e)})")
+            stalled = isinstance(e, av.error.ExitError)
+            why = f"sent no data for {opts.stall_timeout:g} s" if stalled else f"failed ({_short(e)})"
+            self.silent_since = time.monotonic() - opts.stall_timeout if stalled else None
             if not opts.reconnect:
                 self.st.error = why
                 self.pipe.log(f"source {src.name} {why}; it ends here (pass --reconnect to reopen it)")
@@ -507,7 +517,7 @@ class _SourceWorker:
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
             self.st.reconnects += 1
-            self.clock.resume()
+            self.clock.resume(self.silent_since)
             self.fresh = True
             self.pipe.log(f"source {src.name} reconnected")
             return not stop.is_set()
