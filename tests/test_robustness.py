@@ -485,3 +485,32 @@ def test_case8_a_tiny_first_image_does_not_set_the_frame_size(tmp_path, images):
     src = open_source(str(folder))
     h, w = cv2.imread(str(sorted(images.iterdir())[0])).shape[:2]
     assert (src.info.width, src.info.height) == (w - w % 2, h - h % 2) and len(list(src.read())) == 5
+
+
+def test_metrics_jsonl_write_failure_mid_run_is_reported_not_a_thread_traceback(tmp_path, monkeypatch):
+    """A --metrics-jsonl that fills up while the stream runs: the writer thread stops quietly and
+    close() raises the OSError, which the pipeline turns into one line (write_error)."""
+    import errno
+    import threading
+
+    from rtseg.stream.metrics import MetricsWriter
+
+    hooked = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: hooked.append(args))
+
+    class FullDisk:
+        def write(self, s):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            pass
+
+    w = MetricsWriter(tmp_path / "m.jsonl", lambda marks: ({"t": 0.0}, marks), interval=0.01)
+    w._fh.close()
+    w._fh = FullDisk()
+    w.start()
+    w.join(timeout=5)
+    assert not w.is_alive() and not hooked and w.error is not None
+    with pytest.raises(OSError) as e:
+        w.close()
+    assert e.value.errno == errno.ENOSPC

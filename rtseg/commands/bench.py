@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..bench import BenchOptions, run_bench
+from ..safe_io import write_json
 from .common import backend_choice
 
 
@@ -57,7 +58,7 @@ def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, thr
                            compare=compare)
     rep = run_bench(list(engines) + list(checkpoints), video, options, log=log)
     if out_json:
-        Path(out_json).write_text(json.dumps(rep.to_dict(), indent=2))
+        write_json(out_json, rep.to_dict())
     chart = chart or (str(Path(out_json).with_suffix(".png")) if out_json else None)
     if chart:
         rep.save_chart(chart)

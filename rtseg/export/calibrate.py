@@ -396,6 +396,8 @@ def read_calib_record(folder: str | Path) -> dict[str, Any]:
         rec = json.loads(f.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise RtsegError(f"{f} is unreadable ({e}); re-run 'rtseg calibrate'") from None
+    if not isinstance(rec, dict):
+        raise RtsegError(f"{f} must be a JSON object, not {type(rec).__name__}; re-run 'rtseg calibrate'")
     if rec.get("format") != CALIB_FORMAT:
         raise RtsegError(f"{f} has format {rec.get('format')!r}, expected {CALIB_FORMAT!r}; re-run 'rtseg calibrate'")
     return rec

@@ -12,6 +12,7 @@ import struct
 from pathlib import Path
 
 from ..errors import RtsegError
+from ..safe_io import atomic_write_bytes
 
 
 def activation_scales(qdq_path: str | Path) -> dict[str, float]:
@@ -52,7 +53,7 @@ def write_tensorrt_cache(qdq_path: str | Path, out: str | Path, trt_version: int
     lines = [f"TRT-{int(trt_version)}-{calibrator}"]
     lines += [f"{name}: {struct.pack('>f', s).hex()}" for name, s in scales.items()]
     out = Path(out)
-    out.write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(out, ("\n".join(lines) + "\n").encode())
     return out
 
 

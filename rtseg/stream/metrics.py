@@ -215,21 +215,33 @@ class MetricsWriter(threading.Thread):
         self.interval = interval
         self._stop_evt = threading.Event()
         self._fh = open(path, "w", buffering=1)
+        self.error: OSError | None = None  # a failed write (full disk): the thread stops writing
 
     def run(self) -> None:
         marks = None
         while not self._stop_evt.wait(self.interval):
             line, marks = self.snapshot(marks)
-            self._fh.write(json.dumps(_nan_to_none(line)) + "\n")
+            try:
+                self._fh.write(json.dumps(_nan_to_none(line)) + "\n")
+            except OSError as e:
+                self.error = e
+                return
 
     def close(self) -> None:
-        """Write a last line, stop the thread and close the file."""
+        """Write a last line, stop the thread and close the file.
+
+        Raises:
+            OSError: a write failed, now or while the stream ran (the caller reports it in one line).
+        """
         self._stop_evt.set()
         if self.is_alive():
             self.join(timeout=2)
         try:
-            line, _ = self.snapshot(None)
-            line["final"] = True
-            self._fh.write(json.dumps(_nan_to_none(line)) + "\n")
+            if self.error is None:
+                line, _ = self.snapshot(None)
+                line["final"] = True
+                self._fh.write(json.dumps(_nan_to_none(line)) + "\n")
         finally:
             self._fh.close()
+        if self.error is not None:
+            raise self.error
