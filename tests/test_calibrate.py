@@ -110,6 +110,37 @@ def test_calibrate_checkpoint_writes_record_and_trt_cache(tmp_path, kvasir):
     assert "input" in scales and set(scales) == set(expected)
     assert all(np.float32(scales[k]) == np.float32(v) for k, v in expected.items())
     assert rec["folder"] == str(folder)
+    assert cal.read_calib_record(folder)["qdq_sha256"] == rec["qdq_sha256"]  # the written record checks out
+    _edited_records_are_one_line_errors(folder)
+
+
+def _edited_records_are_one_line_errors(folder):
+    """calib.json is checked as a typed record: each edit below is one RtsegError naming the field."""
+    import copy
+
+    good = json.loads((folder / "calib.json").read_text())
+    edits = {
+        "images.0.file": lambda r: r["images"][0].update(file="../../etc/passwd"),
+        "preprocessing.input_hw": lambda r: r["preprocessing"].update(input_hw=[64]),
+        "preprocessing.std": lambda r: r["preprocessing"].update(std=[0, 0.2, 0.2]),
+        "checkpoint.sha256": lambda r: r["checkpoint"].update(sha256="abc"),
+        "method": lambda r: r.update(method="magic"),
+        "num_images": lambda r: r.update(num_images="three"),
+    }
+    try:
+        for field, edit in edits.items():
+            rec = copy.deepcopy(good)
+            edit(rec)
+            (folder / "calib.json").write_text(json.dumps(rec))
+            with pytest.raises(RtsegError) as e:
+                cal.read_calib_record(folder)
+            msg = str(e.value)
+            assert f"'{field}" in msg and "re-run 'rtseg calibrate'" in msg and "\n" not in msg, msg
+        (folder / "calib.json").write_text(json.dumps([good]))
+        with pytest.raises(RtsegError, match="must be a JSON object"):
+            cal.read_calib_record(folder)
+    finally:
+        (folder / "calib.json").write_text(json.dumps(good))
 
 
 def test_no_calibration_data_is_an_error(tmp_path):

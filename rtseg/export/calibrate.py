@@ -385,7 +385,9 @@ def read_calib_record(folder: str | Path) -> dict[str, Any]:
     """Read ``calib.json`` of a calibration folder.
 
     Raises:
-        RtsegError: not a calibration folder (no ``calib.json`` or no ``model.qdq.onnx``).
+        RtsegError: not a calibration folder (no ``calib.json`` or no ``model.qdq.onnx``), or a record
+            whose fields are of the wrong type, out of bounds or point outside the data folder
+            (:mod:`rtseg.export.calib_record`).
     """
     folder = Path(folder)
     f = folder / CALIB_JSON
@@ -396,8 +398,8 @@ def read_calib_record(folder: str | Path) -> dict[str, Any]:
         rec = json.loads(f.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise RtsegError(f"{f} is unreadable ({e}); re-run 'rtseg calibrate'") from None
-    if not isinstance(rec, dict):
-        raise RtsegError(f"{f} must be a JSON object, not {type(rec).__name__}; re-run 'rtseg calibrate'")
-    if rec.get("format") != CALIB_FORMAT:
+    if isinstance(rec, dict) and rec.get("format") != CALIB_FORMAT:
         raise RtsegError(f"{f} has format {rec.get('format')!r}, expected {CALIB_FORMAT!r}; re-run 'rtseg calibrate'")
-    return rec
+    from .calib_record import check_calib_record
+
+    return check_calib_record(rec, str(f))
