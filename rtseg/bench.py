@@ -84,15 +84,9 @@ class BenchReport:
         ax2.grid(alpha=0.3, axis="x")
         fig.suptitle(f"rtseg bench — {Path(self.video).name}, {self.machine.get('cpu', '')}", fontsize=9)
         fig.tight_layout()
-        path = Path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=110)
-        except OSError as e:
-            raise RtsegError(f"cannot write the chart {path} ({e}); pass a writable --chart path") from None
-        finally:
-            plt.close(fig)
-        return path
+        from .safe_io import save_figure
+
+        return save_figure(fig, path, "--chart", dpi=110)
 
     def table(self) -> str:
         """Text table; with several targets, adds the speed-up of each over the slowest batch-1 row."""

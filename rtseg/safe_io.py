@@ -53,6 +53,40 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def nan_to_none(o: Any) -> Any:
+    """``o`` with every float NaN (in nested dicts and lists) replaced by ``None``: strict JSON."""
+    if isinstance(o, float) and o != o:
+        return None
+    if isinstance(o, dict):
+        return {k: nan_to_none(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [nan_to_none(v) for v in o]
+    return o
+
+
+def save_figure(fig, path: str | os.PathLike, option: str, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG at ``path`` atomically (its folder is created) and close it.
+
+    Raises:
+        RtsegError: the folder or file cannot be written (one line naming ``option``, the flag to change).
+    """
+    import io
+
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:
+        raise write_error(path, e, option) from None
+    finally:
+        plt.close(fig)
+    return path
+
+
 def discard(path: str | os.PathLike) -> None:
     """Remove a temporary file if it exists (best effort: an error here must not hide the first one)."""
     try:

@@ -342,15 +342,9 @@ def plot_video(result: dict, path: str | Path) -> Path:
     a2.set_xlabel("time (s)")
     a2.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    except OSError as e:
-        raise RtsegError(f"cannot write the plot {path} ({e.strerror}); choose a writable --plot path") from None
-    finally:
-        plt.close(fig)
-    return path
+    from .safe_io import save_figure
+
+    return save_figure(fig, path, "--plot")
 
 
 __all__ = ["ClassSeries", "VideoEvalOptions", "VideoEvalPipeline", "VideoScorer", "evaluate_video",

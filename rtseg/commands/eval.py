@@ -10,7 +10,7 @@ import click
 import cv2
 
 from ..errors import RtsegError
-from ..safe_io import atomic_write_bytes, write_error, write_json
+from ..safe_io import atomic_write_bytes, nan_to_none, write_error, write_json
 from ..evaluation import evaluate_backend, format_table, overlay_grid, resolve_samples
 
 
@@ -114,21 +114,12 @@ def _eval_video(backend, video, masks, opts, as_json: bool, out_json, plot_path)
     res["plot"] = str(plot_video(res, plot))
     if out_json:
         try:
-            write_json(out_json, _nan_to_none(res))
+            write_json(out_json, nan_to_none(res))
         except OSError as e:
             raise write_error(out_json, e, "--out") from None
     if as_json:
-        click.echo(json.dumps(_nan_to_none(res)))
+        click.echo(json.dumps(nan_to_none(res)))
     else:
         click.echo(format_video_table(res))
         click.echo(f"plot: {res['plot']}" + (f"; JSON: {out_json}" if out_json else ""))
 
-
-def _nan_to_none(o):
-    if isinstance(o, float) and o != o:
-        return None
-    if isinstance(o, dict):
-        return {k: _nan_to_none(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [_nan_to_none(v) for v in o]
-    return o

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ..safe_io import nan_to_none
+
 STAGES = ("decode", "preprocess", "infer", "postprocess", "encode", "e2e")
 
 
@@ -150,7 +152,7 @@ class StreamReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (NaN → ``None``)."""
-        return _nan_to_none(asdict(self))
+        return nan_to_none(asdict(self))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -190,15 +192,6 @@ def _fmt(x: float, digits: int = 2) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _nan_to_none(o: Any) -> Any:
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _nan_to_none(v) for k, v in o.items()}
-    if isinstance(o, list):
-        return [_nan_to_none(v) for v in o]
-    return o
-
 
 class MetricsWriter(threading.Thread):
     """Writes one JSON line per ``interval`` seconds to ``path`` while the stream runs.
@@ -222,7 +215,7 @@ class MetricsWriter(threading.Thread):
         while not self._stop_evt.wait(self.interval):
             line, marks = self.snapshot(marks)
             try:
-                self._fh.write(json.dumps(_nan_to_none(line)) + "\n")
+                self._fh.write(json.dumps(nan_to_none(line)) + "\n")
             except OSError as e:
                 self.error = e
                 return
@@ -240,7 +233,7 @@ class MetricsWriter(threading.Thread):
             if self.error is None:
                 line, _ = self.snapshot(None)
                 line["final"] = True
-                self._fh.write(json.dumps(_nan_to_none(line)) + "\n")
+                self._fh.write(json.dumps(nan_to_none(line)) + "\n")
         finally:
             self._fh.close()
         if self.error is not None:
