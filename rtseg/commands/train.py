@@ -28,14 +28,30 @@ def parse_size(value) -> tuple[int, int]:
     raise click.BadParameter(f"{value!r} is not a size; use N or HxW")
 
 
+def parse_weights(value: str) -> list[float]:
+    """``"1,1,2"`` → [1.0, 1.0, 2.0].
+
+    Raises:
+        click.BadParameter: not a comma-separated list of numbers.
+    """
+    try:
+        return [float(w) for w in str(value).split(",") if w.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a list of numbers; use one weight per --data, e.g. 1,1,2") from None
+
+
 FORMAT_NAMES = ["polyp", "kvasir", "kvasir-instrument", "cvc", "polypgen", "cityscapes", "coco", "fsoco", "camvid", "auto"]
 
 
 @click.command("train")
 @click.option("--config", "config", default=None, help="Recipe: a YAML file or a name in configs/ (eunet, visionfusenet, contrafusionnet, gmsrfnet, ...).")
 @click.option("--model", default=None, help=f"Registry name ({', '.join(list_models())}). [default: eunet-s]")
-@click.option("--data", default=None, type=click.Path(), help="Dataset root.")
-@click.option("--data-format", default=None, type=click.Choice(FORMAT_NAMES), help="Dataset layout. [default: polyp]")
+@click.option("--data", default=None, multiple=True, type=click.Path(),
+              help="Dataset root; repeat it to train on several folders (each split by its own rule, train parts concatenated).")
+@click.option("--data-weights", default=None,
+              help="Per-folder sampling weights, one per --data, e.g. 1,1,2 (default: plain shuffling).")
+@click.option("--data-format", default=None, type=click.Choice(FORMAT_NAMES),
+              help="Dataset layout of every folder (auto: detected per folder). [default: polyp]")
 @click.option("--img-size", default=None, help="Network input, N or HxW pixels. [default: 256]")
 @click.option("--epochs", default=None, type=int)
 @click.option("--batch-size", default=None, type=int)
@@ -55,13 +71,15 @@ FORMAT_NAMES = ["polyp", "kvasir", "kvasir-instrument", "cvc", "polypgen", "city
 @click.option("--resize", default=None, type=click.Choice(["stretch", "letterbox"]))
 @click.option("--widths", default=None, help="EUNet stage widths, e.g. 16,32,64,128.")
 @click.option("--no-augment", is_flag=True, default=None, help="Disable augmentation.")
+@click.option("--augment", "augment", default=None, type=click.Choice(["default", "robust"]),
+              help="Augmentation preset: default, or robust (cross-centre colour/blur/JPEG/scale/specular shifts).")
 @click.option("--amp", default=None, type=click.Choice(["auto", "bf16", "off"]), help="bf16 autocast: auto = only where the CPU has native bf16.")
 @click.option("--threads", default=None, type=int, help="CPU threads (0 = torch default).")
 @click.option("--seed", default=None, type=int)
 @click.option("--max-images", default=None, type=int, help="Use at most N images (quick runs).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(config, model, data, data_format, img_size, epochs, batch_size, lr, weight_decay, optimizer, scheduler, loss,
-          early_stop_patience, grad_clip_value, out, resume, overwrite, resize, widths, no_augment, amp, threads, seed, max_images, quiet):
+def train(config, model, data, data_weights, data_format, img_size, epochs, batch_size, lr, weight_decay, optimizer, scheduler, loss,
+          early_stop_patience, grad_clip_value, out, resume, overwrite, resize, widths, no_augment, augment, amp, threads, seed, max_images, quiet):
     """Train a network; keeps the best checkpoint by validation Dice (binary) / mIoU (multi-class)
     and reports test metrics at the end.
 
@@ -72,7 +90,7 @@ def train(config, model, data, data_format, img_size, epochs, batch_size, lr, we
     from ..training.loop import train as run
 
     d = load_recipe(config) if config else {}
-    flags = dict(model=model, data=data, data_format=data_format, epochs=epochs, batch_size=batch_size, lr=lr,
+    flags = dict(model=model, data=(data[0] if len(data) == 1 else list(data)) if data else None, data_format=data_format, epochs=epochs, batch_size=batch_size, lr=lr,
                  weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler, loss=loss,
                  early_stop_patience=early_stop_patience, grad_clip_value=grad_clip_value, out=out, resize=resize,
                  amp=amp, threads=threads, seed=seed, max_images=max_images)
@@ -81,14 +99,18 @@ def train(config, model, data, data_format, img_size, epochs, batch_size, lr, we
         d["img_size"] = parse_size(img_size)
     if widths:
         d["model_kwargs"] = {**d.get("model_kwargs", {}), "widths": [int(w) for w in widths.replace("x", ",").split(",")]}
+    if augment:
+        d["augment"] = True if augment == "default" else augment
     if no_augment:
         d["augment"] = False
+    if data_weights:
+        d["data_weights"] = parse_weights(data_weights)
     d["resume"], d["progress"] = resume, not quiet
     if overwrite:
         d["overwrite"] = True
     if not d.get("data"):
         raise RtsegError("no training data; pass --data DIR (e.g. ../shared/data/kvasir-seg-256)")
-    if d.get("data_format") == "auto":
+    if d.get("data_format") == "auto" and isinstance(d["data"], str):  # several folders: detected per folder
         from ..data.formats import detect_format
 
         d["data_format"] = detect_format(d["data"])
@@ -99,9 +121,15 @@ def train(config, model, data, data_format, img_size, epochs, batch_size, lr, we
     click.echo("")
     click.echo(f"done in {s['seconds'] / 60:.1f} min ({s['epochs_run']} epochs, {s['stopped']}); best epoch {s['best_epoch']}; checkpoint: {s['out']}")
     for name in ("val", "test"):
-        m = s.get(name)
-        if m and "per_image" in m:
-            p = m["per_image"]
-            click.echo(f"  {name:4s} Dice {p['dice']:.4f}  IoU {p['iou']:.4f}  precision {p['precision']:.4f}  recall {p['recall']:.4f}  (per-image mean, {m['n_images']} images)")
-        elif m:
-            click.echo(f"  {name:4s} mIoU {m['miou']:.4f}  mean Dice {m['mean_dice']:.4f}  pixel acc {m['pixel_accuracy']:.4f}")
+        _echo_metrics(name, s.get(name))
+        for folder, m in (s.get(f"{name}_per_dataset") or {}).items():
+            _echo_metrics(f"{name} {folder}", m)
+
+
+def _echo_metrics(name: str, m: dict | None) -> None:
+    """One line of headline metrics (binary: per-image Dice/IoU/precision/recall; multi-class: mIoU)."""
+    if m and "per_image" in m:
+        p = m["per_image"]
+        click.echo(f"  {name:4s} Dice {p['dice']:.4f}  IoU {p['iou']:.4f}  precision {p['precision']:.4f}  recall {p['recall']:.4f}  (per-image mean, {m['n_images']} images)")
+    elif m:
+        click.echo(f"  {name:4s} mIoU {m['miou']:.4f}  mean Dice {m['mean_dice']:.4f}  pixel acc {m['pixel_accuracy']:.4f}")

@@ -5,7 +5,7 @@ One run folder holds everything (docs/architecture.md "Artifacts"):
 ```
 OUT/model.safetensors, OUT/model.json   best checkpoint so far (by validation Dice / mIoU)
 OUT/last/                               last epoch: weights + model.json + train_state.pt (resume)
-OUT/split.json                          the train/val/test split used
+OUT/split.json                          the train/val/test split used (several folders: one per folder)
 OUT/metrics.jsonl                       one JSON line per epoch (loss, val metrics, lr, seconds)
 OUT/curves.png                          loss and validation metrics per epoch
 OUT/summary.json                        final summary (best epoch, val and test metrics, time)
@@ -35,14 +35,14 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from ..checkpoint import ModelMeta, load_checkpoint, save_checkpoint, write_json
-from ..data.dataset import SegmentationDataset, default_augmentation
+from ..data.dataset import SegmentationDataset
 from ..data.folder import fingerprint, write_split
 from ..errors import RtsegError
 from ..meta import MAX_INPUT_SIDE
@@ -57,7 +57,8 @@ class TrainConfig:
     """Settings of one training run: a recipe (``configs/*.yaml``) overridden by CLI flags."""
 
     model: str = "eunet-s"
-    data: str = ""
+    data: str | list[str] = ""  # one dataset root, or several (trained on the concatenation of their train parts)
+    data_weights: list[float] = field(default_factory=list)  # per-folder sampling weights; [] = plain shuffling
     out: str = "runs/train"
     data_format: str = "polyp"
     img_size: tuple[int, int] = (256, 256)
@@ -77,7 +78,7 @@ class TrainConfig:
     early_stop_metric: str = "auto"  # dice | iou | miou | auto (= the selection metric)
     grad_clip_value: float = 0.0  # clamp each gradient to ±value; 0 = off
     seed: int = 0
-    augment: bool = True
+    augment: bool | Literal["robust"] = True  # True = default preset, "robust" = cross-centre preset, False = none
     amp: str = "auto"  # auto | bf16 | off
     threads: int = 0  # 0 = torch's default
     max_images: int = 0  # 0 = all (quick experiments/tests)
@@ -113,6 +114,9 @@ class TrainConfig:
         except pydantic.ValidationError as e:
             err = e.errors()[0]
             key = ".".join(str(x) for x in err["loc"]) or "(settings)"
+            if err["loc"] and err["loc"][0] == "augment":
+                raise RtsegError(f"{source}: 'augment' must be true, false or robust (got {err.get('input')!r:.60}); "
+                                 f"fix the recipe or the flag") from None
             raise RtsegError(f"{source}: '{key}' {err['msg'].lower()} (got {err.get('input')!r:.60}); "
                              f"fix the recipe or the flag") from None
         cfg._check_bounds(source)
@@ -135,6 +139,17 @@ class TrainConfig:
         for key in ("weight_decay", "grad_clip_value", "lambda_dice", "lambda_con"):
             if not (0 <= getattr(self, key) < math.inf):
                 raise bad(key, "must be a number ≥ 0")
+        roots = data_roots(self)
+        if len({str(Path(r).resolve()) for r in roots}) < len(roots):
+            raise bad("data", "names a folder twice; pass each folder once")
+        w = self.data_weights
+        if w and (len(w) != len(roots) or not all(0 <= x < math.inf for x in w) or not sum(w) > 0):
+            raise bad("data_weights", f"must be {len(roots)} number(s) ≥ 0 (one per data folder, not all 0)")
+
+
+def data_roots(cfg: TrainConfig) -> list[str]:
+    """The data folders of ``cfg`` as a list (``data`` may be one path or a list of paths)."""
+    return [cfg.data] if isinstance(cfg.data, str) else list(cfg.data)
 
 
 def load_recipe(name_or_path: str) -> dict:
@@ -325,10 +340,10 @@ class _Run:
     loss_name: str
     loss_fn: Callable
     eval_loss: Callable
-    parts: dict[str, list]  # train / val / test samples
+    folders: list[_Folder]  # the data folders, each with its own train / val / test samples
     common: dict[str, Any]  # SegmentationDataset keyword arguments shared by every split
     aug: Any  # the augmentation pipeline, or None
-    val_ds: SegmentationDataset
+    val_sets: list[SegmentationDataset]  # one per folder; the overall validation set is their concatenation
     use_bf16: bool
     opt: torch.optim.Optimizer
     g: torch.Generator  # the loader's shuffling RNG
@@ -340,6 +355,7 @@ class _Run:
     meta: ModelMeta
     progress: _Progress = field(default_factory=_Progress)
     metrics_lines: list[str] = field(default_factory=list)  # metrics.jsonl, rewritten atomically each epoch
+    val_per_dataset: dict[str, dict] = field(default_factory=dict)  # last validation, per folder (several folders only)
 
     @property
     def is_main(self) -> bool:
@@ -375,52 +391,159 @@ def _losses(cfg: TrainConfig, labels) -> tuple[str, Callable, Callable]:
     return loss_name, loss_fn, eval_loss
 
 
-def _split_data(cfg: TrainConfig, fmt, out: Path, is_main: bool, log) -> tuple[dict[str, list], list]:
-    """(train/val/test samples, all samples before ``max_images``); rank 0 writes ``OUT/split.json``."""
-    parts = fmt.splits(cfg.data)
+@dataclass
+class _Folder:
+    """One data folder of the run: its layout, its own deterministic split and the datasets built on it."""
+
+    root: str
+    name: str  # the folder's base name (made unique with "#2", "#3", ...): key of the per-dataset metrics
+    fmt: Any  # rtseg.data.formats.DataFormat
+    parts: dict[str, list]  # train / val / test samples (after ``max_images``)
+    all_samples: list  # every sample before ``max_images`` (the fingerprint)
+
+
+def _folder_split(cfg: TrainConfig, root: str, name: str) -> _Folder:
+    """Split one folder by its format's own ``splits()``; ``auto`` detects the layout per folder.
+
+    Raises:
+        RtsegError: missing folder, bad layout, or too few images for train and val.
+    """
+    from ..data.formats import detect_format, get_format
+
+    if not Path(root).exists():
+        raise RtsegError(f"data folder {root} does not exist; check the --data path")
+    fmt = get_format(detect_format(root) if cfg.data_format == "auto" else cfg.data_format)
+    parts = fmt.splits(root)
     all_samples = [s for v in parts.values() for s in v]
     if cfg.max_images:
         parts = {k: v[: max(2, int(cfg.max_images * f))] for (k, v), f in zip(parts.items(), (0.8, 0.1, 0.1))}
     if len(parts["train"]) < 1 or len(parts["val"]) < 1:
-        raise RtsegError(f"{cfg.data} has too few images for a train/val split; add more labelled images")
+        raise RtsegError(f"{root} has too few images for a train/val split; add more labelled images")
+    return _Folder(root=root, name=name, fmt=fmt, parts=parts, all_samples=all_samples)
+
+
+def _split_data(cfg: TrainConfig, out: Path, is_main: bool, log) -> list[_Folder]:
+    """Every data folder split by its own rule; rank 0 writes ``OUT/split.json`` (one folder: as
+    :func:`write_split`; several: ``{"datasets": [that record per folder]}``).
+
+    Raises:
+        RtsegError: see :func:`_folder_split`; folders whose labels differ (binary vs classes).
+    """
+    names: list[str] = []
+    for r in data_roots(cfg):
+        n = Path(r).resolve().name or str(r)
+        names.append(n if n not in names else f"{n}#{len(names) + 1}")
+    folders = [_folder_split(cfg, r, n) for r, n in zip(data_roots(cfg), names)]
+    lab0 = folders[0].fmt.labels
+    for f in folders[1:]:
+        if (f.fmt.labels.num_classes, f.fmt.labels.binary) != (lab0.num_classes, lab0.binary):
+            raise RtsegError(f"{f.root} ({f.fmt.name}) has other labels than {folders[0].root} ({folders[0].fmt.name}); "
+                             f"train only on folders of the same task")
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_split(out / "split.json", cfg.data, parts, fmt.split_rule)
-    log(f"data: {cfg.data} ({fmt.name}) train {len(parts['train'])} / val {len(parts['val'])} / test {len(parts['test'])} images")
-    return parts, all_samples
+        if len(folders) == 1:
+            write_split(out / "split.json", folders[0].root, folders[0].parts, folders[0].fmt.split_rule)
+        else:
+            recs = [{"root": str(Path(f.root).resolve()), "name": f.name, "format": f.fmt.name, "rule": f.fmt.split_rule,
+                     **{k: [s.stem for s in v] for k, v in f.parts.items()}} for f in folders]
+            write_json(out / "split.json", {"datasets": recs})
+    for f in folders:
+        log(f"data: {f.root} ({f.fmt.name}) train {len(f.parts['train'])} / val {len(f.parts['val'])} / "
+            f"test {len(f.parts['test'])} images")
+    return folders
 
 
-def _datasets(cfg: TrainConfig, fmt, parts: dict[str, list], mean: list[float], std: list[float]):
-    """(augmentation or None, shared dataset kwargs, train dataset, validation dataset)."""
-    labels = fmt.labels
+def _concat(datasets: list) -> Any:
+    """One dataset, or their ``ConcatDataset`` (indices in folder order)."""
+    return datasets[0] if len(datasets) == 1 else torch.utils.data.ConcatDataset(datasets)
+
+
+def _part_sets(folders: list[_Folder], part: str, common: dict, aug=None) -> list[SegmentationDataset]:
+    """One :class:`SegmentationDataset` per folder for ``part`` (``train``/``val``/``test``), empty parts kept."""
+    return [SegmentationDataset(f.parts[part], augment=aug, reader=f.fmt.read, **common) for f in folders]
+
+
+def _datasets(cfg: TrainConfig, folders: list[_Folder], mean: list[float], std: list[float]):
+    """(augmentation or None, shared dataset kwargs, train dataset, per-folder validation datasets)."""
+    from ..data.augment import make_augmentation  # albumentations is imported only when training
+
+    labels = folders[0].fmt.labels
     H, W = cfg.img_size
     ignore = labels.ignore_index if labels.ignore_index is not None else 255
-    aug = default_augmentation(0 if labels.binary else ignore, square=H == W) if cfg.augment else None
-    common = dict(input_hw=(H, W), mean=mean, std=std, resize=cfg.resize, binary=labels.binary, reader=fmt.read,
-                  ignore_index=ignore)
-    train_ds = SegmentationDataset(parts["train"], augment=aug, **common)
-    val_ds = SegmentationDataset(parts["val"], **common)
-    return aug, common, train_ds, val_ds
+    aug = make_augmentation(cfg.augment, 0 if labels.binary else ignore, square=H == W)
+    common = dict(input_hw=(H, W), mean=mean, std=std, resize=cfg.resize, binary=labels.binary, ignore_index=ignore)
+    train_ds = _concat(_part_sets(folders, "train", common, aug))
+    return aug, common, train_ds, _part_sets(folders, "val", common)
 
 
-def _loader(cfg: TrainConfig, train_ds: SegmentationDataset, g: torch.Generator, rank: int, world: int):
-    """(DistributedSampler or None, the training DataLoader)."""
-    sampler = torch.utils.data.distributed.DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
-    loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                                         drop_last=len(train_ds) // world > cfg.batch_size, generator=g)
+class _CountingSampler(torch.utils.data.Sampler):
+    """Wraps a sampler and counts, per data folder, the indices it yields (``counts``, reset per epoch)."""
+
+    def __init__(self, inner, sizes: list[int]):
+        self.inner, self.ends = inner, np.cumsum(sizes)
+        self.counts = np.zeros(len(sizes), np.int64)
+
+    def __iter__(self):
+        self.counts[:] = 0
+        for i in self.inner:
+            self.counts[int(np.searchsorted(self.ends, i, side="right"))] += 1
+            yield i
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def _check_weights_world(cfg: TrainConfig, world: int) -> None:
+    """Raises RtsegError: ``data_weights`` under DDP (a weighted draw per rank would overlap the shards)."""
+    if cfg.data_weights and world > 1:
+        raise RtsegError("--data-weights is not supported with DDP (torchrun); drop --data-weights or train in one process")
+
+
+def _loader(cfg: TrainConfig, train_ds, g: torch.Generator, rank: int, world: int):
+    """(DistributedSampler or None, the training DataLoader over a :class:`_CountingSampler`).
+
+    Without ``data_weights``: a shuffling ``RandomSampler`` on ``g`` (DDP: ``DistributedSampler``);
+    with them: a ``WeightedRandomSampler`` on ``g`` drawing ``len(train_ds)`` samples with
+    replacement, each sample weighted ``weight[folder] / images[folder]``.
+
+    Raises:
+        RtsegError: ``data_weights`` under DDP (not supported: the shards would overlap).
+    """
+    data = torch.utils.data
+    sizes = [len(d) for d in train_ds.datasets] if isinstance(train_ds, data.ConcatDataset) else [len(train_ds)]
+    _check_weights_world(cfg, world)
+    sampler = data.distributed.DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
+    if cfg.data_weights:
+        w = torch.cat([torch.full((n,), cfg.data_weights[k] / n, dtype=torch.float64) for k, n in enumerate(sizes)])
+        inner = data.WeightedRandomSampler(w, len(train_ds), replacement=True, generator=g)
+    else:
+        inner = sampler if sampler is not None else data.RandomSampler(train_ds, generator=g)
+    loader = data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=_CountingSampler(inner, sizes),
+                             drop_last=len(train_ds) // world > cfg.batch_size, generator=g)
     return sampler, loader
 
 
-def _model_meta(cfg: TrainConfig, fmt, parts: dict[str, list], all_samples: list, mean: list[float], std: list[float],
+def _folder_record(f: _Folder) -> dict[str, Any]:
+    return {"root": str(Path(f.root).resolve()), "format": f.fmt.name, "fingerprint": fingerprint(f.all_samples),
+            "n_train": len(f.parts["train"]), "n_val": len(f.parts["val"]), "n_test": len(f.parts["test"])}
+
+
+def _model_meta(cfg: TrainConfig, folders: list[_Folder], mean: list[float], std: list[float],
                 run_info: dict[str, Any]) -> ModelMeta:
-    """``model.json`` of the run (metrics are added per epoch); ``run_info``: bf16, loss, world_size."""
-    labels = fmt.labels
+    """``model.json`` of the run (metrics are added per epoch); ``run_info``: bf16, loss, world_size.
+
+    ``data``: the first folder's record (``root``, ``format``, ``fingerprint``, ``split``, ``n_*``;
+    what ``rtseg eval`` without ``--data`` and int8 calibration use) and, with several folders,
+    ``datasets`` (every folder's record and ``name``) and ``weights``.
+    """
+    labels = folders[0].fmt.labels
     H, W = cfg.img_size
     # the architecture only: an ImageNet weights file is an input of this training, not of the model
     # (rebuilding it from model.json must not need that file or package)
     arch_kwargs = {k: v for k, v in cfg.model_kwargs.items() if k != "pretrained_weights"}
-    data = {"root": str(Path(cfg.data).resolve()), "format": fmt.name, "fingerprint": fingerprint(all_samples),
-            "split": "split.json", "n_train": len(parts["train"]), "n_val": len(parts["val"]), "n_test": len(parts["test"])}
+    data = _folder_record(folders[0]) | {"split": "split.json"}
+    if len(folders) > 1:
+        data |= {"datasets": [{"name": f.name} | _folder_record(f) for f in folders], "weights": list(cfg.data_weights)}
     training = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()} | run_info
     return ModelMeta(model=cfg.model, num_classes=labels.num_classes, model_kwargs=arch_kwargs,
                      class_names=list(labels.class_names), palette=[list(c) for c in labels.palette], input_size=[H, W],
@@ -430,19 +553,18 @@ def _model_meta(cfg: TrainConfig, fmt, parts: dict[str, list], all_samples: list
 
 def _setup(cfg: TrainConfig, log) -> _Run:
     """Process group, seeds, model, data, optimiser, scheduler and metadata, in this order (it fixes the RNG draws)."""
-    from ..data.formats import get_format
-
     rank, world = _dist_setup()
+    _check_weights_world(cfg, world)
     log = log if rank == 0 else _no_log
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     _seed_all(cfg.seed)
     out = Path(cfg.out)
-    fmt = get_format(cfg.data_format)
+    folders = _split_data(cfg, out, rank == 0, log)
+    fmt = folders[0].fmt
     model, mean, std = _create_model(cfg, fmt.labels)
     loss_name, loss_fn, eval_loss = _losses(cfg, fmt.labels)
-    parts, all_samples = _split_data(cfg, fmt, out, rank == 0, log)
-    aug, common, train_ds, val_ds = _datasets(cfg, fmt, parts, mean, std)
+    aug, common, train_ds, val_sets = _datasets(cfg, folders, mean, std)
     model = model.to(memory_format=torch.channels_last)
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and cpu_has_bf16())
@@ -451,10 +573,10 @@ def _setup(cfg: TrainConfig, log) -> _Run:
     sampler, loader = _loader(cfg, train_ds, g, rank, world)
     steps = cfg.epochs * len(loader)
     sched, step_per = make_scheduler(cfg.scheduler, opt, cfg.lr, steps, cfg.epochs, cfg.plateau_patience)
-    meta = _model_meta(cfg, fmt, parts, all_samples, mean, std, {"bf16": use_bf16, "loss": loss_name, "world_size": world})
+    meta = _model_meta(cfg, folders, mean, std, {"bf16": use_bf16, "loss": loss_name, "world_size": world})
     return _Run(cfg=cfg, log=log, rank=rank, world=world, out=out, fmt=fmt, model=model, ddp_model=ddp_model,
-                loss_name=loss_name, loss_fn=loss_fn, eval_loss=eval_loss, parts=parts, common=common, aug=aug,
-                val_ds=val_ds, use_bf16=use_bf16, opt=opt, g=g, sampler=sampler, loader=loader, steps=steps,
+                loss_name=loss_name, loss_fn=loss_fn, eval_loss=eval_loss, folders=folders, common=common, aug=aug,
+                val_sets=val_sets, use_bf16=use_bf16, opt=opt, g=g, sampler=sampler, loader=loader, steps=steps,
                 sched=sched, step_per=step_per, meta=meta)
 
 
@@ -542,23 +664,53 @@ def _train_epoch(run: _Run, epoch: int) -> float:
     return train_loss
 
 
+def _drawn_per_dataset(run: _Run) -> dict[str, int]:
+    """Training images drawn in the last epoch per folder name (summed over ranks)."""
+    c = torch.from_numpy(run.loader.sampler.counts.copy())
+    if run.world > 1:
+        dist.all_reduce(c)
+    return {f.name: int(n) for f, n in zip(run.folders, c)}
+
+
+def _short(m: dict, binary: bool) -> dict[str, float]:
+    """The headline validation numbers of a metrics dict, as metrics.jsonl keys."""
+    if binary:
+        return {"val_dice": m["per_image"]["dice"], "val_iou": m["per_image"]["iou"]}
+    return {"val_miou": m["miou"], "val_mean_dice": m["mean_dice"], "val_pixel_accuracy": m["pixel_accuracy"]}
+
+
+def _eval_sets(run: _Run, model, sets: list, loss_fn=None, sharded: bool = True) -> tuple[dict, float, dict[str, dict]]:
+    """(overall metrics over the concatenated ``sets``, its mean loss, metrics per folder name — several
+    folders only). ``sharded``: every rank evaluates its share (all ranks must call); else this process alone."""
+    cfg, labels = run.cfg, run.fmt.labels
+    args = (labels.num_classes, cfg.batch_size, run.use_bf16, labels.ignore_index)
+    rank, world = (run.rank, run.world) if sharded else (0, 1)
+    m, loss = evaluate_model(model, _concat(sets), *args, loss_fn, rank, world)
+    per = {}
+    if len(sets) > 1:
+        per = {f.name: evaluate_model(model, d, *args, None, rank, world)[0]
+               for f, d in zip(run.folders, sets) if len(d)}
+    return m, loss, per
+
+
 def _validate(run: _Run, epoch: int, train_loss: float, t0: float) -> tuple[dict, dict, bool]:
     """Evaluate on the validation split, step a metric scheduler, update the best/early-stopping state.
 
     Returns:
         (the epoch's metrics.jsonl record without "val", the validation metrics, improved on the best).
     """
-    cfg, labels, p = run.cfg, run.fmt.labels, run.progress
-    m, val_loss = evaluate_model(run.model, run.val_ds, labels.num_classes, cfg.batch_size, run.use_bf16,
-                                 labels.ignore_index, run.eval_loss, run.rank, run.world)
+    cfg, p = run.cfg, run.progress
+    m, val_loss, run.val_per_dataset = _eval_sets(run, run.model, run.val_sets, run.eval_loss)
     score = headline(m)
     es_score = headline(m, cfg.early_stop_metric)
     if run.step_per == "metric":
         run.sched.step(score)
     rec = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "seconds": round(time.time() - t0, 2),
            "lr": run.opt.param_groups[0]["lr"]}
-    rec |= ({"val_dice": m["per_image"]["dice"], "val_iou": m["per_image"]["iou"]} if run.binary
-            else {"val_miou": m["miou"], "val_mean_dice": m["mean_dice"], "val_pixel_accuracy": m["pixel_accuracy"]})
+    rec |= _short(m, run.binary)
+    if len(run.folders) > 1:
+        rec["datasets"] = {k: _short(v, run.binary) for k, v in run.val_per_dataset.items()}
+        rec["train_images"] = _drawn_per_dataset(run)
     p.history.append(rec)
     improved = score > p.best
     if improved:
@@ -573,16 +725,17 @@ def _validate(run: _Run, epoch: int, train_loss: float, t0: float) -> tuple[dict
 def _save_epoch(run: _Run, epoch: int, rec: dict, m: dict, improved: bool) -> None:
     """Rank 0: best checkpoint (if improved), ``last/`` + train_state.pt, a metrics.jsonl line, curves.png."""
     p, out = run.progress, run.out
+    val = {"val": m} | ({"val_per_dataset": run.val_per_dataset} if run.val_per_dataset else {})
     if improved:
-        run.meta.metrics = {"val": m, "epoch": epoch + 1}
+        run.meta.metrics = val | {"epoch": epoch + 1}
         save_checkpoint(out, run.model, run.meta)
-    save_checkpoint(out / "last", run.model, ModelMeta.from_dict(run.meta.to_dict() | {"metrics": {"val": m, "epoch": epoch + 1}}))
+    save_checkpoint(out / "last", run.model, ModelMeta.from_dict(run.meta.to_dict() | {"metrics": val | {"epoch": epoch + 1}}))
     st = {"optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict() if run.sched is not None else {},
           "epoch": epoch, "best": p.best, "best_epoch": p.best_epoch, "since_best": p.since_best,
           "best_es": p.best_es, "history": json.dumps(p.history)} | _rng_state(run.g)
     torch.save(st, run.state_file.with_suffix(".tmp"))
     os.replace(run.state_file.with_suffix(".tmp"), run.state_file)
-    run.metrics_lines.append(json.dumps(rec | {"val": m}))
+    run.metrics_lines.append(json.dumps(rec | val))
     atomic_write_bytes(out / "metrics.jsonl", ("\n".join(run.metrics_lines) + "\n").encode())
     _plot_curves(p.history, out / "curves.png")
 
@@ -628,24 +781,26 @@ def _log_epoch(run: _Run, rec: dict, improved: bool) -> None:
 
 def _finish(run: _Run, t_start: float) -> dict[str, Any]:
     """Rank 0: test metrics of the best checkpoint into model.json, ``OUT/summary.json`` → the summary ({} elsewhere)."""
-    cfg, out, labels, p = run.cfg, run.out, run.fmt.labels, run.progress
+    cfg, out, p = run.cfg, run.out, run.progress
     summary: dict[str, Any] = {}
     if run.is_main:
         best_model, _ = load_checkpoint(out)
         best_model = best_model.to(memory_format=torch.channels_last)
-        test_m = None
-        if run.parts["test"]:
-            test_ds = SegmentationDataset(run.parts["test"], **run.common)
-            test_m, _ = evaluate_model(best_model, test_ds, labels.num_classes, cfg.batch_size, run.use_bf16,
-                                       labels.ignore_index)
+        test_m, test_per = None, {}
+        test_sets = _part_sets(run.folders, "test", run.common)
+        if any(len(d) for d in test_sets):
+            test_m, _, test_per = _eval_sets(run, best_model, test_sets, sharded=False)  # rank 0 alone
             meta_best = ModelMeta.from_dict(json.loads((out / "model.json").read_text()))
-            meta_best.metrics = meta_best.metrics | {"test": test_m}
+            meta_best.metrics = meta_best.metrics | {"test": test_m} | ({"test_per_dataset": test_per} if test_per else {})
             write_json(out / "model.json", meta_best.to_dict())
+        best_metrics = json.loads((out / "model.json").read_text())["metrics"]
         summary = {"model": cfg.model, "out": str(out), "epochs": cfg.epochs, "epochs_run": len(p.history),
                    "stopped": p.stop_reason, "best_epoch": p.best_epoch, "best_val": p.best,
-                   "val": json.loads((out / "model.json").read_text())["metrics"].get("val"), "test": test_m,
+                   "val": best_metrics.get("val"), "test": test_m,
                    "seconds": round(time.time() - t_start, 1), "bf16": run.use_bf16, "world_size": run.world,
                    "history": p.history}
+        if len(run.folders) > 1:
+            summary |= {"val_per_dataset": best_metrics.get("val_per_dataset"), "test_per_dataset": test_per}
         write_json(out / "summary.json", summary)
     if run.world > 1:
         dist.barrier()
@@ -657,7 +812,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     The summary holds ``model, out, epochs, epochs_run, stopped, best_epoch, best_val`` (the selection
     score: per-image Dice or mIoU), ``val`` and ``test`` metrics of the best checkpoint, ``seconds``
-    (wall time in s), ``bf16``, ``world_size`` and ``history`` (the metrics.jsonl records). Ranks other
+    (wall time in s), ``bf16``, ``world_size`` and ``history`` (the metrics.jsonl records); with several
+    data folders also ``val_per_dataset`` and ``test_per_dataset`` (metrics per folder name; ``val``/``test``
+    are over the concatenated parts, and the overall ``val`` selects the best epoch). Ranks other
     than 0 return ``{}``; with ``cfg.stop_after_epochs`` the run stops early (as if killed) and returns
     ``{"stopped": "stop_after_epochs", "epoch": n}``.
 
