@@ -16,7 +16,8 @@ import av
 import numpy as np
 import pytest
 
-from rtseg.cli import main
+from test_gate import run_cli  # the CLI helper the gate tests use
+
 from rtseg.errors import RtsegError
 from rtseg.export.build import build_engine
 from rtseg.runtime import BackendSpec, LoadOptions, backend_names, load_engine, register_backend, unregister_backend
@@ -68,14 +69,6 @@ def toy_engine(tmp_path_factory):
         yield build_engine(CKPT, NAME, "fp32", tmp_path_factory.mktemp("toy") / "engine")
     finally:
         unregister_backend(NAME)
-
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-        raise SystemExit(0)
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
 
 
 def test_toy_backend_is_in_the_table_and_builds_a_checked_engine(toy_engine):

@@ -46,7 +46,7 @@ from ..data.dataset import SegmentationDataset
 from ..data.folder import fingerprint, write_split
 from ..errors import RtsegError
 from ..meta import MAX_INPUT_SIDE
-from ..safe_io import atomic_write_bytes, write_error
+from ..safe_io import atomic_write_bytes, save_figure, write_error
 from ..metrics import BinaryMetrics, MulticlassMetrics
 from ..models import create_model
 from .objectives import main_logits, make_loss, make_optimizer, make_scheduler
@@ -284,10 +284,7 @@ def _plot_curves(history: list[dict], path: Path) -> None:
             ax[1].plot(ep, [h[k] for h in history], "o-", label=k, color=c)
     ax[1].set_xlabel("epoch"), ax[1].set_ylim(0, 1), ax[1].legend(), ax[1].grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, "--out")
 
 
 def _rng_state(g: torch.Generator) -> dict:
