@@ -23,6 +23,8 @@ PUBLISHED_COUNTS = [
     ("visionfusenet", 1, {}, 17_027_295),
     ("visionfusenet-densenet121", 1, {}, 18_483_777),
     ("visionfusenet-lite0-rt", 1, {}, 1_358_609),
+    ("visionfusenet-lite1-rt", 1, {}, 1_647_121),  # rtseg's own variants: the counts in README "Networks"
+    ("visionfusenet-lite2-rt", 1, {}, 1_840_641),
     ("contrafusionnet", 20, {"contrastive": False}, 17_787_796),
     ("gmsrfnet", 1, {}, 47_043_853),
 ]

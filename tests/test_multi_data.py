@@ -135,3 +135,25 @@ def test_cli_two_folders_and_missing_second_folder(tmp_path, folders):
                                        "--out", str(tmp_path / "m")])
     assert r.exit_code != 0 and isinstance(r.exception, RtsegError)
     assert "nope does not exist" in str(r.exception) and "\n" not in str(r.exception)
+
+
+def test_init_weights_fine_tunes_from_a_checkpoint_and_refuses_another_network(tmp_path, folders):
+    """--init-weights: epoch 0 of the new run starts from the given checkpoint's tensors (not a fresh init)."""
+    train(_cfg(folders, tmp_path / "src", epochs=1), log=lambda *a: None)
+    src, _ = load_checkpoint(tmp_path / "src")
+    logs = []
+    tuned = _cfg(folders, tmp_path / "ft", epochs=1, lr=1e-9, init_weights=str(tmp_path / "src"))
+    train(tuned, log=logs.append)
+    assert any("initialised from" in ln for ln in logs)
+    got, meta = load_checkpoint(tmp_path / "ft" / "last")
+    assert meta.training["init_weights"] == str(tmp_path / "src")
+    for (k, a), (_, b) in zip(got.state_dict().items(), src.state_dict().items()):
+        if a.is_floating_point() and "running" not in k:  # lr 1e-9: the weights are still the source's
+            assert torch.allclose(a, b, atol=1e-4), k
+    other = _cfg(folders, tmp_path / "bad", model_kwargs={"widths": [8, 16, 32, 128]}, init_weights=str(tmp_path / "src"))
+    with pytest.raises(RtsegError, match="do not fit"):
+        train(other, log=lambda *a: None)
+    runner = CliRunner()
+    res = runner.invoke(train_cmd, ["--model", "eunet-s", "--data", folders[0], "--img-size", "64", "--out",
+                                    str(tmp_path / "cli"), "--init-weights", str(tmp_path / "nowhere"), "--quiet"])
+    assert isinstance(res.exception, RtsegError) and "nowhere does not exist" in str(res.exception)

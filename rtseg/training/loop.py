@@ -83,6 +83,7 @@ class TrainConfig:
     threads: int = 0  # 0 = torch's default
     max_images: int = 0  # 0 = all (quick experiments/tests)
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    init_weights: str = ""  # fine-tune: start from this checkpoint's weights (same model and classes); "" = fresh
     resume: bool = False
     overwrite: bool = False  # replace the run already in ``out`` (refused otherwise, unless ``resume``)
     progress: bool = True
@@ -379,6 +380,24 @@ def _create_model(cfg: TrainConfig, labels) -> tuple[torch.nn.Module, list[float
     return model, mean, std
 
 
+def _init_from(model: torch.nn.Module, cfg: TrainConfig, num_classes: int, log) -> None:
+    """Load the weights of the checkpoint ``cfg.init_weights`` into ``model`` (fine-tuning start).
+
+    Raises:
+        RtsegError: the checkpoint is missing/corrupt, or holds another network or class count.
+    """
+    src, meta = load_checkpoint(cfg.init_weights)
+    if meta.model != cfg.model or meta.num_classes != num_classes:
+        raise RtsegError(f"--init-weights {cfg.init_weights} holds {meta.model} with {meta.num_classes} class(es), "
+                         f"not {cfg.model}; pass a checkpoint of the same network, or drop --init-weights")
+    try:
+        model.load_state_dict(src.state_dict())
+    except RuntimeError as e:
+        raise RtsegError(f"--init-weights {cfg.init_weights}: its tensors do not fit this {cfg.model} "
+                         f"({str(e).splitlines()[0][:120]}); use the same model settings as that checkpoint") from None
+    log(f"initialised from {cfg.init_weights} ({meta.model})")
+
+
 def _losses(cfg: TrainConfig, labels) -> tuple[str, Callable, Callable]:
     """(loss name, training loss, validation loss: bce_dice / ce_dice whatever the training loss)."""
     binary = labels.binary
@@ -560,6 +579,8 @@ def _setup(cfg: TrainConfig, log) -> _Run:
     folders = _split_data(cfg, out, rank == 0, log)
     fmt = folders[0].fmt
     model, mean, std = _create_model(cfg, fmt.labels)
+    if cfg.init_weights and not cfg.resume:
+        _init_from(model, cfg, fmt.labels.num_classes, log)
     loss_name, loss_fn, eval_loss = _losses(cfg, fmt.labels)
     aug, common, train_ds, val_sets = _datasets(cfg, folders, mean, std)
     model = model.to(memory_format=torch.channels_last)
