@@ -1,4 +1,8 @@
-"""Issue 8: the shipped default model — a guard against shipping broken weights."""
+"""Issues 8 and 14: the shipped default model — a guard against shipping broken or weaker weights.
+
+Floors are the model card's measurements (README "Default model") minus a margin, through the
+OpenVINO fp32 engine the stream uses.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,20 @@ from rtseg.cli import main
 from rtseg.defaults import default_engine_dir, default_model_dir, load_default_engine
 
 
+# measured (README model card) → floor
+KVASIR_TEST_FLOOR = @KV@
+POLYPGEN_TEST_FLOOR = @PG@
+VIDEO_DICE_FLOOR = @VD@
+VIDEO_FALSE_DETECTIONS_MAX = @FD@  # polyp-free frames with any predicted pixel, of 91
+
+
 @pytest.fixture()
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RTSEG_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
-def test_default_model_builds_its_engine_and_reaches_dice_085_on_the_real_test_split(cache, kvasir):
+def test_default_model_builds_its_engine_and_holds_its_kvasir_test_dice(cache, kvasir):
     from rtseg.data.formats import get_format
     from rtseg.evaluation import evaluate_backend
 
@@ -29,13 +40,11 @@ def test_default_model_builds_its_engine_and_reaches_dice_085_on_the_real_test_s
     assert backend.name == "openvino" and folder.is_relative_to(cache) and (folder / "engine.json").is_file()
     stamp = (folder / "engine.json").stat().st_mtime_ns
     fmt = get_format("polyp")
-    # rtseg's deterministic split, never seen in training: all 100 test images (the issue asks for 30;
-    # the first 30 alone give 0.844 for this model, the whole split 0.858 — the larger sample is the
-    # steadier guard)
+    # rtseg's deterministic split, never seen in training: all 100 test images
     test = fmt.splits(kvasir)["test"]
     res = evaluate_backend(backend, test, reader=fmt.read)
     assert res["n_images"] == 100
-    assert res["per_image"]["dice"] >= 0.85, res["per_image"]
+    assert res["per_image"]["dice"] >= KVASIR_TEST_FLOOR, res["per_image"]
     load_default_engine()  # second use: the cached engine, not a rebuild
     assert (folder / "engine.json").stat().st_mtime_ns == stamp
 
@@ -49,3 +58,22 @@ def test_stream_without_engine_uses_the_default_model(cache, clip, tmp_path, cap
     assert "default model" in capsys.readouterr().err
     with av.open(str(out)) as c:
         assert sum(1 for _ in c.decode(video=0)) == 8
+
+
+def test_default_model_on_unseen_centres_and_the_real_colonoscopy_video(cache, shared_data):
+    """PolypGen test (150 full-resolution frames of 6 centres, never trained on) and every frame of the
+    PolypGen sequence-11 clip (evaluation only), decoded as the stream decodes it."""
+    from rtseg.data.formats import get_format
+    from rtseg.evaluation import evaluate_backend
+    from rtseg.video_eval import VideoEvalOptions, evaluate_video
+
+    backend = load_default_engine(num_threads=2)
+    fmt = get_format("polyp")
+    res = evaluate_backend(backend, fmt.all_samples(shared_data / "polypgen-test"), reader=fmt.read)
+    assert res["n_images"] == 150 and res["per_image"]["dice"] >= POLYPGEN_TEST_FLOOR, res["per_image"]
+    video = evaluate_video(backend, shared_data / "video" / "colonoscopy_polypgen_seq11.mp4",
+                           shared_data / "polypgen-seq11" / "masks", VideoEvalOptions(batch_size=4))
+    r = video["classes"]["polyp"]
+    assert video["frames"] == 227 and r["empty_truth_frames"] == 91
+    assert r["dice"] >= VIDEO_DICE_FLOOR and r["false_detection_frames"] <= VIDEO_FALSE_DETECTIONS_MAX, \
+        {k: r[k] for k in ("dice", "false_detection_frames", "missed_frames")}

@@ -157,3 +157,19 @@ def test_init_weights_fine_tunes_from_a_checkpoint_and_refuses_another_network(t
     res = runner.invoke(train_cmd, ["--model", "eunet-s", "--data", folders[0], "--img-size", "64", "--out",
                                     str(tmp_path / "cli"), "--init-weights", str(tmp_path / "nowhere"), "--quiet"])
     assert isinstance(res.exception, RtsegError) and "nowhere does not exist" in str(res.exception)
+
+
+def test_negative_weight_draws_polyp_free_frames_more_often(tmp_path, folders):
+    """--negative-weight: real PolypGen frames with an empty mask are drawn ``w`` times as often."""
+    cfg = _cfg(folders, tmp_path, max_images=200, negative_weight=6.0, augment=False)
+    fs = _split_data(cfg, tmp_path, False, lambda *a: None)
+    _, _, train_ds, _ = _datasets(cfg, fs, [0.5] * 3, [0.25] * 3)
+    empty = np.concatenate([~d.masks.reshape(len(d), -1).any(1) for d in train_ds.datasets])
+    assert 0 < empty.sum() < len(empty) / 4  # PolypGen's polyp-free frames; Kvasir has none
+    _, loader = _loader(cfg, train_ds, torch.Generator().manual_seed(0), 0, 1)
+    drawn = np.concatenate([list(loader.sampler) for _ in range(20)])
+    share = empty[drawn].mean()
+    expected = 6 * empty.sum() / (6 * empty.sum() + (~empty).sum())
+    assert abs(share - expected) < 0.05 and share > 2 * empty.mean(), (share, expected, empty.mean())
+    with pytest.raises(RtsegError, match="negative_weight"):
+        TrainConfig.from_dict({"model": "eunet-s", "data": folders[0], "negative_weight": 0})

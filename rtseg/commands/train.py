@@ -77,11 +77,13 @@ FORMAT_NAMES = ["polyp", "kvasir", "kvasir-instrument", "cvc", "polypgen", "city
 @click.option("--threads", default=None, type=int, help="CPU threads (0 = torch default).")
 @click.option("--seed", default=None, type=int)
 @click.option("--max-images", default=None, type=int, help="Use at most N images (quick runs).")
+@click.option("--negative-weight", default=None, type=float,
+              help="Draw training images with an empty mask (polyp-free frames) this many times as often (1 = off).")
 @click.option("--init-weights", default=None, type=click.Path(),
               help="Fine-tune: start from this checkpoint's weights (same network), e.g. rtseg/weights/default.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(config, model, data, data_weights, data_format, img_size, epochs, batch_size, lr, weight_decay, optimizer, scheduler, loss,
-          early_stop_patience, grad_clip_value, out, resume, overwrite, resize, widths, no_augment, augment, amp, threads, seed, max_images, init_weights, quiet):
+          early_stop_patience, grad_clip_value, out, resume, overwrite, resize, widths, no_augment, augment, amp, threads, seed, max_images, negative_weight, init_weights, quiet):
     """Train a network; keeps the best checkpoint by validation Dice (binary) / mIoU (multi-class)
     and reports test metrics at the end.
 
@@ -95,7 +97,8 @@ def train(config, model, data, data_weights, data_format, img_size, epochs, batc
     flags = dict(model=model, data=(data[0] if len(data) == 1 else list(data)) if data else None, data_format=data_format, epochs=epochs, batch_size=batch_size, lr=lr,
                  weight_decay=weight_decay, optimizer=optimizer, scheduler=scheduler, loss=loss,
                  early_stop_patience=early_stop_patience, grad_clip_value=grad_clip_value, out=out, resize=resize,
-                 amp=amp, threads=threads, seed=seed, max_images=max_images, init_weights=init_weights)
+                 amp=amp, threads=threads, seed=seed, max_images=max_images, init_weights=init_weights,
+                 negative_weight=negative_weight)
     d.update({k: v for k, v in flags.items() if v is not None})
     if img_size is not None:
         d["img_size"] = parse_size(img_size)

@@ -59,6 +59,7 @@ class TrainConfig:
     model: str = "eunet-s"
     data: str | list[str] = ""  # one dataset root, or several (trained on the concatenation of their train parts)
     data_weights: list[float] = field(default_factory=list)  # per-folder sampling weights; [] = plain shuffling
+    negative_weight: float = 1.0  # sampling weight × this for training images with an empty mask (binary); 1 = off
     out: str = "runs/train"
     data_format: str = "polyp"
     img_size: tuple[int, int] = (256, 256)
@@ -135,6 +136,8 @@ class TrainConfig:
                 raise bad(key, "must be ≥ 0")
         if not (0 < self.lr < math.inf):
             raise bad("lr", "must be a positive number")
+        if not (0 < self.negative_weight < math.inf):
+            raise bad("negative_weight", "must be a positive number (1 = no reweighting)")
         if not all(1 <= v <= MAX_INPUT_SIDE for v in self.img_size):
             raise bad("img_size", f"must be [H, W] with sides in 1..{MAX_INPUT_SIDE}")
         for key in ("weight_decay", "grad_clip_value", "lambda_dice", "lambda_con"):
@@ -509,29 +512,44 @@ class _CountingSampler(torch.utils.data.Sampler):
         return len(self.inner)
 
 
+def _weighted(cfg: TrainConfig) -> bool:
+    return bool(cfg.data_weights) or cfg.negative_weight != 1.0
+
+
 def _check_weights_world(cfg: TrainConfig, world: int) -> None:
-    """Raises RtsegError: ``data_weights`` under DDP (a weighted draw per rank would overlap the shards)."""
-    if cfg.data_weights and world > 1:
-        raise RtsegError("--data-weights is not supported with DDP (torchrun); drop --data-weights or train in one process")
+    """Raises RtsegError: ``data_weights``/``negative_weight`` under DDP (a weighted draw per rank would overlap the shards)."""
+    if _weighted(cfg) and world > 1:
+        raise RtsegError("--data-weights/--negative-weight are not supported with DDP (torchrun); drop them or train in one process")
+
+
+def _sample_weights(cfg: TrainConfig, parts: list, sizes: list[int]) -> torch.Tensor:
+    """Per-image draw weights: ``data_weights[folder] / images[folder]`` (1 each without them), × ``negative_weight``
+    for an image whose (network-size) mask has no foreground pixel."""
+    fw = cfg.data_weights or [float(n) for n in sizes]
+    w = torch.cat([torch.full((n,), fw[k] / n, dtype=torch.float64) for k, n in enumerate(sizes)])
+    if cfg.negative_weight != 1.0:
+        empty = np.concatenate([~p.masks.reshape(len(p), -1).any(1) for p in parts])
+        w[torch.from_numpy(empty)] *= cfg.negative_weight
+    return w
 
 
 def _loader(cfg: TrainConfig, train_ds, g: torch.Generator, rank: int, world: int):
     """(DistributedSampler or None, the training DataLoader over a :class:`_CountingSampler`).
 
-    Without ``data_weights``: a shuffling ``RandomSampler`` on ``g`` (DDP: ``DistributedSampler``);
-    with them: a ``WeightedRandomSampler`` on ``g`` drawing ``len(train_ds)`` samples with
-    replacement, each sample weighted ``weight[folder] / images[folder]``.
+    Without ``data_weights``/``negative_weight``: a shuffling ``RandomSampler`` on ``g`` (DDP:
+    ``DistributedSampler``); with them: a ``WeightedRandomSampler`` on ``g`` drawing ``len(train_ds)``
+    samples with replacement, weighted by :func:`_sample_weights`.
 
     Raises:
-        RtsegError: ``data_weights`` under DDP (not supported: the shards would overlap).
+        RtsegError: ``data_weights``/``negative_weight`` under DDP (not supported: the shards would overlap).
     """
     data = torch.utils.data
-    sizes = [len(d) for d in train_ds.datasets] if isinstance(train_ds, data.ConcatDataset) else [len(train_ds)]
+    parts = list(train_ds.datasets) if isinstance(train_ds, data.ConcatDataset) else [train_ds]
+    sizes = [len(d) for d in parts]
     _check_weights_world(cfg, world)
     sampler = data.distributed.DistributedSampler(train_ds, world, rank, shuffle=True, seed=cfg.seed) if world > 1 else None
-    if cfg.data_weights:
-        w = torch.cat([torch.full((n,), cfg.data_weights[k] / n, dtype=torch.float64) for k, n in enumerate(sizes)])
-        inner = data.WeightedRandomSampler(w, len(train_ds), replacement=True, generator=g)
+    if _weighted(cfg):
+        inner = data.WeightedRandomSampler(_sample_weights(cfg, parts, sizes), len(train_ds), replacement=True, generator=g)
     else:
         inner = sampler if sampler is not None else data.RandomSampler(train_ds, generator=g)
     loader = data.DataLoader(train_ds, batch_size=cfg.batch_size, sampler=_CountingSampler(inner, sizes),
