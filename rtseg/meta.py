@@ -236,12 +236,25 @@ def _check_engine_fields(d: dict, src: str) -> None:
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in vals) or not 1 <= lo <= opt \
             or (hi is not None and hi < opt):
         raise _bad(src, "batch", f"must satisfy 1 ≤ min ≤ opt ≤ max, not {batch!r}")
+    _check_gate_record(d.get("accuracy_gate"), src)
     # the model record is what the backends normalise with (mean/std) and score as: same checks as model.json
     _check_model_fields({"model": "(engine)", **{k: v for k, v in d["model"].items() if k in ModelMeta.__dataclass_fields__}},
                         f"{src} 'model'")
     n = d["model"].get("num_classes")
     if n is not None and n != out[1]:
         raise _bad(src, "output.shape", f"has {out[1]} channels but the model has num_classes {n}")
+
+
+def _check_gate_record(gate: Any, src: str) -> None:
+    """The accuracy-gate record decides whether an engine may be used: an unreadable one must not pass as passed."""
+    if gate is None:
+        return
+    after = gate.get("after") if isinstance(gate, dict) else None
+    delta = after.get("delta_pt") if isinstance(after, dict) else None
+    if not isinstance(gate, dict) or not isinstance(after, (dict, type(None))) \
+            or not (delta is None or (isinstance(delta, (int, float)) and not isinstance(delta, bool))):
+        raise _bad(src, "accuracy_gate", "is not the gate record 'rtseg build-engine' writes "
+                                         "({status, metric, tolerance_pt, after: {delta_pt}, ...})")
 
 
 __all__ = ["BINARY_PALETTE", "CHECKPOINT_FORMAT", "ENGINE_FORMAT", "IMPORTED_FORMAT", "EngineMeta", "ModelMeta", "PRECISIONS",
