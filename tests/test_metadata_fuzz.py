@@ -51,6 +51,14 @@ def mutate(data, doc: dict):
     return doc
 
 
+def mutated_copy(data, src: Path, dst: Path, name: str) -> Path:
+    """``dst``: a copy of folder ``src`` (made once) whose JSON file ``name`` is one drawn mutation of ``src``'s."""
+    if not dst.exists():
+        shutil.copytree(src, dst)
+    (dst / name).write_text(json.dumps(mutate(data, json.loads((src / name).read_text()))))
+    return dst
+
+
 def assert_clean(code, err: str) -> None:
     assert code in (0, 2), err
     assert "Traceback" not in err, err
@@ -66,33 +74,21 @@ def work(tmp_path_factory) -> Path:
 @given(data=st.data())
 @settings(FUZZ, max_examples=40)
 def test_eval_survives_any_model_json(work, tiny_engine, kvasir, data):  # noqa: F811
-    ck = work / "ck-eval"
-    if not ck.exists():
-        shutil.copytree(tiny_engine, ck)
-    doc = mutate(data, json.loads((tiny_engine / "model.json").read_text()))
-    (ck / "model.json").write_text(json.dumps(doc))
+    ck = mutated_copy(data, tiny_engine, work / "ck-eval", "model.json")
     assert_clean(*cli("eval", "--checkpoint", ck, "--data", kvasir, "--limit", "2", "--batch-size", "2"))
 
 
 @given(data=st.data())
 @settings(FUZZ, max_examples=40)
 def test_stream_survives_any_engine_json(work, ort_engine, small_clip, data):  # noqa: F811
-    eng = work / "eng-stream"
-    if not eng.exists():
-        shutil.copytree(ort_engine, eng)
-    doc = mutate(data, json.loads((ort_engine / "engine.json").read_text()))
-    (eng / "engine.json").write_text(json.dumps(doc))
+    eng = mutated_copy(data, ort_engine, work / "eng-stream", "engine.json")
     assert_clean(*cli("stream", "--engine", eng, "--source", small_clip, "--max-frames", "2", "--no-output", "-q"))
 
 
 @given(data=st.data())
 @settings(FUZZ, max_examples=12)
 def test_build_engine_survives_any_model_json(work, tiny_engine, data):  # noqa: F811
-    ck = work / "ck-build"
-    if not ck.exists():
-        shutil.copytree(tiny_engine, ck)
-    doc = mutate(data, json.loads((tiny_engine / "model.json").read_text()))
-    (ck / "model.json").write_text(json.dumps(doc))
+    ck = mutated_copy(data, tiny_engine, work / "ck-build", "model.json")
     out = work / "built"
     shutil.rmtree(out, ignore_errors=True)
     assert_clean(*cli("build-engine", "--checkpoint", ck, "--backend", "onnxruntime", "--precision", "fp32",
@@ -117,3 +113,14 @@ def test_train_survives_any_recipe(work, existing_run, kvasir, data):
     code, err = cli("train", "--config", recipe, "--data", kvasir, "--out", existing_run, "--quiet")
     assert_clean(code, err)
     assert code == 2  # never trains here: a valid recipe is stopped by the existing run in --out
+
+
+@pytest.mark.parametrize("gate", [7, {"status": "failed", "after": 7}, {"status": "failed", "after": {"delta_pt": "x"}}])
+def test_unreadable_gate_record_is_refused_not_passed(work, ort_engine, gate):  # noqa: F811
+    """Found by the fuzzer above: a non-object ``accuracy_gate`` crashed the gate check with a traceback."""
+    from rtseg.errors import RtsegError
+    from rtseg.meta import EngineMeta
+
+    doc = json.loads((ort_engine / "engine.json").read_text()) | {"accuracy_gate": gate}
+    with pytest.raises(RtsegError, match="'accuracy_gate' is not the gate record"):
+        EngineMeta.from_dict(doc)

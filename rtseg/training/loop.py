@@ -525,7 +525,7 @@ def _check_weights_world(cfg: TrainConfig, world: int) -> None:
 def _sample_weights(cfg: TrainConfig, parts: list, sizes: list[int]) -> torch.Tensor:
     """Per-image draw weights: ``data_weights[folder] / images[folder]`` (1 each without them), × ``negative_weight``
     for an image whose (network-size) mask has no foreground pixel."""
-    fw = cfg.data_weights or [float(n) for n in sizes]
+    fw = cfg.data_weights or sizes
     w = torch.cat([torch.full((n,), fw[k] / n, dtype=torch.float64) for k, n in enumerate(sizes)])
     if cfg.negative_weight != 1.0:
         empty = np.concatenate([~p.masks.reshape(len(p), -1).any(1) for p in parts])
