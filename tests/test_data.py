@@ -71,3 +71,79 @@ def test_letterbox_geometry_roundtrip():
     back = unplace(mask, g)
     assert back.shape == (720, 1280)
     assert back[:, :630].max() == 0 and back[:, 650:].min() == 1
+
+
+# -- grouped split (issue 21): the frames of one video / sequence never straddle two parts ------------------
+def _parts_of_groups(root):
+    from rtseg.data.folder import sample_groups
+    from rtseg.data.formats import get_format
+
+    fmt = get_format("polyp")
+    parts = fmt.splits(root)
+    groups = sample_groups(fmt.samples(root), root)
+    seen: dict[str, set] = {}
+    for part, samples in parts.items():
+        for s in samples:
+            seen.setdefault(groups[s.stem], set()).add(part)
+    return parts, groups, seen
+
+
+@pytest.mark.parametrize("folder, n_groups", [("cvc-clinicdb-256", 29), ("polypgen-negatives", 18)])
+def test_grouped_split_keeps_every_video_in_one_part(shared_data, folder, n_groups):
+    """CVC-ClinicDB's 29 videos (sequences.csv) and the 18 polyp-free PolypGen sequences (seqN_ prefix):
+    no group in two parts, every part non-empty, about 80/10/10 of the frames."""
+    parts, groups, seen = _parts_of_groups(shared_data / folder)
+    assert len(seen) == n_groups
+    assert all(len(p) == 1 for p in seen.values()), {g: p for g, p in seen.items() if len(p) > 1}
+    n = sum(len(v) for v in parts.values())
+    assert all(parts[k] for k in parts) and 0.7 < len(parts["train"]) / n < 0.9
+
+
+def test_grouped_split_on_polypgen_sequence_frames(shared_data):
+    """PolypGen's sequence frames (``14_endocv2021_positive_512`` → seq14, ``176OLCV1_100H0006`` → OLCV1_176)
+    stay together; its single centre frames are split one by one."""
+    parts, groups, seen = _parts_of_groups(shared_data / "polypgen-train-part")
+    assert groups["11_endocv2021_positive_1344"] == "seq11" and groups["102OLCV1_100H0006"] == "OLCV1_102"
+    assert groups["C3_EndoCV2021_00100"] == "C3_EndoCV2021_00100"  # a single centre frame: its own group
+    multi = {g for g in seen if sum(1 for v in groups.values() if v == g) > 1}
+    assert len(multi) >= 20 and all(len(seen[g]) == 1 for g in multi)
+    assert any(g.startswith("seq") for g in multi) and any(g.startswith("OLCV1_") for g in multi)
+
+
+def test_grouped_split_without_groups_is_the_per_stem_hash_split(kvasir):
+    """Kvasir-SEG has no video ids: the grouped rule gives exactly the per-stem hash split."""
+    from rtseg.data.folder import grouped_split
+
+    samples = find_pairs(kvasir)
+    order = sorted(samples, key=lambda s: stem_key(s.stem))
+    plain = {"train": order[:798], "val": order[798:898], "test": order[898:]}
+    grouped = grouped_split(samples, kvasir)
+    for k in plain:
+        assert sorted(s.stem for s in plain[k]) == [s.stem for s in grouped[k]]
+
+
+def test_group_table_and_split_record(tmp_path, kvasir):
+    """A groups.csv beside images/ and masks/ groups its stems; split.json records group → part;
+    a table without the right header is a one-line error."""
+    import json
+
+    from rtseg.data.folder import grouped_split, write_split
+
+    src = find_pairs(kvasir)[:20]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for s in src:
+        shutil.copy(s.image, tmp_path / "images" / s.image.name)
+        shutil.copy(s.mask, tmp_path / "masks" / s.mask.name)
+    rows = [f"{s.stem},{i % 4}" for i, s in enumerate(src)]
+    (tmp_path / "groups.csv").write_text("stem,video\n" + "\n".join(rows) + "\n")
+    parts = grouped_split(find_pairs(tmp_path), tmp_path)
+    where = {s.stem: k for k, v in parts.items() for s in v}
+    for g in range(4):
+        assert len({where[s.stem] for i, s in enumerate(src) if i % 4 == g}) == 1
+    write_split(tmp_path / "split.json", tmp_path, parts)
+    rec = json.loads((tmp_path / "split.json").read_text())
+    assert set(rec["groups"]) == {"video0", "video1", "video2", "video3"} and "group" in rec["rule"]
+    (tmp_path / "groups.csv").write_text("name,where\na,b\n")
+    with pytest.raises(RtsegError, match="needs a header 'stem,"):
+        grouped_split(find_pairs(tmp_path), tmp_path)

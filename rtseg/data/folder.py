@@ -4,15 +4,21 @@ Layout: ``ROOT/images/<stem>.<ext>`` pairs with ``ROOT/masks/<stem>[_mask].<ext>
 Binary masks (JPEG in the polyp sets) are read as gray and thresholded at ``> 127``; class-index
 masks (CamVid PNGs) are read as they are.
 
-The split is 80/10/10 train/val/test, decided by sorting the stems by their SHA-256 — the same on
-every machine and Python version, independent of file-system order — and recorded in the run folder
-(``split.json``).
+The split is 80/10/10 train/val/test by frame count, decided by sorting *groups* by the SHA-256 of
+their name — the same on every machine and Python version, independent of file-system order — and
+recorded in the run folder (``split.json``). A group is what must never straddle two parts: the frames
+of one video or sequence (near-duplicates). Groups come from a table in the folder (``sequences.csv`` /
+``groups.csv``: ``stem,<video|sequence|group>``, e.g. CVC-ClinicDB's 29 videos) or from the stem
+(:data:`GROUP_PATTERNS`: PolypGen's ``seqN_…`` and ``N_endocv2021_positive_…`` sequence frames); any other
+stem is a group of its own, which makes the rule the plain per-stem hash split (Kvasir-SEG).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,38 +109,130 @@ def stem_key(stem: str) -> str:
     return hashlib.sha256(stem.encode("utf-8")).hexdigest()
 
 
-def split_samples(samples: list[Sample], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict[str, list[Sample]]:
-    """Deterministic train/val/test split: sort by :func:`stem_key`, cut at the fractions.
+#: stem patterns that name a sequence (first match wins; the group is the pattern's ``group`` template
+#: filled with the match): PolypGen's polyp-free sequences (``seq10_img3`` → ``seq10``), its positive/negative
+#: sequence frames (``14_endocv2021_positive_512`` → ``seq14``) and its numbered OLCV1 frame runs
+#: (``176OLCV1_100H0006`` → ``OLCV1_176``). Single frames (``C3_EndoCV2021_00123``) match none.
+GROUP_PATTERNS: tuple[tuple[re.Pattern, str], ...] = (
+    (re.compile(r"^(?:.*__)?(seq\d+)_"), r"\1"),
+    (re.compile(r"^(?:.*__)?(\d+)_endocv2021_(?:positive|negative)_\d+$", re.IGNORECASE), r"seq\1"),
+    (re.compile(r"^(?:.*__)?(\d+)OLCV1_100[HS]\d*$"), r"OLCV1_\1"),
+)
+#: group tables read from a data folder (first found): header ``stem`` + one of :data:`GROUP_COLUMNS`
+GROUP_TABLES = ("groups.csv", "sequences.csv")
+GROUP_COLUMNS = ("group", "video", "sequence")
+GROUPED_RULE = ("group frames by video/sequence (groups.csv/sequences.csv in the folder, else seqN_ / "
+                "N_endocv2021_ / NOLCV1_ stem prefixes; other stems alone); sort groups by sha256(group); "
+                "80/10/10 by frame count")
 
-    Counts are ``round(n·f_train)``, ``round(n·f_val)``, rest to test. Same result on every machine.
+
+def _read_group_table(root: Path) -> dict[str, str]:
+    """``stem -> group`` from the first :data:`GROUP_TABLES` file in ``root`` (empty if none).
+
+    Raises:
+        RtsegError: a table without a ``stem`` column and a group column, or a row without a group.
+    """
+    for name in GROUP_TABLES:
+        path = root / name
+        if not path.is_file():
+            continue
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        cols = rows[0].keys() if rows else ()
+        col = next((c for c in GROUP_COLUMNS if c in cols), None)
+        if "stem" not in cols or col is None:
+            raise RtsegError(f"{path} needs a header 'stem,<{'|'.join(GROUP_COLUMNS)}>'; fix its first line")
+        bad = [r["stem"] for r in rows if not (r.get(col) or "").strip()]
+        if bad:
+            raise RtsegError(f"{path}: {len(bad)} row(s) without a {col}: {_listing(bad)}; fill them in or remove them")
+        return {r["stem"].strip(): f"{col}{r[col].strip()}" for r in rows}
+    return {}
+
+
+def group_of(stem: str, table: dict[str, str] | None = None) -> str:
+    """The group (video / sequence) of a sample stem: ``table`` first, then :data:`GROUP_PATTERNS`, else the stem."""
+    if table and stem in table:
+        return table[stem]
+    for pattern, template in GROUP_PATTERNS:
+        m = pattern.match(stem)
+        if m:
+            return m.expand(template)
+    return stem
+
+
+def sample_groups(samples: list[Sample], root: str | Path | None = None) -> dict[str, str]:
+    """``stem -> group`` for every sample (:func:`group_of` with the folder's group table, if ``root`` has one)."""
+    table = _read_group_table(Path(root)) if root is not None else {}
+    return {s.stem: group_of(s.stem, table) for s in samples}
+
+
+def split_samples(samples: list[Sample], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                  groups: dict[str, str] | None = None) -> dict[str, list[Sample]]:
+    """Deterministic train/val/test split that keeps every group in one part.
+
+    Groups (``stem -> group``; default: every stem alone) are sorted by the SHA-256 of their name and
+    dealt in that order: to ``train`` until it holds ``round(n·f_train)`` frames, then to ``val`` until
+    train + val hold ``round(n·f_train) + round(n·f_val)``, the rest to ``test``; a part whose target is
+    above zero gets at least one group. With singleton groups this is exactly the per-stem hash split.
+    Parts are sorted by stem. Same result on every machine.
+
+    Raises:
+        RtsegError: fractions that do not sum to 1.
     """
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise RtsegError(f"split fractions must sum to 1; got {fractions}")
-    order = sorted(samples, key=lambda s: stem_key(s.stem))
-    n = len(order)
+    groups = groups or {}
+    members: dict[str, list[Sample]] = {}
+    for s in samples:
+        members.setdefault(groups.get(s.stem, s.stem), []).append(s)
+    n = len(samples)
     n_train = int(round(n * fractions[0]))
-    n_val = int(round(n * fractions[1]))
-    parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
-    return {k: sorted(v, key=lambda s: s.stem) for k, v in parts.items()}
+    bounds = (n_train, n_train + int(round(n * fractions[1])))
+    parts: list[list[Sample]] = [[], [], []]
+    p, cum = 0, 0
+    for g in sorted(members, key=stem_key):
+        while p < 2 and cum >= bounds[p] and (parts[p] or bounds[p] == (bounds[p - 1] if p else 0)):
+            p += 1
+        parts[p] += members[g]
+        cum += len(members[g])
+    return {k: sorted(v, key=lambda s: s.stem) for k, v in zip(SPLITS, parts)}
+
+
+def grouped_split(samples: list[Sample], root: str | Path | None = None) -> dict[str, list[Sample]]:
+    """:func:`split_samples` 80/10/10 with the groups of :func:`sample_groups` (the polyp-folder rule)."""
+    return split_samples(samples, groups=sample_groups(samples, root))
 
 
 def load_split(root: str | Path, split: str | None) -> list[Sample]:
-    """Samples of ``root`` for ``split`` (``train``/``val``/``test``) or all of them (``None``/``all``)."""
+    """Samples of ``root`` for ``split`` (``train``/``val``/``test``, grouped rule) or all of them (``None``/``all``)."""
     samples = find_pairs(root)
     if split in (None, "all"):
         return samples
     if split not in SPLITS:
         raise RtsegError(f"unknown split {split!r}; use one of {', '.join(SPLITS)} or all")
-    return split_samples(samples)[split]
+    return grouped_split(samples, root)[split]
+
+
+def split_record(root: str | Path, parts: dict[str, list[Sample]], rule: str) -> dict:
+    """The JSON record of one folder's split: root, rule, stems per part and, where frames were grouped,
+    ``groups`` (``group -> part`` for every group of more than one frame)."""
+    rec = {"root": str(Path(root).resolve()), "rule": rule, **{k: [s.stem for s in v] for k, v in parts.items()}}
+    table = _read_group_table(Path(root)) if Path(root).is_dir() else {}
+    grouped: dict[str, tuple[str, int]] = {}
+    for part, samples in parts.items():
+        for s in samples:
+            g = group_of(s.stem, table)
+            grouped[g] = (part, grouped.get(g, (part, 0))[1] + 1)
+    multi = {g: part for g, (part, k) in sorted(grouped.items()) if k > 1}
+    return rec | ({"groups": multi} if multi else {})
 
 
 def write_split(path: str | Path, root: str | Path, parts: dict[str, list[Sample]],
-                rule: str = "sort stems by sha256(stem); 80/10/10") -> None:
-    """Record the split (stems per part and the rule that made it) as JSON."""
+                rule: str = GROUPED_RULE) -> None:
+    """Record the split (:func:`split_record`) as JSON."""
     from ..checkpoint import write_json
 
-    write_json(path, {"root": str(Path(root).resolve()), "rule": rule,
-                      **{k: [s.stem for s in v] for k, v in parts.items()}})
+    write_json(path, split_record(root, parts, rule))
 
 
 def fingerprint(samples: list[Sample]) -> str:

@@ -47,7 +47,8 @@ import cv2
 import numpy as np
 
 from ..errors import RtsegError
-from .folder import IMAGE_EXTS, MASK_SUFFIXES, Sample, find_pairs, pair_folder, read_image, read_mask, split_samples, stem_key
+from .folder import (GROUPED_RULE, IMAGE_EXTS, MASK_SUFFIXES, Sample, find_pairs, grouped_split, pair_folder, read_image,
+                     read_mask, split_samples, stem_key)
 
 __all__ = ["LabelSpec", "DataFormat", "PolypFormat", "CityscapesFormat", "CocoFormat", "FsocoFormat", "CamVidFormat",
            "FORMATS", "get_format", "detect_format", "CITYSCAPES_LABELID_TO_TRAINID", "CITYSCAPES_LUT", "CAMVID_LUT"]
@@ -214,11 +215,14 @@ class PolypFormat(DataFormat):
       ``ROOT``, parts joined by ``__`` (``data_C1__100H0050``); a pair directly in ``ROOT`` has no prefix.
 
     Labels: mask read as gray, ``> 127`` → 1 (masks are JPEG in most of these sets), ``uint8[H, W]`` in {0, 1}.
-    Splits: the SHA-256 hash split (80/10/10, :func:`rtseg.data.folder.split_samples`) over all pairs —
-    none of these sets ships an official split. Unpaired files raise :class:`RtsegError` listing them.
+    Splits: the grouped hash split (80/10/10 by frames, :func:`rtseg.data.folder.grouped_split`): the frames of
+    one video or sequence stay in one part (CVC-ClinicDB's ``sequences.csv``, PolypGen's ``seqN_`` /
+    ``N_endocv2021_positive_`` names); other frames are split one by one as by the plain hash rule. None of these
+    sets ships an official split. Unpaired files raise :class:`RtsegError` listing them.
     """
 
     name = "polyp"
+    split_rule = GROUPED_RULE
     labels = LabelSpec(binary=True, num_classes=1, class_names=["background", "polyp"],
                        palette=BINARY_PALETTE, ignore_index=None)
 
@@ -246,8 +250,8 @@ class PolypFormat(DataFormat):
         return sorted(out, key=lambda s: s.stem)
 
     def splits(self, root: str | Path) -> dict[str, list[Sample]]:
-        """Hash split 80/10/10 over :meth:`samples`."""
-        return split_samples(self.samples(root))
+        """Grouped hash split 80/10/10 over :meth:`samples` (groups from the folder's table or the stems)."""
+        return grouped_split(self.samples(root), root)
 
     def all_samples(self, root: str | Path) -> list[Sample]:
         return self.samples(root)

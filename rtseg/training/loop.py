@@ -43,7 +43,7 @@ import torch.distributed as dist
 
 from ..checkpoint import ModelMeta, load_checkpoint, save_checkpoint, write_json
 from ..data.dataset import SegmentationDataset
-from ..data.folder import fingerprint, write_split
+from ..data.folder import fingerprint, split_record, write_split
 from ..errors import RtsegError
 from ..meta import MAX_INPUT_SIDE
 from ..safe_io import atomic_write_bytes, save_figure, write_error
@@ -463,8 +463,8 @@ def _split_data(cfg: TrainConfig, out: Path, is_main: bool, log) -> list[_Folder
         if len(folders) == 1:
             write_split(out / "split.json", folders[0].root, folders[0].parts, folders[0].fmt.split_rule)
         else:
-            recs = [{"root": str(Path(f.root).resolve()), "name": f.name, "format": f.fmt.name, "rule": f.fmt.split_rule,
-                     **{k: [s.stem for s in v] for k, v in f.parts.items()}} for f in folders]
+            recs = [{"name": f.name, "format": f.fmt.name} | split_record(f.root, f.parts, f.fmt.split_rule)
+                    for f in folders]
             write_json(out / "split.json", {"datasets": recs})
     for f in folders:
         log(f"data: {f.root} ({f.fmt.name}) train {len(f.parts['train'])} / val {len(f.parts['val'])} / "
