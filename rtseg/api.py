@@ -43,15 +43,17 @@ class Segmenter:
     def __repr__(self) -> str:
         return f"Segmenter({self.backend.describe()}, folder={self.backend.folder})"
 
-    def predict(self, images, output: str = "mask", batch_size: int = 8):
+    def predict(self, images, output: str = "mask", batch_size: int = 8, raw: bool = False):
         """Segment RGB images at their own resolution.
 
         Args:
             images: one ``uint8[h, w, 3]`` RGB image, a batch ``uint8[N, h, w, 3]``, or a list of images
                 of any sizes (video frames decoded to RGB, ``cv2.imread`` + ``cv2.cvtColor(..., COLOR_BGR2RGB)``).
-            output: ``"mask"`` → ``uint8[h, w]`` class map (binary: 1 = foreground); ``"logits"`` →
-                ``float32[C, h, w]`` logits resized bilinearly to the image.
+            output: ``"mask"`` → ``uint8[h, w]`` class map (binary: 1 = foreground; all zero where the
+                model's presence decision, :mod:`rtseg.decision`, says the image holds no object);
+                ``"logits"`` → ``float32[C, h, w]`` raw logits resized bilinearly to the image.
             batch_size: images per inference call (capped by the engine's ``max_batch``).
+            raw: masks straight from the logits (``logit > 0``), without the presence decision.
 
         Returns:
             one result for one image; for a batch array an array ``[N, ...]``; for a list a list.
@@ -70,15 +72,21 @@ class Segmenter:
                 got = f"{im.dtype} {im.shape}" if isinstance(im, np.ndarray) else type(im).__name__
                 raise RtsegError(f"predict takes uint8 RGB images [h, w, 3]; got {got} — convert with "
                                  f"cv2.cvtColor(img, cv2.COLOR_BGR2RGB) and keep uint8")
+        from .decision import resolve_presence
+
         bs = min(batch_size, self.backend.max_batch) if self.backend.max_batch else batch_size
         pre, h, w = Preprocessor(self.input_hw, self._resize), *self.input_hw
+        rule = None if output == "logits" else resolve_presence(self.backend.meta.get("model", {}), self.num_classes,
+                                                                raw=raw)
         out: list[np.ndarray] = []
         for i in range(0, len(seq), bs):
             chunk = seq[i:i + bs]
             batch = np.empty((len(chunk), h, w, 3), np.uint8)
             geoms = [pre(im, out=batch[j])[1] for j, im in enumerate(chunk)]
             logits = self.backend.infer_u8(batch)
-            out += [_to_image(z, g, output) for z, g in zip(logits, geoms)]
+            present = rule.present(logits) if rule is not None else np.ones(len(chunk), bool)
+            out += [_to_image(z, g, output) if ok else np.zeros(g.src_hw, np.uint8)
+                    for z, g, ok in zip(logits, geoms, present)]
         if single:
             return out[0]
         if isinstance(images, np.ndarray):
@@ -110,13 +118,14 @@ class Segmenter:
         return run_stream(self.backend, [str(s) for s in srcs], [str(o) for o in outs], opts, log=lambda m: None)
 
     def evaluate(self, data: str | Path | None = None, split: str | None = None, data_format: str | None = None,
-                 batch_size: int = 8, limit: int = 0) -> dict[str, Any]:
+                 batch_size: int = 8, limit: int = 0, raw: bool = False) -> dict[str, Any]:
         """§5 metrics (as ``rtseg eval``) on a labelled folder.
 
         Args:
             data: labelled folder (default: the model's training data); split: train/val/test/all
                 (default: test of the training data, all of another folder); data_format: layout name.
             batch_size: images per call; limit: at most this many images (0 = all).
+            raw: score the network's own masks (default: with the model's presence decision, as shown).
 
         Returns:
             binary: ``{"per_image": {...}, "global": {...}, "n_images", "ms_per_image"}`` (Dice, IoU, ...);
@@ -130,7 +139,8 @@ class Segmenter:
         samples, reader, _ = resolve_samples(str(data) if data is not None else None, split,
                                              self.backend.meta.get("model", {}), data_format)
         bs = min(batch_size, self.backend.max_batch) if self.backend.max_batch else batch_size
-        return evaluate_backend(self.backend, samples, batch_size=bs, limit=limit, reader=reader)
+        return evaluate_backend(self.backend, samples, batch_size=bs, limit=limit, reader=reader,
+                                presence=None if raw else "model")
 
     def close(self) -> None:
         """Release the engine."""

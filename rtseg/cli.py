@@ -1,4 +1,5 @@
-"""The ``rtseg`` command line: train, eval, export, calibrate, build-engine, stream, bench, import-onnx, import-torch.
+"""The ``rtseg`` command line: train, eval, export, calibrate, build-engine, calibrate-decision, stream, bench,
+import-onnx, import-torch.
 
 Every user error is an :class:`rtseg.errors.RtsegError`, printed as one line
 (``error: <problem>; <fix>``) with exit status 2 — never a traceback.
@@ -21,6 +22,8 @@ _COMMANDS = {
     "export": ("rtseg.commands.export", "export_command", "Export a checkpoint to ONNX (dynamic batch), checked against PyTorch."),
     "calibrate": ("rtseg.commands.export", "calibrate_command", "Calibrate INT8: write a Q/DQ ONNX and its calibration record."),
     "build-engine": ("rtseg.commands.export", "build_engine_command", "Build an inference engine folder from a checkpoint or model folder."),
+    "calibrate-decision": ("rtseg.commands.decision", "calibrate_decision_command",
+                           "Choose a binary model's presence rule and persistence on validation data (model.json)."),
     "stream": ("rtseg.commands.stream", "stream_command", "Segment a video/camera/network stream and write the overlaid output."),
     "bench": ("rtseg.commands.bench", "bench_command", "Benchmark an engine: latency, throughput, stream FPS."),
     "import-onnx": ("rtseg.commands.imports", "import_onnx_command",

@@ -47,10 +47,14 @@ def cache_dir() -> Path:
 
 
 def default_engine_dir(backend: str = DEFAULT_BACKEND, precision: str = DEFAULT_PRECISION) -> Path:
-    """Where the default model's ``backend``/``precision`` engine is cached."""
+    """Where the default model's ``backend``/``precision`` engine is cached (keyed by the weights and
+    ``model.json``, so a recalibrated decision record gets an engine that carries it)."""
+    import hashlib
+
     from .checkpoint import file_sha256
 
-    sha = file_sha256(default_model_dir() / "model.safetensors")
+    folder = default_model_dir()
+    sha = hashlib.sha256(f"{file_sha256(folder / 'model.safetensors')}:{file_sha256(folder / 'model.json')}".encode()).hexdigest()
     return cache_dir() / "engines" / f"default-{sha[:12]}" / f"{backend}-{precision}"
 
 

@@ -83,18 +83,26 @@ def overlay_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], palette,
 
 
 def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, progress: bool = False, reader=None,
-                     keep: int = 0) -> dict:
+                     keep: int = 0, presence="model") -> dict:
     """Evaluate ``backend`` (any :class:`rtseg.runtime.base.Backend`) on labelled ``samples``.
 
     Returns §5's metrics (binary: ``per_image``/``global`` dicts; multi-class: mIoU etc.) plus
-    ``n_images`` and ``ms_per_image`` (inference only, mean). ``reader(sample) -> (image, labels)``
+    ``n_images``, ``ms_per_image`` (inference only, mean) and, for binary models, ``presence`` (the
+    rule applied, or ``None``) and ``false_detections`` / ``misses`` (images without / with the
+    object in the truth that show something / nothing). ``reader(sample) -> (image, labels)``
     is the data format's reader (labels: {0,1} binary or train ids with 255 = ignore); default reads
-    binary mask files.
+    binary mask files. ``presence``: ``"model"`` (default) applies the model's presence decision
+    (:func:`rtseg.decision.model_presence`; what the stream shows), a
+    :class:`rtseg.decision.PresenceRule` applies that one, ``None`` scores the raw network output.
     """
     from tqdm import tqdm
 
+    from .decision import model_presence
+
     mm = backend.meta.get("model", {})
     binary = backend.num_classes == 1
+    rule = model_presence(mm, backend.num_classes) if presence == "model" else (presence if binary else None)
+    shown = _Shown()
     ignore = mm.get("ignore_index")
     reader = reader or (lambda s: read_sample(s, binary=binary))
     metrics = BinaryMetrics() if binary else MulticlassMetrics(backend.num_classes, ignore)
@@ -112,14 +120,18 @@ def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, prog
         t0 = time.perf_counter()
         logits = backend.infer_u8(batch)
         infer_s += time.perf_counter() - t0
-        for (img, mask), g, z in zip(pairs, geoms, logits):
+        present = rule.present(logits) if rule is not None else np.ones(len(chunk), bool)
+        for (img, mask), g, z, ok in zip(pairs, geoms, logits, present):
             y0, y1, x0, x1 = g.box
             h, w = g.src_hw
             if binary:
                 zz = z[0, y0:y1, x0:x1]
                 if zz.shape != (h, w):
                     zz = cv2.resize(zz, (w, h), interpolation=cv2.INTER_LINEAR)
+                if not ok:
+                    zz = np.full((h, w), -1.0, np.float32)
                 metrics.update((zz > 0)[None], (mask > 0)[None])
+                shown.update(bool((zz > 0).any()), bool((mask > 0).any()))
                 if len(kept) < keep:
                     kept.append((img, (mask > 0).astype(np.uint8), (zz > 0).astype(np.uint8)))
             else:
@@ -130,11 +142,32 @@ def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, prog
                 if len(kept) < keep:
                     kept.append((img, mask, pred))
     out = metrics.compute()
+    if binary:
+        out |= {"presence": rule.to_dict() if rule is not None else None, **shown.result()}
     out["n_images"] = len(samples)
     out["ms_per_image"] = 1000.0 * infer_s / max(1, len(samples))
     if keep:
         out["_kept"] = kept
     return out
+
+
+class _Shown:
+    """Image-level counts of a binary evaluation: false detections and misses."""
+
+    def __init__(self):
+        self.fp = self.empty = self.miss = self.full = 0
+
+    def update(self, pred_any: bool, truth_any: bool) -> None:
+        if truth_any:
+            self.full += 1
+            self.miss += not pred_any
+        else:
+            self.empty += 1
+            self.fp += pred_any
+
+    def result(self) -> dict:
+        return {"false_detections": {"images": self.fp, "of": self.empty},
+                "misses": {"images": self.miss, "of": self.full}}
 
 
 def format_table(result: dict) -> str:
@@ -143,6 +176,12 @@ def format_table(result: dict) -> str:
         lines = [f"{'metric':12s} {'per-image':>10s} {'global':>10s}"]
         for k in BINARY_KEYS:
             lines.append(f"{k:12s} {result['per_image'][k]:10.4f} {result['global'][k]:10.4f}")
+        if "false_detections" in result:
+            fd, ms = result["false_detections"], result["misses"]
+            rule = result.get("presence")
+            lines.append(f"false detections {fd['images']}/{fd['of']} images with empty truth, misses {ms['images']}/{ms['of']}; "
+                         + (f"presence: peak logit ≥ {rule['min_peak']:g}, ≥ {rule['min_area']} px" if rule
+                            else "raw network output (logit > 0)"))
     else:
         lines = [f"mIoU {result['miou']:.4f}   mean Dice {result['mean_dice']:.4f}   pixel accuracy {result['pixel_accuracy']:.4f}"]
         names = result.get("class_names") or [str(i) for i in range(len(result["per_class_iou"]))]

@@ -51,6 +51,9 @@ class ModelMeta:
     format: str = CHECKPOINT_FORMAT
     #: imported model folders (:mod:`rtseg.byom`): where ``model.onnx`` came from and the edits made to it
     source: dict[str, Any] = field(default_factory=dict)
+    #: the decision layer (:mod:`rtseg.decision`): ``presence`` ``{"min_peak", "min_area"}`` (binary models),
+    #: ``persistence`` ``{"on_frames", "hold_frames"}``, and how they were chosen (``rtseg calibrate-decision``)
+    decision: dict[str, Any] = field(default_factory=dict)
 
     @property
     def imported(self) -> bool:
@@ -105,6 +108,25 @@ def _check_model_fields(d: dict, source: str) -> None:
         raise _bad(source, "std", "must be positive (a zero std divides by zero)")
     if d.get("resize", "stretch") not in ("stretch", "letterbox"):
         raise _bad(source, "resize", f"must be 'stretch' or 'letterbox', not {d.get('resize')!r}")
+    _check_decision(d.get("decision", {}), source)
+
+
+def _check_decision(dec: Any, source: str) -> None:
+    """``decision`` must be an object whose ``presence``/``persistence`` parse (:mod:`rtseg.decision`)."""
+    from .decision import PresenceRule, check_persistence
+
+    if not isinstance(dec, dict):
+        raise _bad(source, "decision", "must be an object (see rtseg calibrate-decision)")
+    if dec.get("presence") is not None:
+        PresenceRule.from_dict(dec["presence"], source)
+    per = dec.get("persistence")
+    if per is not None:
+        if not isinstance(per, dict) or not {"on_frames", "hold_frames"} <= set(per):
+            raise _bad(source, "decision.persistence", "must be an object with on_frames and hold_frames")
+        try:
+            check_persistence(per["on_frames"], per["hold_frames"])
+        except RtsegError as e:
+            raise _bad(source, "decision.persistence", str(e)) from None
 
 
 @dataclass

@@ -16,6 +16,22 @@ excluded), with the conventions of :mod:`rtseg.metrics` (empty truth and empty p
 * ``flicker`` — mean over consecutive frames of 1 − IoU(mask_t, mask_t+1) (two empty masks: IoU 1),
   of the prediction and of the truth, at the masks' resolution, and their ratio.
 
+Clinical video figures (``clinical``; CADe systems are judged by these, not by per-frame Dice):
+
+* ``dice_truth_frames`` — per-frame Dice over the frames with the class in the truth only;
+* ``false_alarms`` — a false-alarm *activation* is a maximal run of consecutive frames without the
+  class in the truth on which something is shown; its duration is its frame count × the frame period.
+  Reported: all activations, and those lasting ≥ 0.5 / 1 / 2 s, as counts and per minute of
+  class-free video (Holzwanger et al. 2021 score CADe false positives at these durations);
+* ``detection_delay`` — an *episode* is a run of frames with the class in the truth (runs less than
+  :data:`EPISODE_GAP_S` apart are one episode: an object hidden for a few frames is not a new one); its
+  delay is the time from its first frame to the first frame whose shown mask overlaps the truth (s).
+  Reported: each episode's delay, their mean and maximum, and the episodes never detected (``missed``).
+
+What is scored is what the stream shows: the decision layer (:mod:`rtseg.decision`: the presence
+rule and persistence) is applied unless ``raw``. ``masks`` ``None`` (``--masks none``) scores a clip
+without the class in any frame (every truth mask empty, at the frame's size).
+
 Outputs: a dict (JSON-serialisable, with the per-frame series), :func:`format_video_table`, and
 :func:`plot_video` (PNG: per-frame Dice and flicker over time).
 """
@@ -35,6 +51,10 @@ from .stream.pipeline import StreamOptions, StreamPipeline
 from .stream.temporal import describe_temporal
 
 MASK_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+#: truth runs closer than this (s) are one episode of :func:`clinical_figures`
+EPISODE_GAP_S = 0.5
+#: false-alarm activation durations reported (s)
+ALARM_DURATIONS_S = (0.5, 1.0, 2.0)
 
 
 @dataclass
@@ -46,6 +66,8 @@ class VideoEvalOptions:
         batch_size: frames per engine call (≥ 1).
         max_frames: score only the first N frames (and the first N masks); ``None``: all.
         threshold: gray level above which a binary mask pixel is foreground (JPEG masks: 127).
+        raw, presence_threshold, presence_min_area, persist, hold: the decision layer, as in
+            :class:`rtseg.stream.pipeline.StreamOptions` (``raw``: score the network's own masks).
     """
 
     temporal: str = "off"
@@ -54,6 +76,11 @@ class VideoEvalOptions:
     batch_size: int = 4
     max_frames: int | None = None
     threshold: int = 127
+    raw: bool = False
+    presence_threshold: float | None = None
+    presence_min_area: int | None = None
+    persist: int | None = None
+    hold: int | None = None
 
 
 def list_masks(folder: str | Path) -> list[Path]:
@@ -133,8 +160,9 @@ class ClassSeries:
             self.flicker_truth.append(1.0 - pair_iou(self._prev[1], truth))
         self._prev = (pred, truth)
 
-    def result(self) -> dict:
-        """Dice/IoU (per-frame mean and global), false detections, misses, flicker, per-frame series."""
+    def result(self, frame_s: float = 0.04) -> dict:
+        """Dice/IoU (per-frame mean and global), false detections, misses, flicker, the clinical figures
+        (:func:`clinical_figures`, at the frame period ``frame_s`` in s), per-frame series."""
         c = np.asarray(self.counts, dtype=np.int64).reshape(-1, 4)
         per = binary_scores(c[:, 0], c[:, 1], c[:, 2], c[:, 3])
         glob = binary_scores(*c.sum(0))
@@ -151,11 +179,63 @@ class ClassSeries:
             "missed_frames": missed, "truth_frames": int(present.sum()),
             "flicker": {"prediction": fl_p, "truth": fl_t,
                         "ratio": fl_p / fl_t if fl_t and not math.isnan(fl_t) else math.nan},
+            "clinical": clinical_figures(pred_any, truth_any, c[:, 0] > 0, np.asarray(per["dice"], float), frame_s),
             "per_frame": {"dice": [float(v) for v in per["dice"]], "iou": [float(v) for v in per["iou"]],
                           "flicker_prediction": list(self.flicker_pred), "flicker_truth": list(self.flicker_truth),
                           "prediction_pixels": [int(v) for v in c[:, 0] + c[:, 1]],
                           "truth_pixels": [int(v) for v in c[:, 0] + c[:, 2]]},
         }
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """``[(start, end_exclusive)]`` of the runs of True in ``bool[n]``."""
+    d = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+
+
+def clinical_figures(pred_any: np.ndarray, truth_any: np.ndarray, hit: np.ndarray, dice: np.ndarray,
+                     frame_s: float) -> dict:
+    """The clinical video figures of the module docstring from per-frame flags.
+
+    Args:
+        pred_any: ``bool[n]`` something is shown; truth_any: ``bool[n]`` the class is in the truth;
+        hit: ``bool[n]`` the shown mask overlaps the truth; dice: ``float[n]`` per-frame Dice;
+        frame_s: the frame period (s).
+    """
+    empty = ~truth_any
+    alarms = [(a, b) for a, b in _runs(pred_any & empty)]
+    free_min = float(empty.sum()) * frame_s / 60.0
+    counts = {"all": len(alarms), **{f">={d:g}s": sum((b - a) * frame_s >= d - 1e-9 for a, b in alarms)
+                                     for d in ALARM_DURATIONS_S}}
+    per_min = {k: (v / free_min if free_min > 0 else math.nan) for k, v in counts.items()}
+    episodes = _episodes(truth_any, frame_s)
+    delays, missed = [], 0
+    for a, b in episodes:
+        found = np.flatnonzero(hit[a:b])
+        if found.size:
+            delays.append(float(found[0]) * frame_s)
+        else:
+            missed += 1
+    return {
+        "dice_truth_frames": _mean(dice[truth_any]),
+        "false_alarms": {"count": counts, "per_minute": per_min, "class_free_minutes": free_min,
+                         "durations_s": [(b - a) * frame_s for a, b in alarms]},
+        "detection_delay": {"episodes": len(episodes), "missed": missed, "delays_s": delays,
+                            "mean_s": float(np.mean(delays)) if delays else math.nan,
+                            "max_s": float(np.max(delays)) if delays else math.nan},
+        "frame_s": frame_s,
+    }
+
+
+def _episodes(truth_any: np.ndarray, frame_s: float) -> list[tuple[int, int]]:
+    """Runs of truth frames, merged across gaps shorter than :data:`EPISODE_GAP_S`."""
+    out: list[tuple[int, int]] = []
+    for a, b in _runs(truth_any):
+        if out and (a - out[-1][1]) * frame_s < EPISODE_GAP_S:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
 
 
 def _mean(a: np.ndarray) -> float:
@@ -172,7 +252,8 @@ class VideoScorer:
     """Scores class maps frame by frame against the truth masks of ``mask_files`` (frame k ↔ file k).
 
     Args:
-        mask_files: truth masks in frame order.
+        mask_files: truth masks in frame order; ``None``: no mask (``--masks none``: the class is in no
+            frame; each frame's truth is empty at the frame's size, given to :meth:`truth_hw`).
         num_classes: C of the model (1: binary).
         class_names: names of the classes (binary: [background, foreground]) or ``None``.
         ignore_index: multi-class truth label excluded from scoring (``None``: none).
@@ -182,6 +263,7 @@ class VideoScorer:
     def __init__(self, mask_files: list[Path], num_classes: int, class_names=None, ignore_index: int | None = None,
                  threshold: int = 127):
         self.files = mask_files
+        self.no_masks = mask_files is None
         self.binary = num_classes == 1
         self.threshold = threshold
         self.ignore = ignore_index
@@ -193,13 +275,19 @@ class VideoScorer:
         self.frames = 0
         self._cached: tuple[int, np.ndarray] | None = None  # (k, truth mask k)
 
-    def truth_hw(self, k: int) -> tuple[int, int] | None:
-        """(h, w) of mask ``k``, or ``None`` past the last mask (the frame is only counted)."""
+    def truth_hw(self, k: int, frame_hw: tuple[int, int] | None = None) -> tuple[int, int] | None:
+        """(h, w) of mask ``k``, or ``None`` past the last mask (the frame is only counted); without
+        masks, ``frame_hw`` (the frame's size)."""
+        if self.no_masks:
+            self._cached = (k, np.zeros(frame_hw, np.uint8))
+            return tuple(frame_hw)
         if k >= len(self.files):
             return None
         return self._truth(k).shape
 
     def _truth(self, k: int) -> np.ndarray:
+        if self.no_masks:
+            return self._cached[1]
         if self._cached is None or self._cached[0] != k:
             self._cached = (k, read_truth(self.files[k], self.binary, self.threshold))
         return self._cached[1]
@@ -216,9 +304,16 @@ class VideoScorer:
             self.series[name].update(pred == c, truth == c, valid)
         self.times.append(float(t_s))
 
+    def frame_s(self) -> float:
+        """The frame period (s): median step of the frame times (0.04 s when unknown)."""
+        steps = np.diff(np.asarray(self.times, np.float64))
+        steps = steps[steps > 0]
+        return float(np.median(steps)) if steps.size else 0.04
+
     def result(self) -> dict:
         """``{"classes": {name: ClassSeries.result()}, "times_s": [...]}``."""
-        return {"classes": {n: s.result() for n, s in self.series.items()}, "times_s": list(self.times)}
+        dt = self.frame_s()
+        return {"classes": {n: s.result(dt) for n, s in self.series.items()}, "times_s": list(self.times)}
 
 
 class VideoEvalPipeline(StreamPipeline):
@@ -231,9 +326,15 @@ class VideoEvalPipeline(StreamPipeline):
         self.scorer = scorer
 
     def postprocess(self, item):
-        """Map ``item.logits`` onto the frame's truth mask and score it; the frame passes on unchanged."""
-        hw = self.scorer.truth_hw(self.scorer.frames)
-        pred = None if hw is None else logits_to_frame(item.logits, item.geom.box, hw)
+        """Map what the stream shows (``item.logits`` where ``item.shown``, else nothing) onto the frame's
+        truth mask and score it; the frame passes on unchanged."""
+        hw = self.scorer.truth_hw(self.scorer.frames, item.geom.src_hw)
+        if hw is None:
+            pred = None
+        elif item.shown:
+            pred = logits_to_frame(item.logits, item.geom.box, hw)
+        else:
+            pred = np.zeros(hw, np.uint8)
         self.scorer.update(pred, float(item.frame.pts * item.frame.time_base) if item.frame.pts is not None else 0.0)
         return item.frame
 
@@ -261,7 +362,8 @@ def evaluate_video(backend, clip: str | Path, masks: str | Path, options: VideoE
     Args:
         backend: an :class:`rtseg.runtime.base.Backend` (logits ``float32[N, C, H, W]``).
         clip: a video file (any container FFmpeg reads).
-        masks: folder of per-frame masks (frame k ↔ k-th file in sorted order; binary: gray > 127).
+        masks: folder of per-frame masks (frame k ↔ k-th file in sorted order; binary: gray > 127), or
+            ``None`` / ``"none"``: the class is in no frame of the clip.
         options: :class:`VideoEvalOptions`.
 
     Returns:
@@ -273,25 +375,37 @@ def evaluate_video(backend, clip: str | Path, masks: str | Path, options: VideoE
             mask count, or a bad option.
     """
     o = options or VideoEvalOptions()
-    files = list_masks(masks)
-    if o.max_frames is not None:
-        if len(files) < o.max_frames:
-            _count_check(clip, o.max_frames, len(files), masks)
-        files = files[:o.max_frames]
-    if not Path(clip).is_file():
-        raise RtsegError(f"--video {clip} does not exist; pass a video file")
-    declared = _container_frames(clip)
-    if o.max_frames is None and declared and declared != len(files):
-        _count_check(clip, declared, len(files), masks)
+    files = _truth_files(clip, masks, o.max_frames)
     mm = backend.meta.get("model", {}) if isinstance(backend.meta, dict) else {}
     scorer = VideoScorer(files, backend.num_classes, mm.get("class_names"), mm.get("ignore_index"), o.threshold)
     sopts = StreamOptions(batch_size=o.batch_size, max_frames=o.max_frames, overlay=False, temporal=o.temporal,
-                          infer_every=o.infer_every, ema=o.ema)
+                          infer_every=o.infer_every, ema=o.ema, raw=o.raw, presence_threshold=o.presence_threshold,
+                          presence_min_area=o.presence_min_area, persist=o.persist, hold=o.hold)
     report = VideoEvalPipeline(backend, str(clip), sopts, scorer).run()
-    _count_check(clip, scorer.frames, len(files), masks)
-    return {"clip": str(clip), "masks": str(masks), "frames": scorer.frames,
+    if files is not None:
+        _count_check(clip, scorer.frames, len(files), masks)
+    return {"clip": str(clip), "masks": str(masks) if files is not None else None, "frames": scorer.frames,
             "temporal": describe_temporal(o.temporal, o.infer_every, o.ema), "backend": backend.describe(),
-            "fps": report.fps, **scorer.result()}
+            "decision": report.decision, "fps": report.fps, **scorer.result()}
+
+
+def _truth_files(clip, masks, max_frames: int | None) -> list[Path] | None:
+    """The truth mask files of ``evaluate_video`` (``None`` for ``masks`` ``None``/``"none"``).
+
+    Raises:
+        RtsegError: a missing clip or mask folder, or a mask count that differs from the frame count.
+    """
+    files = None if masks is None or str(masks).lower() == "none" else list_masks(masks)
+    if files is not None and max_frames is not None:
+        if len(files) < max_frames:
+            _count_check(clip, max_frames, len(files), masks)
+        files = files[:max_frames]
+    if not Path(clip).is_file():
+        raise RtsegError(f"--video {clip} does not exist; pass a video file")
+    declared = _container_frames(clip) if files is not None else 0
+    if max_frames is None and declared and declared != len(files):
+        _count_check(clip, declared, len(files), masks)
+    return files
 
 
 def format_video_table(result: dict) -> str:
@@ -305,9 +419,30 @@ def format_video_table(result: dict) -> str:
         fd = f"{r['false_detection_frames']}/{r['empty_truth_frames']}"
         ms = f"{r['missed_frames']}/{r['truth_frames']}"
         f = r["flicker"]
-        lines.append(f"  {name:<12}{r['dice']:>7.4f}{r['global']['dice']:>8.4f}{r['iou']:>7.4f}{r['global']['iou']:>8.4f}"
-                     f"{fd:>14}{ms:>14}{f['prediction']:>14.4f}{f['truth']:>8.4f}{f['ratio']:>7.2f}")
+        lines.append(f"  {name:<12}{_f4(r['dice']):>7}{_f4(r['global']['dice']):>8}{_f4(r['iou']):>7}"
+                     f"{_f4(r['global']['iou']):>8}{fd:>14}{ms:>14}{_f4(f['prediction']):>14}{_f4(f['truth']):>8}"
+                     f"{_f4(f['ratio'], 2):>7}")
+    for name, r in result["classes"].items():
+        lines.append(f"  {name}: {_clinical_line(r['clinical'])}")
+    d = result.get("decision")
+    lines.append("  scored as shown: " + (f"presence {d['presence']['min_peak']:g} logit / {d['presence']['min_area']} px, "
+                                          f"persistence {d['on_frames']}/{d['hold_frames']} frames"
+                                          if d and d.get("presence") else "raw network output (--raw)"))
     return "\n".join(lines)
+
+
+def _f4(x, digits: int = 4) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _clinical_line(c: dict) -> str:
+    """One line of clinical figures: Dice on truth frames, false alarms per minute, detection delay."""
+    fa, dd = c["false_alarms"], c["detection_delay"]
+    pm = fa["per_minute"]
+    alarms = ", ".join(f"{k} {fa['count'][k]} ({_f4(pm[k], 2)}/min)" for k in fa["count"])
+    return (f"Dice on truth frames {_f4(c['dice_truth_frames'])}; false-alarm activations over "
+            f"{fa['class_free_minutes'] * 60:.1f} s class-free: {alarms}; detection delay over {dd['episodes']} "
+            f"episode(s): mean {_f4(dd['mean_s'], 2)} s, max {_f4(dd['max_s'], 2)} s, missed {dd['missed']}")
 
 
 def plot_video(result: dict, path: str | Path) -> Path:
@@ -323,7 +458,7 @@ def plot_video(result: dict, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     t = np.asarray(result["times_s"], dtype=np.float64)
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True)
+    fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(10, 7), sharex=True, gridspec_kw={"height_ratios": [3, 2, 1.2]})
     for name, r in result["classes"].items():
         pf = r["per_frame"]
         line, = a1.plot(t, pf["dice"], lw=1, label=f"{name}: Dice (mean {r['dice']:.3f})")
@@ -339,13 +474,31 @@ def plot_video(result: dict, path: str | Path) -> Path:
     a1.legend(loc="lower left", fontsize=8)
     a1.set_title(f"{Path(result['clip']).name} — temporal {result['temporal']}", fontsize=10)
     a2.set_ylabel("1 − IoU(t−1, t)")
-    a2.set_xlabel("time (s)")
     a2.legend(loc="upper left", fontsize=8)
+    _plot_presence(a3, t, result)
+    a3.set_xlabel("time (s)")
     fig.tight_layout()
     from .safe_io import save_figure
 
     return save_figure(fig, path, "--plot")
 
 
-__all__ = ["ClassSeries", "VideoEvalOptions", "VideoEvalPipeline", "VideoScorer", "evaluate_video",
+def _plot_presence(ax, t: np.ndarray, result: dict) -> None:
+    """Bottom strip: truth present vs shown, per class (false alarms in red)."""
+    for row, (name, r) in enumerate(result["classes"].items()):
+        pf = r["per_frame"]
+        truth = np.asarray(pf["truth_pixels"]) > 0
+        shown = np.asarray(pf["prediction_pixels"]) > 0
+        y = 2 * row
+        ax.fill_between(t, y + 1.05, y + 1.85, where=truth, color="0.55", step="mid", label="truth" if not row else None)
+        ax.fill_between(t, y + 0.1, y + 0.9, where=shown & truth, color="tab:green", step="mid",
+                        label="shown on truth" if not row else None)
+        ax.fill_between(t, y + 0.1, y + 0.9, where=shown & ~truth, color="tab:red", step="mid",
+                        label="false alarm" if not row else None)
+    ax.set_yticks([])
+    ax.set_ylabel("presence")
+    ax.legend(loc="upper right", fontsize=7, ncol=3)
+
+
+__all__ = ["ClassSeries", "clinical_figures", "VideoEvalOptions", "VideoEvalPipeline", "VideoScorer", "evaluate_video",
            "format_video_table", "list_masks", "logits_to_frame", "plot_video", "read_truth"]

@@ -12,6 +12,7 @@ import cv2
 from ..errors import RtsegError
 from ..safe_io import atomic_write_bytes, nan_to_none, write_error, write_json
 from ..evaluation import evaluate_backend, format_table, overlay_grid, resolve_samples
+from .common import decision_options
 
 
 @click.command("eval")
@@ -31,7 +32,8 @@ from ..evaluation import evaluate_backend, format_table, overlay_grid, resolve_s
 @click.option("--out", "out_json", type=click.Path(dir_okay=False),
               help="Also write the JSON result to this file (replaced if it exists; written atomically).")
 @click.option("--video", type=click.Path(), help="Evaluate on a video clip (decoded as the stream does) against --masks.")
-@click.option("--masks", type=click.Path(), help="With --video: folder of per-frame masks (frame k ↔ k-th file in sorted order).")
+@click.option("--masks", type=click.Path(), help="With --video: folder of per-frame masks (frame k ↔ k-th file in sorted order), "
+                                                 "or 'none' for a clip without the class in any frame.")
 @click.option("--temporal", default="off", show_default=True, type=click.Choice(["off", "ema", "flow"]),
               help="With --video: the stream's temporal mode (see rtseg stream --help).")
 @click.option("--infer-every", default=1, show_default=True, type=click.IntRange(min=1),
@@ -41,11 +43,15 @@ from ..evaluation import evaluate_backend, format_table, overlay_grid, resolve_s
 @click.option("--max-frames", default=None, type=click.IntRange(min=1), help="With --video: score the first N frames.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(),
               help="With --video: PNG of per-frame Dice and flicker (default: --out with .png, else video_eval.png).")
+@decision_options()
 def eval_command(target, checkpoint, engine, data, data_format, split, batch_size, threads, limit, save_overlays,
                  overlays_path, allow_failed_gate, as_json, out_json, video, masks, temporal, infer_every, ema,
-                 max_frames, plot_path):
+                 max_frames, plot_path, raw, presence_threshold, presence_min_area, persist, hold):
     """Dice, IoU, accuracy, recall, specificity, precision (per-image mean and dataset-global) of a
     checkpoint or an engine (default: rtseg's shipped polyp model), on a split or a folder.
+
+    Binary models are scored as the stream shows them: the model's presence decision is applied
+    (images and video) and, on video, persistence too; --raw scores the network's own mask.
 
     Example: rtseg eval --engine engines/eunet-s/openvino-fp32 --data ../shared/data/cvc-clinicdb-256
     """
@@ -67,14 +73,21 @@ def eval_command(target, checkpoint, engine, data, data_format, split, batch_siz
         if not (video and masks):
             raise RtsegError("--video and --masks go together; pass the clip and the folder of its per-frame masks")
         opts = VideoEvalOptions(temporal=temporal, infer_every=infer_every, ema=ema, batch_size=batch_size,
-                                max_frames=max_frames)
+                                max_frames=max_frames, raw=raw, presence_threshold=presence_threshold,
+                                presence_min_area=presence_min_area, persist=persist, hold=hold)
         _eval_video(backend, video, masks, opts, as_json, out_json, plot_path)
         return
+    from ..decision import resolve_presence
+
+    if persist is not None or hold is not None:
+        raise RtsegError("--persist/--hold apply to video (--video); drop them for images")
+    rule = resolve_presence(backend.meta.get("model", {}), backend.num_classes, raw=raw, min_peak=presence_threshold,
+                            min_area=presence_min_area)
     samples, reader, where = resolve_samples(data, split, backend.meta.get("model", {}), data_format)
     if limit and limit < len(samples):
         where = f"{where}, first {limit} evaluated (--limit)"
     res = evaluate_backend(backend, samples, batch_size=batch_size, limit=limit, progress=not as_json, reader=reader,
-                           keep=save_overlays)
+                           keep=save_overlays, presence=rule)
     kept = res.pop("_kept", None)
     if kept:
         mm = backend.meta.get("model", {})

@@ -9,6 +9,7 @@ import threading
 import click
 
 from ..errors import RtsegError
+from .common import decision_options
 
 _EPILOG = """\b
 Sources: FILE (any container FFmpeg reads), cameraN or /dev/videoN, rtsp:// rtp:// udp:// srt://
@@ -65,17 +66,26 @@ Examples:
               help="Run the network on every K-th frame (keyframes); the others get propagated logits.")
 @click.option("--ema", "ema", default=0.3, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Weight of the previous logits in --temporal ema.")
+@decision_options()
+@click.option("--save-masks", "save_masks", default=None, type=click.Path(file_okay=False),
+              help="Write the mask shown on every frame as DIR/000000.png, ... (frame size, 0/255; several sources: "
+                   "DIR/source<i>/); DIR must be new or empty.")
 @click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and --json).")
 def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeout_ms, alpha, contour, codec, preset, crf,
                    threads, loop, max_frames, max_latency_ms, reconnect, stall_timeout, open_timeout, fps, show, metrics_jsonl,
-                   temporal, infer_every, ema, allow_failed_gate, as_json, quiet):
+                   temporal, infer_every, ema, raw, presence_threshold, presence_min_area, persist, hold, save_masks,
+                   allow_failed_gate, as_json, quiet):
     """Segment a video/camera/network stream and write the overlaid output.
 
     Decoding, batched inference and overlay+encoding run in parallel threads; the output keeps the
     input's frame count, frame rate and timestamps. A summary (frames, FPS, per-stage latency
     p50/p99) is printed at the end; file sources show a progress bar (frames, FPS, ETA) on a terminal.
+
+    Binary models show a detection only where the decision layer allows it: the frame's presence
+    rule (peak logit and area, calibrated per model) and persistence (--persist/--hold); --raw shows
+    the network's own mask.
     """
     from ..runtime import load_engine
     from ..stream.pipeline import StreamOptions, StreamPipeline
@@ -97,7 +107,8 @@ def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeou
                             codec=codec, preset=preset, crf=crf, max_frames=max_frames, max_latency_ms=max_latency_ms,
                             reconnect=reconnect, fps=fps, stall_timeout=stall_timeout, show=show,
                             metrics_jsonl=metrics_jsonl, loop=loop, temporal=temporal, infer_every=infer_every, ema=ema,
-                            open_timeout=open_timeout)
+                            open_timeout=open_timeout, raw=raw, presence_threshold=presence_threshold,
+                            presence_min_area=presence_min_area, persist=persist, hold=hold, save_masks=save_masks)
     pipe = StreamPipeline(backend, list(sources), [] if no_output else list(outputs), options,
                           log=None if not quiet else (lambda m: None))
     done = threading.Event()

@@ -134,6 +134,10 @@ class StreamReport:
         flicker: the predicted masks' temporal flicker, mean over consecutive frames of each source of
             1 − IoU(mask_t, mask_t+1) at network size (0 = stable; NaN with fewer than two frames).
         temporal: the temporal mode, e.g. ``"off, K=1"`` or ``"flow, K=2"`` (:mod:`rtseg.stream.temporal`).
+        decision: the decision layer (:mod:`rtseg.stream.decide`): the presence rule, ``on_frames``,
+            ``hold_frames`` and the frame counts (shown, withheld by presence / persistence, held);
+            ``None`` when the network's own mask was shown (``--raw``, multi-class models).
+        masks_saved: masks written by ``--save-masks`` (all sources).
     """
 
     frames: int = 0
@@ -149,6 +153,8 @@ class StreamReport:
     rss_mb: dict[str, float] = field(default_factory=dict)
     flicker: float = math.nan
     temporal: str = "off, K=1"
+    decision: dict | None = None
+    masks_saved: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (NaN → ``None``)."""
@@ -161,7 +167,9 @@ class StreamReport:
         """Human-readable multi-line summary: totals, per-stage p50/p99 ms, per-source FPS."""
         lines = [f"stream: {self.frames} frames in {self.seconds:.2f} s = {self.fps:.1f} FPS "
                  f"({self.backend}; batch mean {self.batch_mean:.2f}; drops {self.drops}; stopped: {self.stopped})",
-                 f"  temporal: {self.temporal}; flicker (mean 1 - IoU of consecutive masks): {_fmt(self.flicker, 4)}"]
+                 f"  temporal: {self.temporal}; flicker (mean 1 - IoU of consecutive masks): {_fmt(self.flicker, 4)}",
+                 f"  decision: {_decision_line(self.decision)}"
+                 + (f"; {self.masks_saved} masks saved" if self.masks_saved else "")]
         lines.append(f"  {'stage':<12}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'count':>8}")
         for name in STAGES:
             lat = self.latency.get(name, Latency())
@@ -186,6 +194,17 @@ class StreamReport:
                          + (f"; {'; '.join(extra)}" if extra else "")
                          + (f" -> {', '.join(s.outputs)}" if s.outputs else " -> (no output)"))
         return "\n".join(lines)
+
+
+def _decision_line(d: dict | None) -> str:
+    """``presence peak ≥ 2.5 & ≥ 32 px, shown after 3 frames, held 2: 120 shown, 30 withheld (presence) ...``."""
+    if d is None:
+        return "raw network output (logit > 0 / argmax)"
+    p = d.get("presence")
+    rule = f"peak logit ≥ {p['min_peak']:g} & ≥ {p['min_area']} px" if p else "any pixel"
+    return (f"presence {rule}, shown after {d['on_frames']} frame(s), held {d['hold_frames']}: frames with a detection "
+            f"shown {d['shown']}, held {d['held']}, withheld by presence {d['withheld_presence']}, "
+            f"by persistence {d['withheld_persistence']}")
 
 
 def _fmt(x: float, digits: int = 2) -> str:

@@ -58,6 +58,8 @@ from .metrics import STAGES, Latency, LatencyRecorder, MetricsWriter, SourceRepo
 from .overlay import Overlay, palette_from_meta
 from .sinks import DisplaySink, NullSink, Sink, make_sink, refuse_overwriting_inputs
 from .sources import NETWORK_SCHEMES, Item, Source, SourceSpecError, open_source
+from .decide import StreamDecision
+from .mask_writer import MaskWriter
 from .temporal import check_temporal, describe_temporal, make_temporal
 
 _EOS = object()
@@ -98,6 +100,14 @@ class StreamOptions:
         infer_every: K ≥ 1: run the network on every K-th frame of a source (keyframes); the frames in
             between keep their place, count and timestamps and get propagated logits.
         ema: ``a`` in [0, 1) of ``ema``: ``z_t = a·z_{t−1} + (1 − a)·logits_t``.
+        raw: show the network's own mask (``logit > 0``) on every frame: no presence decision, no
+            persistence (:mod:`rtseg.decision`; binary models only, multi-class models always show it).
+        presence_threshold, presence_min_area: override the model's presence rule (peak logit, pixels at
+            network size); ``None``: the model's ``decision.presence`` (none recorded: 0 and 1).
+        persist, hold: a detection is shown from its ``persist``-th consecutive frame and held ``hold``
+            frames after it ends (frames of the source's timeline); ``None``: the model's
+            ``decision.persistence``, else :data:`rtseg.decision.DEFAULT_ON_FRAMES` / ``DEFAULT_HOLD_FRAMES``.
+        save_masks: folder for the shown mask of every frame as PNG (:mod:`rtseg.stream.mask_writer`).
 
     Raises:
         RtsegError: a value out of range (one line naming the option and the fix).
@@ -124,6 +134,12 @@ class StreamOptions:
     temporal: str = "off"
     infer_every: int = 1
     ema: float = 0.3
+    raw: bool = False
+    presence_threshold: float | None = None
+    presence_min_area: int | None = None
+    persist: int | None = None
+    hold: int | None = None
+    save_masks: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -149,6 +165,11 @@ class StreamOptions:
             if v is not None and not (0 < v < math.inf):
                 raise RtsegError(f"{name} must be a positive number, got {v}; omit it for the default")
         check_temporal(self.temporal, self.infer_every, self.ema)
+        from ..decision import PresenceRule, check_persistence
+
+        check_persistence(1 if self.persist is None else self.persist, 0 if self.hold is None else self.hold)
+        PresenceRule(0.0 if self.presence_threshold is None else self.presence_threshold,
+                     1 if self.presence_min_area is None else self.presence_min_area)
 
 
 @dataclass
@@ -166,6 +187,8 @@ class StreamFrame:
             (re)connection. logits: ``float32[C, H, W]`` at network size in the temporal modes
             (keyframes: set by the batcher; the others: by :class:`rtseg.stream.temporal.Temporal`).
         gray: ``uint8[H, W]`` gray network input (``flow`` with K > 1 only).
+        present: the presence decision of the frame (``None`` until decided); raw_any: the network's own
+            mask had a pixel; shown: a detection is shown on this frame (after persistence).
     """
 
     src: int
@@ -178,6 +201,9 @@ class StreamFrame:
     fresh: bool = False
     logits: np.ndarray | None = None
     gray: np.ndarray | None = None
+    present: bool | None = None
+    raw_any: bool = False
+    shown: bool = True
 
 
 class _Prep:
@@ -640,6 +666,11 @@ class StreamPipeline:
         self.drawer = Overlay(palette_from_meta(model_meta, backend.num_classes), alpha=self.options.alpha,
                               contour=self.options.contour)
         self._prep = _Prep(backend.input_hw, model_meta.get("resize", "stretch"))
+        #: the decision layer (``None``: the network's own mask: ``--raw`` or a multi-class model)
+        self.decision = StreamDecision.for_run(
+            model_meta, backend.num_classes, raw=opts.raw, min_peak=opts.presence_threshold,
+            min_area=opts.presence_min_area, persist=opts.persist, hold=opts.hold)
+        self.mask_writer: MaskWriter | None = None
         self.states: list[_SourceState] = []
         self.inq: _InQueues | None = None
         self.infer_lat = LatencyRecorder()
@@ -759,6 +790,9 @@ class StreamPipeline:
             if opts.show:
                 for i, sinks in enumerate(per_src_sinks):
                     sinks.append(DisplaySink(f"rtseg [{i}] {self._opened[i].name}"))
+            if opts.save_masks is not None:
+                self.mask_writer = MaskWriter(opts.save_masks, len(self._opened), self.backend.num_classes == 1,
+                                              [s for s in self.sources if isinstance(s, (str, os.PathLike))])
             shape = (*self.backend.input_hw, 3)
             for i, (src, sinks) in enumerate(zip(self._opened, per_src_sinks)):
                 self._open_sinks(src, sinks)
@@ -873,11 +907,17 @@ class StreamPipeline:
             batch[j] = it.net
             self.states[it.src].release(it)
         t0 = time.perf_counter()
-        masks = self.infer(batch[:k])
+        logit_path = self.decision is not None and self.decision.needs_logits
+        if logit_path:
+            masks, present, raw_any = self.decision.batch(self.infer_logits(batch[:k]))
+        else:
+            masks = self.infer(batch[:k])
         self.infer_lat.add((time.perf_counter() - t0) * 1000.0)
         self.batch_sizes.append(k)
         for j, it in enumerate(items):
             it.mask = masks[j]
+            if logit_path:
+                it.present, it.raw_any = bool(present[j]), bool(raw_any[j])
             self.states[it.src].put_out(it, self._out_cap, self.abort)
 
     def _infer_keyframes(self, batch: np.ndarray, items: list[StreamFrame]) -> None:
@@ -925,7 +965,11 @@ class StreamPipeline:
             t0 = perf()
             if it.mask is None:
                 it.mask = self.temporal.resolve(it)
+            if self.decision is not None:
+                self.decision.frame(it)
             st.flicker.update(it.mask)
+            if self.mask_writer is not None:
+                self.mask_writer.write(st.idx, it.mask, it.geom)
             frame = self.postprocess(it)
             t1 = perf()
             st.last_video_s = float(frame.pts * frame.time_base)
@@ -980,6 +1024,8 @@ class StreamPipeline:
         report.flicker = sum(s.flicker.total for s in self.states) / pairs if pairs else math.nan
         o = self.options
         report.temporal = describe_temporal(o.temporal, o.infer_every, o.ema)
+        report.decision = self.decision.summary() if self.decision is not None else None
+        report.masks_saved = sum(self.mask_writer.counts) if self.mask_writer is not None else 0
         report.batch_mean = float(np.mean(self.batch_sizes)) if self.batch_sizes else 0.0
         report.queue_max = {"in": sum(self.inq.max_depth), "out": sum(s.out_max for s in self.states)}
         rss = self._rss
