@@ -2,8 +2,11 @@
 into place (``os.replace``, atomic on POSIX) only once it is complete.
 
 A run killed at any moment (even SIGKILL) therefore leaves either the earlier file of that name,
-untouched, or the new complete one — never a truncated mix. Temporary names are hidden
-(``.NAME.tmpPID.EXT``, the extension kept so that muxers and image writers still recognise the type).
+untouched, or the new complete one — never a truncated mix. Temporary files are hidden and
+unpredictable (``.NAME.<random>.tmp.EXT``, the extension kept so that muxers and image writers still
+recognise the type) and created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` (:func:`tempfile.mkstemp`), so a
+symlink planted in a shared output folder never receives a byte; the finished file gets the mode of
+the file it replaces (a new one: the umask's default), never a wider one.
 
 Also here: the one-line messages for write errors (full disk, read-only folder, name too long) and
 :func:`same_file`, used to refuse writing an output onto an input.
@@ -14,20 +17,70 @@ from __future__ import annotations
 import errno
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from .errors import RtsegError
 
 
-def temp_path(path: str | os.PathLike) -> Path:
-    """The temporary name beside ``path`` that a write goes to first: ``DIR/.NAME.tmpPID.EXT``."""
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: the process umask, read once (reading it means setting it)
+_UMASK = _umask()
+
+
+def new_temp(path: str | os.PathLike) -> tuple[int, Path]:
+    """Create a new empty temporary file beside ``path``: ``DIR/.NAME.<random>.tmp.EXT``, opened with
+    ``O_EXCL | O_NOFOLLOW`` (never an existing file or a symlink), mode 0600 until :func:`finish_mode`.
+
+    Returns ``(file descriptor, path)``; the caller closes the descriptor.
+
+    Raises:
+        OSError: the folder does not exist or cannot be written.
+    """
     p = Path(path)
-    return p.with_name(f".{p.name}.tmp{os.getpid()}{p.suffix}")
+    fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".tmp{p.suffix}", dir=str(p.parent or Path(".")))
+    return fd, Path(name)
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """:func:`new_temp` for writers that open the file by name themselves (muxers): the file exists,
+    empty, and is theirs to overwrite."""
+    fd, tmp = new_temp(path)
+    os.close(fd)
+    return tmp
+
+
+def new_temp_dir(path: str | os.PathLike) -> Path:
+    """Create a new empty temporary folder beside ``path`` (``DIR/.NAME.<random>.tmp``, mode 0700 until
+    :func:`finish_mode` with ``folder=True``); never an existing folder or a symlink.
+
+    Raises:
+        OSError: the parent folder does not exist or cannot be written.
+    """
+    p = Path(path)
+    return Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent or Path("."))))
+
+
+def finish_mode(tmp: str | os.PathLike, target: str | os.PathLike, folder: bool = False) -> None:
+    """Give the finished temporary file (``folder``: folder) ``tmp`` the mode of the ``target`` it
+    replaces (a new target: 0666 — folders 0777 — less the umask), so that replacing an output never
+    widens who may read it."""
+    try:
+        mode = os.stat(target).st_mode & 0o7777
+    except OSError:
+        mode = (0o777 if folder else 0o666) & ~_UMASK
+    os.chmod(tmp, mode)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data, *, fsync: bool = True) -> None:
-    """Write ``data`` (bytes-like) to ``path`` via :func:`temp_path`, ``fsync`` and ``os.replace``.
+    """Write ``data`` (bytes-like) to ``path`` via a new temporary file (:func:`new_temp`), ``fsync``
+    and ``os.replace``.
 
     On failure the temporary file is removed and an earlier ``path`` is left as it was.
 
@@ -35,13 +88,14 @@ def atomic_write_bytes(path: str | os.PathLike, data, *, fsync: bool = True) -> 
         OSError: the write or the rename failed (see :func:`write_error` for the user-facing line).
     """
     path = Path(path)
-    tmp = temp_path(path)
+    fd, tmp = new_temp(path)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
+        finish_mode(tmp, path)
         os.replace(tmp, path)
     except BaseException:
         discard(tmp)
@@ -125,15 +179,17 @@ def check_writable(path: str | os.PathLike, what: str = "--out") -> None:
         RtsegError: the folder cannot be created or written (see :func:`write_error`).
     """
     p = Path(path)
-    probe = temp_path(p.with_name(p.name + ".probe"))
+    probe = None
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        with open(probe, "wb") as f:
+        fd, probe = new_temp(p.with_name(p.name + ".probe"))
+        with os.fdopen(fd, "wb") as f:
             f.write(b"rtseg")
     except OSError as e:
         raise write_error(p, e, what) from None
     finally:
-        discard(probe)
+        if probe is not None:
+            discard(probe)
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -150,4 +206,5 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
-__all__ = ["atomic_write_bytes", "check_writable", "discard", "same_file", "temp_path", "write_error", "write_json"]
+__all__ = ["atomic_write_bytes", "check_writable", "discard", "finish_mode", "new_temp", "same_file", "temp_path",
+           "write_error", "write_json"]

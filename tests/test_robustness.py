@@ -177,7 +177,7 @@ def test_case3_sigkill_mid_stream_leaves_the_earlier_output_intact(tmp_path, tin
     p = subprocess.Popen([sys.executable, "-m", "rtseg", "stream", "--engine", str(tiny_engine), "--source", str(clip),
                           "--output", str(out), "-q"], env=env, cwd=str(REPO), stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: any(f.name.startswith(".out.mp4.tmp") and f.stat().st_size > 20000 for f in tmp_path.iterdir())
+        wait_for(lambda: any(f.name.startswith(".out.mp4.") and f.name.endswith(".tmp.mp4") and f.stat().st_size > 20000 for f in tmp_path.iterdir())
                  or p.poll() is not None, 180, "the stream to write its temporary output")
         assert p.poll() is None, p.stderr.read()
         p.send_signal(signal.SIGKILL)

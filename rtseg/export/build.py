@@ -238,12 +238,10 @@ def _check_options(spec, precision: str, o: BuildOptions) -> None:
 def _temporary_folder(out: Path) -> Path:
     if out.exists() and not (out / "engine.json").is_file() and any(out.iterdir()):
         raise RtsegError(f"{out} exists and is not an engine folder; pass another --out or remove it")
+    from ..safe_io import new_temp_dir
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    return tmp
+    return new_temp_dir(out)
 
 
 def _build_in(b: _Build) -> dict[str, Any]:
@@ -359,10 +357,15 @@ def _gate(b: _Build, engine: dict) -> dict[str, Any]:
 
 def _publish(tmp: Path, out: Path) -> None:
     """Move the finished ``tmp`` folder to ``out``, replacing an older engine only at the end."""
+    import tempfile
+
+    from ..safe_io import finish_mode
+
     old = None
+    finish_mode(tmp, out, folder=True)
     if out.exists():
-        old = out.with_name(f".{out.name}.old{os.getpid()}")
-        os.replace(out, old)
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old)  # an empty folder is replaced atomically
     os.replace(tmp, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -511,10 +514,10 @@ def _publish_selection(out: Path, selection: dict[str, Any]) -> None:
     """Copy the winner's folder to ``out`` with ``engine.json`` ``selection`` added."""
     from ..checkpoint import write_json
 
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(selection.pop("winner_folder"), tmp)
+    from ..safe_io import new_temp_dir
+
+    tmp = new_temp_dir(out)
+    shutil.copytree(selection.pop("winner_folder"), tmp, dirs_exist_ok=True)
     engine = json.loads((tmp / "engine.json").read_text())
     engine["selection"] = selection
     write_json(tmp / "engine.json", engine)

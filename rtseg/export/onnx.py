@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -188,10 +187,10 @@ def _check_graph(proto, data: bytes, sample: np.ndarray, reference: np.ndarray) 
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    from ..safe_io import atomic_write_bytes
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data, fsync=False)
 
 
 def export_onnx(model, path: str | Path, input_hw: tuple[int, int] | list[int], opset: int = DEFAULT_OPSET,

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -175,9 +174,9 @@ def save_canonical(src: str | Path, dst: str | Path) -> Path:
     dst = Path(dst)
     q = onnx.load(str(src))
     _canonicalize(q)
-    tmp_final = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    tmp_final.write_bytes(q.SerializeToString())
-    os.replace(tmp_final, dst)
+    from ..safe_io import atomic_write_bytes
+
+    atomic_write_bytes(dst, q.SerializeToString(), fsync=False)
     return dst
 
 

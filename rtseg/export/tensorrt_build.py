@@ -60,7 +60,6 @@ No CUDA call is made through pycuda: the GPU name and compute capability come fr
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -197,9 +196,9 @@ def fp16_onnx(onnx_in: str | Path, onnx_out: str | Path, *, keep_io_types: bool 
     onnx.checker.check_model(m16)
     out = Path(onnx_out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    onnx.save(m16, str(tmp))
-    os.replace(tmp, out)
+    from ..safe_io import atomic_write_bytes
+
+    atomic_write_bytes(out, m16.SerializeToString(), fsync=False)
     return out
 
 

@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 import av
 
 from ..errors import RtsegError
-from ..safe_io import atomic_write_bytes, discard, same_file, temp_path, write_error
+from ..safe_io import atomic_write_bytes, discard, finish_mode, same_file, temp_path, write_error
 from .sources import IMAGE_EXTS, VideoInfo
 
 FILE_EXTS = (".mp4", ".mkv", ".mov", ".m4v", ".ts", ".avi", ".flv")
@@ -360,11 +360,16 @@ class FileSink(EncodedSink):
         if path.is_dir():
             raise RtsegError(f"output {path} is a folder; give a file name such as {path}/out.mp4")
         self.path = path
-        super().__init__(str(temp_path(path)), **kw)
+        super().__init__("", **kw)
         self.name = str(path)
 
     def open(self, info: VideoInfo, audio=None, *, live: bool = False) -> None:
-        """Open the temporary file beside the target (renamed into place by :meth:`close`)."""
+        """Create the temporary file beside the target (:func:`rtseg.safe_io.temp_path`; renamed into
+        place by :meth:`close`) and open the muxer on it."""
+        try:
+            self.target = str(temp_path(self.path))
+        except OSError as e:
+            raise self._write_error(e) from None
         try:
             super().open(info, audio, live=live)
         except RtsegError:
@@ -375,13 +380,15 @@ class FileSink(EncodedSink):
         return same_file(self.path, path)
 
     def _discard(self) -> None:
-        discard(self.target)
+        if self.target:
+            discard(self.target)
 
     def _commit(self) -> None:
         if not self.frames:  # nothing was written: keep an earlier file rather than replace it by an empty one
             self._discard()
             return
         try:
+            finish_mode(self.target, self.path)
             os.replace(self.target, self.path)
         except OSError as e:
             self._discard()
