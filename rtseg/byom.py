@@ -372,12 +372,47 @@ def _check_backends(path: Path, x: np.ndarray, backends: tuple[str, ...], meta: 
     return checked
 
 
+#: the only entries of a model folder that ``--overwrite`` may replace (anything else is the user's)
+MODEL_FOLDER_FILES = {"model.onnx", "model.json"}
+
+
+def _replaceable(out: Path) -> str | None:
+    """Why ``out`` must not be replaced by a model folder (``None``: it is an imported model folder
+    holding nothing else: ``model.onnx`` + ``model.json`` of format ``rtseg-imported/1``)."""
+    from .meta import IMPORTED_FORMAT
+
+    if not out.is_dir():
+        return "it is not a folder"
+    names = {p.name for p in out.iterdir()}
+    other = sorted(names - MODEL_FOLDER_FILES)
+    if other:
+        return f"it holds {', '.join(other[:4])}{' ...' if len(other) > 4 else ''} (not only a model folder)"
+    try:
+        fmt = json.loads((out / "model.json").read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        fmt = None
+    if fmt != IMPORTED_FORMAT:
+        return f"its model.json is not an imported model's (format {fmt!r})"
+    return None
+
+
 def _publish_folder(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished ``tmp`` folder to ``out``; an existing ``out`` is replaced only with
+    ``overwrite`` and only when it is an imported model folder holding nothing else, at the very end.
+
+    Raises:
+        RtsegError: ``out`` exists and may not be replaced (one line saying why).
+    """
+    old = None
     if out.exists():
-        if not overwrite or not (out / "model.json").is_file():
-            raise RtsegError(f"{out} exists and is not a model folder to replace; pass another --out or remove it")
-        shutil.rmtree(out)
+        why = _replaceable(out) if overwrite else "--overwrite was not given"
+        if why is not None:
+            raise RtsegError(f"{out} exists and is not replaced: {why}; pass another --out (nothing was changed)")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old)
     os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def import_onnx(onnx_path: str | Path, meta: "ImportMeta | dict | str | Path", out: str | Path,

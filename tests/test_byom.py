@@ -342,3 +342,25 @@ def test_calibrate_a_model_folder_then_build_from_its_qdq(tmp_path, capsys):
     code, _, err = _cli(capsys, ["build-engine", "--checkpoint", str(other), "--backend", "onnxruntime", "--precision", "int8",
                                  "--qdq-from", str(tmp_path / "calib"), "--no-gate", "--out", str(tmp_path / "e2")])
     assert code == 2 and "was calibrated for another model" in err.strip().splitlines()[-1]
+
+
+def test_import_never_replaces_a_training_run_or_a_folder_with_other_files(tmp_path):
+    """Issue 26: an --out that holds a trained checkpoint (or any file but model.onnx/model.json) is refused
+    and left as it was; an imported model folder is replaced (at the end, atomically)."""
+    unet = bm.tiny_unet().eval()
+    path = _export(unet, tmp_path / "u.onnx", (1, 3, *HW), input_names=["x"], output_names=["y"],
+                   dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    run = tmp_path / "my-trained-run"
+    (run / "last").mkdir(parents=True)
+    files = {"model.json": '{"model": "eunet-s", "format": "rtseg-checkpoint/1"}', "model.safetensors": "weights",
+             "last/train_state.pt": "state", "notes.txt": "mine"}
+    for name, text in files.items():
+        (run / name).write_text(text)
+    with pytest.raises(RtsegError, match="not replaced: it holds last, model.safetensors, notes.txt"):
+        import_onnx(path, bm.meta("u", HW), run)
+    assert {n: (run / n).read_text() for n in files} == files
+    folder = import_onnx(path, bm.meta("u", HW), tmp_path / "m")
+    stamp = (folder / "model.json").stat().st_mtime_ns
+    import_onnx(path, bm.meta("u", HW), folder)  # an imported model folder: replaced
+    assert (folder / "model.json").stat().st_mtime_ns != stamp
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
