@@ -56,7 +56,7 @@ from ..safe_io import write_error
 from ..metrics import FlickerMeter
 from .metrics import STAGES, Latency, LatencyRecorder, MetricsWriter, SourceReport, StreamReport
 from .overlay import Overlay, palette_from_meta
-from .sinks import DisplaySink, NullSink, Sink, make_sink, refuse_overwriting_inputs
+from .sinks import DisplaySink, NullSink, Sink, make_sink, refuse_output_collisions, refuse_overwriting_inputs
 from .sources import NETWORK_SCHEMES, Item, Source, SourceSpecError, open_source
 from .decide import StreamDecision
 from .mask_writer import MaskWriter
@@ -787,6 +787,9 @@ class StreamPipeline:
                     src.set_loop(opts.loop)
             per_src_sinks = _map_outputs(self.outputs, self._opened, opts)
             refuse_overwriting_inputs(per_src_sinks, self._opened)
+            refuse_output_collisions(per_src_sinks, self._opened,
+                                     [(k, v) for k, v in (("--metrics-jsonl", opts.metrics_jsonl),
+                                                          ("--save-masks", opts.save_masks)) if v is not None])
             if opts.show:
                 for i, sinks in enumerate(per_src_sinks):
                     sinks.append(DisplaySink(f"rtseg [{i}] {self._opened[i].name}"))

@@ -523,6 +523,34 @@ def refuse_overwriting_inputs(per_source_sinks: list[list[Sink]], sources: list)
                     raise RtsegError(f"output {sk.name} would overwrite the input {p}; write to another file or folder")
 
 
+def refuse_output_collisions(per_source_sinks: list[list[Sink]], sources: list,
+                             extra: list[tuple[str, str | os.PathLike]]) -> None:
+    """The output-safety rule of a stream run beyond :func:`refuse_overwriting_inputs`: an output is never
+    an input, never another output of the same run (``--output 'seg_{name}.mp4'`` for ``a/c.mp4`` and
+    ``b/c.mp4``), and the other files the run writes (``extra``: ``[(option, path)]``, e.g.
+    ``--metrics-jsonl``, ``--save-masks``) are neither inputs nor outputs.
+
+    Raises:
+        RtsegError: two outputs name the same file, or an extra output names an input or an output.
+    """
+    inputs = [p for src in sources for p in src.input_paths()]
+    files = [sk for sinks in per_source_sinks for sk in sinks if isinstance(sk, FileSink)]
+    for i, a in enumerate(files):
+        for b in files[i + 1:]:
+            if a.would_overwrite(b.path):
+                raise RtsegError(f"two sources would write the same output {a.name}; give each its own, e.g. "
+                                 f"--output 'seg_{{i}}.mp4' (source index) instead of {{name}}")
+    for option, path in extra:
+        p = Path(path)
+        for q in inputs:
+            if same_file(p, q) or (Path(q).is_dir() and Path(q).resolve() in p.resolve().parents):
+                raise RtsegError(f"{option} {p} would overwrite the input {q}; write it elsewhere")
+        for sinks in per_source_sinks:
+            for sk in sinks:
+                if sk.would_overwrite(p):
+                    raise RtsegError(f"{option} {p} is also the output {sk.name}; write it elsewhere")
+
+
 def make_sink(target: str, *, codec: str = "libx264", preset: str = "ultrafast", crf: int = 23,
               pace_network: bool = True) -> Sink:
     """Parse one ``--output`` string into an (unopened) sink; see the module docstring.
