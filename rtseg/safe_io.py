@@ -206,5 +206,30 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
-__all__ = ["atomic_write_bytes", "check_writable", "discard", "finish_mode", "new_temp", "same_file", "temp_path",
+def check_outputs(outputs: list[tuple[str, str | os.PathLike | None]],
+                  inputs: list[str | os.PathLike | None]) -> None:
+    """The output-safety rule of a command: no output is an input, lies inside an input folder, or is
+    another output of the same run.
+
+    Args:
+        outputs: ``[(option, path)]`` of the files the command will write (``None`` paths are skipped).
+        inputs: the files and folders it reads (``None`` skipped).
+
+    Raises:
+        RtsegError: one line naming the option, the clash and the fix.
+    """
+    outs = [(o, Path(p)) for o, p in outputs if p is not None]
+    ins = [Path(p) for p in inputs if p is not None]
+    for i, (opt, p) in enumerate(outs):
+        for q in ins:
+            inside = q.is_dir() and q.resolve() in p.resolve().parents
+            if same_file(p, q) or inside:
+                raise RtsegError(f"{opt} {p} would overwrite the input {q}{' (it is inside that folder)' if inside else ''}; "
+                                 f"write it elsewhere")
+        for opt2, p2 in outs[i + 1:]:
+            if same_file(p, p2):
+                raise RtsegError(f"{opt} and {opt2} name the same file {p}; give them different names")
+
+
+__all__ = ["atomic_write_bytes", "check_outputs", "check_writable", "discard", "finish_mode", "new_temp", "same_file", "temp_path",
            "write_error", "write_json"]

@@ -44,3 +44,40 @@ def test_save_masks_inside_an_input_folder_is_refused(tmp_path):
     with pytest.raises(RtsegError, match="--save-masks .* would overwrite the input"):
         StreamPipeline(BrightBackend(), [str(a)], [], StreamOptions(save_masks=a / "masks", fps=25)).run()
     assert not (a / "masks").exists()
+
+
+import test_stream  # noqa: E402
+
+tiny_engine = test_stream.tiny_engine  # fixture
+
+
+@pytest.mark.parametrize("case", ["plot-onto-clip", "out-into-masks", "overlays-into-data", "bench-out-onto-clip"])
+def test_eval_and_bench_outputs_never_replace_an_input(tmp_path, shared_data, tiny_engine, case):
+    """``eval --video C --masks M --plot C``, ``--out M/first.jpg``, ``--save-overlays --overlays-path
+    D/images/x.jpg``, ``bench --video C --out C``: one error line, exit 2, the inputs unchanged."""
+    from test_stream import run_cli
+
+    clip = tmp_path / "c.mp4"
+    shutil.copy(shared_data / "video" / "colonoscopy_polypgen_seq11.mp4", clip)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for f in sorted((shared_data / "polypgen-seq11" / "masks").iterdir())[:3]:
+        shutil.copy(f, masks / f.name)
+    data = tmp_path / "d"
+    shutil.copytree(shared_data / "kvasir-seg-256" / "images", data / "images", dirs_exist_ok=True,
+                    ignore=lambda d, names: sorted(names)[4:])
+    shutil.copytree(shared_data / "kvasir-seg-256" / "masks", data / "masks", dirs_exist_ok=True,
+                    ignore=lambda d, names: sorted(names)[4:])
+    first_mask, first_image = sorted(masks.iterdir())[0], sorted((data / "images").iterdir())[0]
+    args, victim = {
+        "plot-onto-clip": (["eval", "--video", str(clip), "--masks", str(masks), "--max-frames", "3", "--plot", str(clip)], clip),
+        "out-into-masks": (["eval", "--video", str(clip), "--masks", str(masks), "--max-frames", "3",
+                            "--out", str(first_mask)], first_mask),
+        "overlays-into-data": (["eval", "--data", str(data), "--save-overlays", "2", "--overlays-path", str(first_image)],
+                               first_image),
+        "bench-out-onto-clip": (["bench", "--video", str(clip), "--out", str(clip), "--no-torch", "--seconds", "0.2"], clip),
+    }[case]
+    before = _sha(victim)
+    r = run_cli(*args, "--engine", str(tiny_engine))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "would overwrite the input" in r.stderr, r.stderr
+    assert _sha(victim) == before

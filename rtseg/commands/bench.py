@@ -51,7 +51,15 @@ def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, thr
 
     Example: rtseg bench --engine engines/eunet-s/openvino-fp32 --video ../shared/data/video/endo_laparoscopy.mp4 --threads 2
     """
+    from ..safe_io import check_outputs, check_writable
+
     log = (lambda *a: None) if as_json else (lambda m: click.echo(m, err=True))
+    chart = chart or (str(Path(out_json).with_suffix(".png")) if out_json else None)
+    check_outputs([("--out", out_json), ("--chart", chart), ("--stream-output", stream_output)],
+                  [video, *engines, *checkpoints])
+    for opt, p in (("--out", out_json), ("--chart", chart)):
+        if p:  # before the whole benchmark, not after it
+            check_writable(p, opt)
     options = BenchOptions(batch_sizes=tuple(_ints(batch_sizes)), seconds=seconds, warmup=warmup, threads=threads,
                            torch_ref=not no_torch, stream=stream, stream_batch=stream_batch, stream_frames=stream_frames,
                            stream_output=stream_output, backend=backend, allow_failed_gate=allow_failed_gate,
@@ -59,7 +67,6 @@ def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, thr
     rep = run_bench(list(engines) + list(checkpoints), video, options, log=log)
     if out_json:
         write_json(out_json, rep.to_dict())
-    chart = chart or (str(Path(out_json).with_suffix(".png")) if out_json else None)
     if chart:
         rep.save_chart(chart)
         log(f"chart: {chart}")

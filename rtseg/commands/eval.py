@@ -10,7 +10,7 @@ import click
 import cv2
 
 from ..errors import RtsegError
-from ..safe_io import atomic_write_bytes, nan_to_none, write_error, write_json
+from ..safe_io import atomic_write_bytes, check_outputs, nan_to_none, write_error, write_json
 from ..evaluation import evaluate_backend, format_table, overlay_grid, resolve_samples
 from .common import decision_options
 
@@ -58,6 +58,11 @@ def eval_command(target, checkpoint, engine, data, data_format, split, batch_siz
     from ..runtime import load_engine
 
     path = engine or checkpoint or target
+    if video or masks:
+        plot_path = plot_path or (str(Path(out_json).with_suffix(".png")) if out_json else "video_eval.png")
+    check_outputs([("--out", out_json), ("--plot", plot_path if (video or masks) else None),
+                   ("--overlays-path", overlays_path if save_overlays else None)],
+                  [path, data, video, masks if str(masks).lower() != "none" else None])
     if not path:  # the shipped default model (its engine is built into the cache on first use)
         from ..defaults import load_default_engine
 
@@ -84,6 +89,8 @@ def eval_command(target, checkpoint, engine, data, data_format, split, batch_siz
     rule = resolve_presence(backend.meta.get("model", {}), backend.num_classes, raw=raw, min_peak=presence_threshold,
                             min_area=presence_min_area)
     samples, reader, where = resolve_samples(data, split, backend.meta.get("model", {}), data_format)
+    check_outputs([("--out", out_json), ("--overlays-path", overlays_path if save_overlays else None)],
+                  sorted({s.image.parent for s in samples} | {s.mask.parent for s in samples if s.mask is not None}))
     if limit and limit < len(samples):
         where = f"{where}, first {limit} evaluated (--limit)"
     res = evaluate_backend(backend, samples, batch_size=batch_size, limit=limit, progress=not as_json, reader=reader,
@@ -123,8 +130,7 @@ def _eval_video(backend, video, masks, opts, as_json: bool, out_json, plot_path)
     from ..video_eval import evaluate_video, format_video_table, plot_video
 
     res = evaluate_video(backend, video, masks, opts)
-    plot = plot_path or (str(Path(out_json).with_suffix(".png")) if out_json else "video_eval.png")
-    res["plot"] = str(plot_video(res, plot))
+    res["plot"] = str(plot_video(res, plot_path))
     if out_json:
         try:
             write_json(out_json, nan_to_none(res))
