@@ -99,18 +99,16 @@ def list_masks(folder: str | Path) -> list[Path]:
 
 
 def read_truth(path: Path, binary: bool, threshold: int = 127) -> np.ndarray:
-    """One truth mask: binary → ``uint8[h, w]`` in {0, 1} (gray > ``threshold``); multi-class →
+    """One truth mask, read by the one mask reader :func:`rtseg.data.folder.read_mask`: binary →
+    ``uint8[h, w]`` in {0, 1} (0/1 or 0/255 masks, 8 or 16 bit; 8-bit gray > ``threshold``); multi-class →
     ``uint8[h, w]`` class indices as stored (PNG).
 
     Raises:
         RtsegError: an unreadable file.
     """
-    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if binary else cv2.IMREAD_UNCHANGED)
-    if m is None:
-        raise RtsegError(f"cannot read mask {path}; check that it is an image file")
-    if m.ndim == 3:
-        m = m[..., 0]
-    return (m > threshold).astype(np.uint8) if binary else m.astype(np.uint8)
+    from .data.folder import read_mask
+
+    return read_mask(path, binary, threshold)
 
 
 def logits_to_frame(z: np.ndarray, box: tuple[int, int, int, int], hw: tuple[int, int]) -> np.ndarray:

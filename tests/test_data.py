@@ -147,3 +147,22 @@ def test_group_table_and_split_record(tmp_path, kvasir):
     (tmp_path / "groups.csv").write_text("name,where\na,b\n")
     with pytest.raises(RtsegError, match="needs a header 'stem,"):
         grouped_split(find_pairs(tmp_path), tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["png8-01", "png8-0255", "png16-01", "png16-065535", "jpg"])
+def test_one_mask_reader_for_images_and_video(tmp_path, kvasir, kind):
+    """Issue 26: 0/1 and 0/255 masks, 8 and 16 bit, PNG and JPEG read the same in image and video evaluation."""
+    import cv2
+
+    from rtseg.data.folder import read_mask
+    from rtseg.video_eval import read_truth
+
+    want = read_mask(find_pairs(kvasir)[0].mask)
+    assert 0 < want.mean() < 1
+    scale = {"png8-01": (np.uint8, 1), "png8-0255": (np.uint8, 255), "png16-01": (np.uint16, 1),
+             "png16-065535": (np.uint16, 65535), "jpg": (np.uint8, 255)}[kind]
+    path = tmp_path / ("m.jpg" if kind == "jpg" else "m.png")
+    cv2.imwrite(str(path), (want.astype(np.int64) * scale[1]).astype(scale[0]))
+    for got in (read_mask(path), read_truth(path, True)):
+        agree = (got == want).mean()
+        assert got.dtype == np.uint8 and set(np.unique(got)) <= {0, 1} and agree > (0.99 if kind == "jpg" else 0.9999)

@@ -256,21 +256,39 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def read_mask(path: str | Path, binary: bool = True) -> np.ndarray:
-    """Read a mask as ``uint8[H, W]``: binary → {0, 1} by ``gray > 127``; else class indices as stored.
+def binary_mask(m: np.ndarray, threshold: int | None = None) -> np.ndarray:
+    """A stored binary mask (gray or colour, 8 or 16 bit) → ``uint8[H, W]`` in {0, 1}.
+
+    The one rule for every reader (image and video evaluation, training): masks whose largest value is
+    1 are 0/1 masks (foreground = 1); others are 0/255 (8 bit) or 0/65535 (16 bit) masks, foreground
+    above half the range — ``> 127`` for 8-bit JPEG masks (``threshold`` overrides it, in 8-bit units).
+    """
+    if m.ndim == 3:  # gray as OpenCV converts it (what IMREAD_GRAYSCALE gives)
+        m = cv2.cvtColor(np.ascontiguousarray(m[..., :3]), cv2.COLOR_BGR2GRAY) if m.shape[-1] >= 3 else m[..., 0]
+    peak = int(m.max(initial=0))
+    if peak <= 1:
+        return (m > 0).astype(np.uint8)
+    scale = 257 if m.dtype == np.uint16 else 1
+    t = (127 if threshold is None else threshold) * scale
+    return (m > t).astype(np.uint8)
+
+
+def read_mask(path: str | Path, binary: bool = True, threshold: int | None = None) -> np.ndarray:
+    """Read a mask as ``uint8[H, W]``: binary → {0, 1} by :func:`binary_mask` (0/1 or 0/255 masks, 8 or 16
+    bit, PNG or JPEG); else class indices as stored (first channel).
 
     Raises:
-        RtsegError: missing or unreadable file.
+        RtsegError: missing or unreadable file, or class indices above 255.
     """
-    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if binary else cv2.IMREAD_UNCHANGED)
+    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if m is None:
         raise RtsegError(f"cannot read mask {path}; check that it exists and is a valid image file")
     if binary:
-        if Path(path).suffix.lower() == ".png" and m.max() == 1:
-            return m.astype(np.uint8)  # lossless 0/1 mask: thresholding at 127 would erase it
-        return (m > 127).astype(np.uint8)
+        return binary_mask(m, threshold)
     if m.ndim == 3:
         m = m[..., 0]
+    if m.dtype != np.uint8 and int(m.max(initial=0)) > 255:
+        raise RtsegError(f"mask {path} has class indices above 255; store them as an 8-bit PNG")
     return m.astype(np.uint8)
 
 
