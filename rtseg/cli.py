@@ -60,6 +60,13 @@ def cli() -> None:
     """rtseg — real-time semantic segmentation: train → ONNX → INT8 → engine → stream."""
 
 
+def _usage_line(e: click.UsageError) -> str:
+    """A click usage error (unknown option, value out of range, missing argument) as ``problem; fix``."""
+    msg = " ".join(e.format_message().split()).rstrip(".")
+    cmd = e.ctx.command_path if e.ctx is not None else "rtseg"
+    return f"{msg}; see '{cmd} --help'"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point. Maps :class:`RtsegError` to one line on stderr and exit code 2."""
     try:
@@ -70,8 +77,11 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:
+        click.echo(f"error: {_usage_line(e)}", err=True)
+        sys.exit(2)
     except click.ClickException as e:
-        e.show()
+        click.echo(f"error: {' '.join(e.format_message().split())}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

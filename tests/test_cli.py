@@ -79,3 +79,17 @@ def test_eval_table_json_and_overlays(capsys, tmp_path, tiny_ckpt, shared_data):
 
     grid = cv2.imread(str(png))
     assert grid is not None and grid.shape[0] == 3 * (192 + 4)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["stream", "--source", "x.mp4", "--batch-size", "0"], "'--batch-size': 0 is not in the range"),
+    (["eval", "--bogus"], "No such option '--bogus'"),
+    (["nosuch"], "No such command 'nosuch'"),
+    (["stream", "--output", "o.mp4"], "Missing option '--source'"),
+])
+def test_usage_errors_are_one_error_line(capsys, args, words):
+    """Issue 26: click's usage errors (out-of-range value, unknown option or command, missing option) are
+    one ``error: problem; see '... --help'`` line with exit status 2, not click's 4-line usage block."""
+    code, _, err = run_cli(capsys, *args)
+    line = _one_line_error(err)
+    assert code == 2 and words in line and "--help'" in line and "Usage:" not in err
