@@ -8,12 +8,24 @@ architecture, an engine built for another backend, a bad input size) is raised a
 
 from __future__ import annotations
 
+import re
+
+#: ``scheme://user:password@`` in a URL (RTSP cameras, RTMP/SRT/HTTP sources and sinks)
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@\s:]*):(?P<password>[^/@\s]*)@")
+
+
+def redact(text: str) -> str:
+    """``text`` with every URL password replaced by ``***`` (``rtsp://admin:S3cret@host/cam`` →
+    ``rtsp://admin:***@host/cam``): what rtseg prints or writes never carries a credential."""
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
+
 
 class RtsegError(Exception):
-    """A user-facing error with a one-line message (problem + fix). The CLI exits with code 2."""
+    """A user-facing error with a one-line message (problem + fix), credentials redacted
+    (:func:`redact`). The CLI exits with code 2."""
 
     exit_code = 2
 
     def __init__(self, message: str):
-        message = " ".join(str(message).split())  # always one line
+        message = redact(" ".join(str(message).split()))  # always one line, never a password
         super().__init__(message)

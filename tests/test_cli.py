@@ -93,3 +93,17 @@ def test_usage_errors_are_one_error_line(capsys, args, words):
     code, _, err = run_cli(capsys, *args)
     line = _one_line_error(err)
     assert code == 2 and words in line and "--help'" in line and "Usage:" not in err
+
+
+def test_credentials_are_redacted_in_every_line(capsys, tiny_ckpt):
+    """Issue 22: an RTSP URL's password never appears in an error line (nor in the stream's names)."""
+    from rtseg.errors import RtsegError, redact
+    from rtseg.stream.sinks import make_sink
+
+    assert redact("open rtsp://admin:S3cretPass@10.0.0.5:554/cam failed") == "open rtsp://admin:***@10.0.0.5:554/cam failed"
+    assert redact("udp://127.0.0.1:5000") == "udp://127.0.0.1:5000"
+    assert "S3cret" not in str(RtsegError("cannot open rtsp://admin:S3cret@host/cam; check it"))
+    assert make_sink("rtsp://u:S3cret@127.0.0.1:8554/x").name == "rtsp://u:***@127.0.0.1:8554/x"
+    code, out, err = run_cli(capsys, "stream", "--engine", str(tiny_ckpt), "--source", "rtsp://admin:S3cretPass@127.0.0.1:1/cam",
+                             "--output", "null", "--open-timeout", "1", "--stall-timeout", "1")
+    assert code == 2 and "S3cretPass" not in out + err and "admin:***@" in _one_line_error(err), err

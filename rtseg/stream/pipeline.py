@@ -51,7 +51,7 @@ import av
 import numpy as np
 
 from ..data.transforms import Geometry, Preprocessor, place
-from ..errors import RtsegError
+from ..errors import RtsegError, redact
 from ..safe_io import write_error
 from ..metrics import FlickerMeter
 from .metrics import STAGES, Latency, LatencyRecorder, MetricsWriter, SourceReport, StreamReport
@@ -649,7 +649,8 @@ class StreamPipeline:
         self.backend = backend
         self.sources = list(sources)
         self.outputs = list(outputs or [])
-        self.log = log or _warn
+        sink_log = log or _warn
+        self.log = lambda msg: sink_log(redact(msg))  # a camera URL's password never reaches a log line
         self.stop = stop_event or threading.Event()
         self.abort = threading.Event()  # set: queued frames are abandoned (second signal, failure)
         self.stop_reason: str | None = None

@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 
 import av
 
-from ..errors import RtsegError
+from ..errors import RtsegError, redact
 from ..safe_io import atomic_write_bytes, discard, finish_mode, same_file, temp_path, write_error
 from .sources import IMAGE_EXTS, VideoInfo
 
@@ -192,7 +192,7 @@ class EncodedSink(Sink):
                  format: str | None = None, options: dict | None = None, low_latency: bool = False,
                  pace: bool = False):
         self.target = target
-        self.name = target
+        self.name = redact(target)
         self.codec = codec
         self.preset = preset
         self.crf = crf
@@ -417,7 +417,7 @@ class NetworkSink(EncodedSink):
         elif fmt == "rtp_mpegts":
             opts["mpegts_muxer_options"] = "omit_video_pes_length=0"
         super().__init__(url, format=fmt, options=opts, low_latency=True, pace=pace, **kw)
-        self.name = url
+        self.name = redact(url)
         if fmt == "rtp_mpegts":
             u = urlparse(url)
             self.notes = [f"RTP receivers need an SDP for {url}: 'v=0 / o=- 0 0 IN IP4 {u.hostname} / s=rtseg / "

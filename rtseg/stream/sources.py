@@ -44,7 +44,7 @@ from urllib.parse import urlparse
 import av
 import numpy as np
 
-from ..errors import RtsegError
+from ..errors import RtsegError, redact
 
 
 class SourceSpecError(RtsegError):
@@ -122,7 +122,7 @@ class Source(ABC):
 
     def __init__(self, spec: str):
         self.spec = spec
-        self.name = spec
+        self.name = redact(spec)  # what reports and messages show: never a URL's password
         self.info: VideoInfo | None = None
         self.audio = None
         self.decode_errors = 0
