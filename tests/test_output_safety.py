@@ -81,3 +81,22 @@ def test_eval_and_bench_outputs_never_replace_an_input(tmp_path, shared_data, ti
     r = run_cli(*args, "--engine", str(tiny_engine))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "would overwrite the input" in r.stderr, r.stderr
     assert _sha(victim) == before
+
+
+def test_engine_is_warmed_before_the_first_frame(tmp_path, tiny_engine, shared_data):
+    """Issue 22: OpenVINO compiles its uint8 pre-processing graph lazily; the stream runs the engine at
+    every batch size it will use before reading a frame, so the first live frame waits for nothing."""
+    from rtseg.export.build import build_engine
+    from rtseg.runtime import load_engine
+
+    ov = load_engine(build_engine(tiny_engine, "openvino", "fp32", out=tmp_path / "ov"), num_threads=1)
+    seen = []
+
+    class FirstCall(StreamPipeline):
+        def infer(self, batch):
+            seen.append(ov._compiled_u8 is not None)
+            return super().infer(batch)
+
+    rep = FirstCall(ov, [str(shared_data / "video" / "endo_laparoscopy.mp4")], [],
+                    StreamOptions(batch_size=3, max_frames=6, handle_signals=False)).run()
+    assert seen and seen[0] and rep.warmup_ms > 0 and rep.frames == 6

@@ -138,6 +138,7 @@ class StreamReport:
             ``hold_frames`` and the frame counts (shown, withheld by presence / persistence, held);
             ``None`` when the network's own mask was shown (``--raw``, multi-class models).
         masks_saved: masks written by ``--save-masks`` (all sources).
+        warmup_ms: time spent running the engine once at every batch size before the first frame (ms).
     """
 
     frames: int = 0
@@ -155,6 +156,7 @@ class StreamReport:
     temporal: str = "off, K=1"
     decision: dict | None = None
     masks_saved: int = 0
+    warmup_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (NaN → ``None``)."""

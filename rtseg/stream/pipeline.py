@@ -66,6 +66,8 @@ _EOS = object()
 #: reconnect backoff: first wait, doubling up to the last (s)
 BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 5.0
+#: the largest batch size warmed before the first frame (:meth:`StreamPipeline._warm_up`)
+WARMUP_MAX_BATCH = 64
 
 
 @dataclass
@@ -672,6 +674,7 @@ class StreamPipeline:
             model_meta, backend.num_classes, raw=opts.raw, min_peak=opts.presence_threshold,
             min_area=opts.presence_min_area, persist=opts.persist, hold=opts.hold)
         self.mask_writer: MaskWriter | None = None
+        self.warmup_ms = 0.0
         self.states: list[_SourceState] = []
         self.inq: _InQueues | None = None
         self.infer_lat = LatencyRecorder()
@@ -750,6 +753,7 @@ class StreamPipeline:
 
         if self._opened:
             raise RtsegError("this StreamPipeline has already run; create a new one for another run")
+        self._warm_up()
         self._open_all()
         self._make_queues()
         readers, infer, writers = self._make_threads()
@@ -777,6 +781,19 @@ class StreamPipeline:
                     self.errors.append(write_error(self.options.metrics_jsonl, e, "--metrics-jsonl"))
         self._raise_errors()
         return self._report(seconds)
+
+    def _warm_up(self) -> None:
+        """Run the engine once at every batch size the stream can use (1 … ``batch_size``, at most
+        :data:`WARMUP_MAX_BATCH`), on the path it will use (masks or logits), before any source is read:
+        lazy compilation (OpenVINO's uint8 pre-processing graph, a new batch shape) then costs no live
+        frame. Calls the backend itself, not the overridable steps. Recorded as ``warmup_ms``."""
+        t0 = time.perf_counter()
+        h, w = self.backend.input_hw
+        logits = self.temporal is not None or (self.decision is not None and self.decision.needs_logits)
+        run = self.backend.infer_u8 if logits else self.backend.predict_u8
+        for n in range(1, min(self.batch_size, WARMUP_MAX_BATCH) + 1):
+            run(np.zeros((n, h, w, 3), np.uint8))
+        self.warmup_ms = (time.perf_counter() - t0) * 1000.0
 
     def _open_all(self) -> None:
         opts = self.options
@@ -1029,6 +1046,7 @@ class StreamPipeline:
         o = self.options
         report.temporal = describe_temporal(o.temporal, o.infer_every, o.ema)
         report.decision = self.decision.summary() if self.decision is not None else None
+        report.warmup_ms = round(self.warmup_ms, 1)
         report.masks_saved = sum(self.mask_writer.counts) if self.mask_writer is not None else 0
         report.batch_mean = float(np.mean(self.batch_sizes)) if self.batch_sizes else 0.0
         report.queue_max = {"in": sum(self.inq.max_depth), "out": sum(s.out_max for s in self.states)}
