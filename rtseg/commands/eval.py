@@ -55,21 +55,13 @@ def eval_command(target, checkpoint, engine, data, data_format, split, batch_siz
 
     Example: rtseg eval --engine engines/eunet-s/openvino-fp32 --data ../shared/data/cvc-clinicdb-256
     """
-    from ..runtime import load_engine
-
     path = engine or checkpoint or target
     if video or masks:
         plot_path = plot_path or (str(Path(out_json).with_suffix(".png")) if out_json else "video_eval.png")
     check_outputs([("--out", out_json), ("--plot", plot_path if (video or masks) else None),
                    ("--overlays-path", overlays_path if save_overlays else None)],
                   [path, data, video, masks if str(masks).lower() != "none" else None])
-    if not path:  # the shipped default model (its engine is built into the cache on first use)
-        from ..defaults import load_default_engine
-
-        backend = load_default_engine(num_threads=threads, log=None if as_json else (lambda m: click.echo(m, err=True)))
-        path = f"default model ({backend.folder})"
-    else:
-        backend = load_engine(path, num_threads=threads, allow_failed_gate=allow_failed_gate)
+    backend, path = _backend(path, threads, allow_failed_gate, as_json)
     if backend.max_batch:
         batch_size = min(batch_size, backend.max_batch)
     if video or masks:
@@ -97,19 +89,41 @@ def eval_command(target, checkpoint, engine, data, data_format, split, batch_siz
                            keep=save_overlays, presence=rule)
     kept = res.pop("_kept", None)
     if kept:
-        mm = backend.meta.get("model", {})
-        grid = overlay_grid(kept, mm.get("palette", [[0, 0, 0], [0, 255, 0]]), mm.get("ignore_index"))
-        ok, png = cv2.imencode(Path(overlays_path).suffix or ".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise RtsegError(f"cannot encode {overlays_path}; give --overlays-path a .png or .jpg name")
-        try:
-            Path(overlays_path).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(Path(overlays_path), png)
-        except OSError as e:
-            raise write_error(overlays_path, e, "--overlays-path") from None
-        res["overlays"] = str(overlays_path)
+        res["overlays"] = _write_overlays(backend, kept, overlays_path)
     res["class_names"] = backend.meta.get("model", {}).get("class_names")
     res |= {"target": str(path), "backend": backend.name, "precision": backend.precision, "data": where}
+    _report(res, backend, where, batch_size, as_json, out_json)
+
+
+def _backend(path, threads, allow_failed_gate: bool, as_json: bool):
+    """``(backend, description)``: the engine/checkpoint at ``path``, or the shipped default model."""
+    from ..runtime import load_engine
+
+    if path:
+        return load_engine(path, num_threads=threads, allow_failed_gate=allow_failed_gate), path
+    from ..defaults import load_default_engine  # its engine is built into the cache on first use
+
+    backend = load_default_engine(num_threads=threads, log=None if as_json else (lambda m: click.echo(m, err=True)))
+    return backend, f"default model ({backend.folder})"
+
+
+def _write_overlays(backend, kept, overlays_path) -> str:
+    """The image | truth | prediction grid PNG/JPEG of ``--save-overlays``; returns its path."""
+    mm = backend.meta.get("model", {})
+    grid = overlay_grid(kept, mm.get("palette", [[0, 0, 0], [0, 255, 0]]), mm.get("ignore_index"))
+    ok, png = cv2.imencode(Path(overlays_path).suffix or ".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RtsegError(f"cannot encode {overlays_path}; give --overlays-path a .png or .jpg name")
+    try:
+        Path(overlays_path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(Path(overlays_path), png)
+    except OSError as e:
+        raise write_error(overlays_path, e, "--overlays-path") from None
+    return str(overlays_path)
+
+
+def _report(res: dict, backend, where: str, batch_size: int, as_json: bool, out_json) -> None:
+    """Write ``--out`` and print the table (or the JSON)."""
     if out_json:
         try:
             write_json(out_json, res)
