@@ -302,6 +302,10 @@ def _infer_rows(b, frames: list[np.ndarray], o: BenchOptions, log) -> list[Bench
     """Inference-only rows of one backend: its frames preprocessed once, then each batch size timed."""
     from .data.transforms import Preprocessor
 
+    from .limits import check_batch
+
+    for bs in o.batch_sizes:
+        check_batch(bs, b.input_hw, "--batch-sizes")
     pre = Preprocessor(b.input_hw, b.meta.get("model", {}).get("resize", "stretch"))
     net = np.stack([pre(f)[0] for f in frames])
     rows = []

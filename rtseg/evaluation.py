@@ -99,6 +99,9 @@ def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, prog
 
     from .decision import model_presence
 
+    from .limits import check_batch
+
+    check_batch(batch_size, backend.input_hw)
     mm = backend.meta.get("model", {})
     binary = backend.num_classes == 1
     rule = model_presence(mm, backend.num_classes) if presence == "model" else (presence if binary else None)

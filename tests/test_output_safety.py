@@ -100,3 +100,24 @@ def test_engine_is_warmed_before_the_first_frame(tmp_path, tiny_engine, shared_d
     rep = FirstCall(ov, [str(shared_data / "video" / "endo_laparoscopy.mp4")], [],
                     StreamOptions(batch_size=3, max_frames=6, handle_signals=False)).run()
     assert seen and seen[0] and rep.warmup_ms > 0 and rep.frames == 6
+
+
+@pytest.mark.parametrize("args, words", [
+    (["stream", "--source", "V", "--no-output", "--batch-size", "100000000"], "GiB of memory"),
+    (["eval", "--data", "K", "--batch-size", "100000000"], "GiB of memory"),
+    (["bench", "--video", "V", "--batch-sizes", "1,100000000", "--no-torch", "--seconds", "0.1"], "GiB of memory"),
+    (["eval", "--data", "K", "--threads", "2000"], "--threads 2000 is outside"),
+])
+def test_sizes_are_bounded_by_the_machine(tmp_path, shared_data, tiny_engine, args, words):
+    """Issue 26 (unbounded): an absurd batch or thread count is one line naming the limit, before any
+    large allocation (each of these ran for minutes or was killed by the kernel before)."""
+    import time
+
+    from test_stream import run_cli
+
+    subst = {"V": str(shared_data / "video" / "endo_laparoscopy.mp4"), "K": str(shared_data / "kvasir-seg-256")}
+    t0 = time.monotonic()
+    r = run_cli(*[subst.get(a, a) for a in args], "--engine", str(tiny_engine))
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and last.startswith("error: ") and words in last and r.stderr.count("error") == 1, r.stderr
+    assert time.monotonic() - t0 < 60

@@ -64,6 +64,9 @@ def load_engine(path: str | Path, backend: str | None = None, num_threads: int |
         RtsegError: not an engine/checkpoint folder, wrong backend, an engine that failed its accuracy
             gate, or an engine built for another backend version or device (with a rebuild hint).
     """
+    from ..limits import check_threads
+
+    check_threads(num_threads)
     p = Path(path)
     if not p.exists():
         raise RtsegError(f"{p} does not exist; pass an engine folder (from 'rtseg build-engine') or a checkpoint folder (from 'rtseg train')")

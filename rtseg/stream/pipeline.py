@@ -658,6 +658,9 @@ class StreamPipeline:
         self.stop_reason: str | None = None
         self.errors: list[BaseException] = []
         bs = self.options.batch_size
+        from ..limits import check_batch
+
+        check_batch(bs, backend.input_hw)
         self.batch_size = max(1, min(bs, int(backend.max_batch))) if backend.max_batch is not None else bs
         opts = self.options
         #: per-source temporal state (``None``: the default path, one predict_u8 per frame)

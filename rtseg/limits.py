@@ -1,0 +1,54 @@
+"""Bounds on user-controlled sizes, from this machine's memory and cores (issue 26, "unbounded").
+
+A typo (``--batch-size 100000``, ``--threads 2000``) must be one line naming the limit, not gigabytes
+allocated or thousands of threads started before anything fails.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import RtsegError
+
+#: working set of one frame in a batch, per pixel of the network input (bytes): the uint8 input, the
+#: float32 normalised input and logits, and the activations of rtseg's networks (measured ≤ 0.2 KiB)
+BYTES_PER_PIXEL = 256
+#: inference threads allowed per core (oversubscription beyond this only slows a run down)
+THREADS_PER_CORE = 8
+
+
+def memory_bytes() -> int:
+    """Physical memory of this machine (bytes)."""
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+def max_batch(input_hw: tuple[int, int]) -> int:
+    """The largest batch whose working set (:data:`BYTES_PER_PIXEL` per input pixel) fits in half the memory."""
+    h, w = input_hw
+    return max(1, memory_bytes() // 2 // (max(1, h * w) * BYTES_PER_PIXEL))
+
+
+def check_batch(n: int, input_hw: tuple[int, int], option: str = "--batch-size") -> None:
+    """Raises :class:`RtsegError` unless ``1 ≤ n ≤`` :func:`max_batch` (one line naming the memory limit)."""
+    top = max_batch(input_hw)
+    if not 1 <= n <= top:
+        gib = memory_bytes() / 2**30
+        raise RtsegError(f"{option} {n} is outside 1..{top}: a batch of {n} {input_hw[1]}x{input_hw[0]} frames needs "
+                         f"about {n * input_hw[0] * input_hw[1] * BYTES_PER_PIXEL / 2**30:.1f} GiB of memory and this "
+                         f"machine has {gib:.1f} GiB; pass a smaller {option}")
+
+
+def check_threads(n: int | None, option: str = "--threads") -> None:
+    """Raises :class:`RtsegError` unless ``n`` is ``None`` or ``1 ≤ n ≤`` cores × :data:`THREADS_PER_CORE`."""
+    if n is None:
+        return
+    cores = os.cpu_count() or 1
+    top = cores * THREADS_PER_CORE
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= top:
+        raise RtsegError(f"{option} {n} is outside 1..{top} ({cores} cores here); pass a number of threads up to "
+                         f"the cores, or omit it for the backend's default")
+
+
+__all__ = ["check_batch", "check_threads", "max_batch", "memory_bytes"]
