@@ -39,6 +39,8 @@ def resolve_samples(data: str | None, split: str | None, model_meta: dict, data_
     same = train_root is not None and Path(train_root).resolve() == root.resolve()
     name = data_format or (mdata.get("format") if same and mdata.get("format") else None) or detect_format(root)
     fmt = get_format(name)
+    if same and not data and mdata.get("fingerprint"):
+        _check_fingerprint(fmt, root, mdata["fingerprint"])
     if split is None:
         split = "test" if same else "all"
     if split == "all":
@@ -49,6 +51,22 @@ def resolve_samples(data: str | None, split: str | None, model_meta: dict, data_
     parts = fmt.splits(root)
     n = sum(len(v) for v in parts.values())
     return parts[split], fmt.read, f"{root} ({split} split, {len(parts[split])} of {n}, {fmt.name})"
+
+
+def _check_fingerprint(fmt, root: Path, recorded: str) -> None:
+    """The model's own training folder (``rtseg eval`` without ``--data``; its path is relative to where
+    the command runs) must be the data the model was trained on: same stems and file sizes.
+
+    Raises:
+        RtsegError: another folder of that name (one line naming both fingerprints and the fix).
+    """
+    from .data.folder import fingerprint
+
+    here = fingerprint(fmt.all_samples(root))
+    if here != recorded:
+        raise RtsegError(f"{root} is not the data this model was trained on (fingerprint {here[:12]} ≠ recorded "
+                         f"{recorded[:12]}; its path is relative to the current folder); run from the folder the model "
+                         f"names, or pass --data DIR and --split explicitly")
 
 
 def colorize(labels: np.ndarray, palette, ignore_index: int | None = None) -> np.ndarray:

@@ -121,3 +121,26 @@ def test_sizes_are_bounded_by_the_machine(tmp_path, shared_data, tiny_engine, ar
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and last.startswith("error: ") and words in last and r.stderr.count("error") == 1, r.stderr
     assert time.monotonic() - t0 < 60
+
+
+def test_eval_of_the_training_data_checks_its_fingerprint(tmp_path, kvasir, monkeypatch):
+    """Issue 26: a model's recorded data root is relative; run elsewhere, whatever folder sits at that path
+    was scored and called the model's test split. Now the recorded fingerprint must match."""
+    from rtseg.data.folder import find_pairs, fingerprint
+    from rtseg.evaluation import resolve_samples
+
+    fp = fingerprint(find_pairs(kvasir))
+    meta = {"data": {"root": "data/kvasir", "format": "polyp", "fingerprint": fp}}
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "kvasir").symlink_to(kvasir)
+    monkeypatch.chdir(tmp_path)
+    samples, _, _ = resolve_samples(None, None, meta)  # the real training folder: accepted
+    assert len(samples) == 100
+    other = tmp_path / "elsewhere" / "data"
+    other.mkdir(parents=True)
+    shutil.copytree(kvasir / "images", other / "kvasir" / "images", ignore=lambda d, n: sorted(n)[20:])
+    shutil.copytree(kvasir / "masks", other / "kvasir" / "masks", ignore=lambda d, n: sorted(n)[20:])
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(RtsegError, match="not the data this model was trained on"):
+        resolve_samples(None, None, meta)
+    assert resolve_samples("data/kvasir", "test", meta)[0]  # an explicit --data is the user's choice
