@@ -16,7 +16,8 @@ clip), and recorded in its ``model.json`` ``decision``:
    polyp-free PolypGen sequences and CVC-ClinicDB's videos) are replayed at ``fps`` through
    :class:`rtseg.decision.Persistence` for every ``(on_frames, hold_frames)`` of the grid. Chosen: the
    fewest frame errors (shown on a polyp-free frame + nothing shown on a polyp frame) among the
-   counts whose worst detection delay is at most ``max_delay_s`` (ties: smaller counts).
+   counts whose worst detection delay is at most ``max_delay_s`` (ties: fewer false-alarm activations,
+   then smaller counts).
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ def choose_persistence(seqs: list[list[ImageRecord]], rule: PresenceRule,
     """The persistence counts of the module docstring (step 2) and every pair's figures."""
     table = [replay(seqs, rule, on, hold, opts.fps) for on in opts.on_frames for hold in opts.hold_frames]
     ok = [t for t in table if t["max_delay_s"] <= opts.max_delay_s + 1e-9] or table
-    best = min(ok, key=lambda t: (t["errors"], t["on_frames"], t["hold_frames"]))
+    best = min(ok, key=lambda t: (t["errors"], t["false_alarm_activations"], t["on_frames"], t["hold_frames"]))
     return (best["on_frames"], best["hold_frames"]), table
 
 

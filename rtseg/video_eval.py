@@ -422,11 +422,17 @@ def format_video_table(result: dict) -> str:
                      f"{_f4(f['ratio'], 2):>7}")
     for name, r in result["classes"].items():
         lines.append(f"  {name}: {_clinical_line(r['clinical'])}")
-    d = result.get("decision")
-    lines.append("  scored as shown: " + (f"presence {d['presence']['min_peak']:g} logit / {d['presence']['min_area']} px, "
-                                          f"persistence {d['on_frames']}/{d['hold_frames']} frames"
-                                          if d and d.get("presence") else "raw network output (--raw)"))
+    lines.append("  scored as shown: " + _decision_words(result.get("decision")))
     return "\n".join(lines)
+
+
+def _decision_words(d: dict | None) -> str:
+    """``presence peak logit ≥ 2.5 & ≥ 32 px, shown after 3 frame(s), held 2`` (``None``: the raw output)."""
+    if d is None:
+        return "the network's own masks (--raw, or a model without a decision record)"
+    p = d.get("presence")
+    rule = f"peak logit ≥ {p['min_peak']:g} & ≥ {p['min_area']} px" if p else "any pixel with logit > 0"
+    return f"presence {rule}, shown after {d['on_frames']} frame(s), held {d['hold_frames']}"
 
 
 def _f4(x, digits: int = 4) -> str:
