@@ -78,6 +78,10 @@ class PresenceRule:
     def to_dict(self) -> dict:
         return {"min_peak": float(self.min_peak), "min_area": int(self.min_area)}
 
+    def holds(self, peak: float, area: int) -> bool:
+        """The rule on one frame's peak logit and area (pixels with logit > 0), as :meth:`present` decides it."""
+        return peak >= self.min_peak and (self.min_area <= 0 or area >= self.min_area)
+
     def describe(self) -> str:
         """``"peak logit ≥ 2.5, ≥ 32 px"``."""
         return f"peak logit ≥ {self.min_peak:g}, ≥ {self.min_area} px"
@@ -181,9 +185,6 @@ class Persistence:
         """False for ``on_frames`` 1 and ``hold_frames`` 0 (every frame shows what it holds)."""
         return self.on > 1 or self.hold > 0
 
-    def describe(self) -> str:
-        return f"shown after {self.on} frame(s), held {self.hold}"
-
     def step(self, src: int, seq: int, fresh: bool, present: bool, mask: np.ndarray,
              logits: np.ndarray | None = None) -> tuple[bool, np.ndarray, np.ndarray | None]:
         """One frame of source ``src`` (frame number ``seq``; ``fresh``: first after a (re)connection):
@@ -218,6 +219,16 @@ class Persistence:
                 t.shown, t.held_mask, t.held_logits = False, None, None
 
 
+def describe_decision(summary: dict | None) -> str:
+    """One line for a run's decision summary (:meth:`rtseg.stream.decide.StreamDecision.summary`):
+    ``"presence peak logit ≥ 2.5, ≥ 32 px, shown after 3 frame(s), held 2"``; ``None``: the raw output."""
+    if summary is None:
+        return "the network's own masks (--raw, or a model without a decision record)"
+    p = summary.get("presence")
+    rule = PresenceRule.from_dict(p).describe() if p else "any pixel with logit > 0"
+    return f"presence {rule}, shown after {summary['on_frames']} frame(s), held {summary['hold_frames']}"
+
+
 def apply_presence(rule: PresenceRule | None, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Masks and presence of a batch: ``float32[N, 1, H, W]`` logits → (``uint8[N, H, W]`` masks with
     absent frames zeroed, ``bool[N]`` presence, ``bool[N]`` "the raw mask had a pixel"). ``rule``
@@ -230,4 +241,4 @@ def apply_presence(rule: PresenceRule | None, logits: np.ndarray) -> tuple[np.nd
 
 
 __all__ = ["DEFAULT_HOLD_FRAMES", "DEFAULT_ON_FRAMES", "Persistence", "PresenceRule", "apply_presence",
-           "check_persistence", "model_presence", "resolve_presence"]
+           "check_persistence", "describe_decision", "model_presence", "resolve_presence"]

@@ -26,7 +26,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .decision import Persistence, PresenceRule
@@ -99,12 +98,9 @@ def collect_records(backend, folders: list[tuple[str, list, object]], batch_size
 
 
 def _record(folder: str, stem: str, z: np.ndarray, mask: np.ndarray, g) -> ImageRecord:
-    y0, y1, x0, x1 = g.box
-    h, w = g.src_hw
-    zz = z[0, y0:y1, x0:x1]
-    if zz.shape != (h, w):
-        zz = cv2.resize(zz, (w, h), interpolation=cv2.INTER_LINEAR)
-    pred, truth = zz > 0, mask > 0
+    from .data.transforms import logits_to_frame
+
+    pred, truth = logits_to_frame(z, g.box, g.src_hw) > 0, mask > 0
     tp = int((pred & truth).sum())
     fp = int((pred & ~truth).sum())
     fn = int((~pred & truth).sum())
@@ -114,7 +110,7 @@ def _record(folder: str, stem: str, z: np.ndarray, mask: np.ndarray, g) -> Image
 
 def score_rule(records: list[ImageRecord], rule: PresenceRule) -> dict:
     """Scores of ``rule`` on ``records``: mean Dice (all / object images), false detections, misses."""
-    shown = np.array([r.peak >= rule.min_peak and r.area >= rule.min_area and r.area > 0 for r in records], bool)
+    shown = np.array([rule.holds(r.peak, r.area) and r.area > 0 for r in records], bool)  # something drawn
     truth = np.array([r.truth for r in records], bool)
     raw = np.array([r.dice for r in records], float)
     dice = np.where(shown, raw, np.where(truth, 0.0, 1.0))
@@ -180,7 +176,7 @@ def replay(seqs: list[list[ImageRecord]], rule: PresenceRule, on: int, hold: int
     for k, seq in enumerate(seqs):
         prev_alarm, first_truth, detected = False, None, False
         for i, r in enumerate(seq):
-            present = r.peak >= rule.min_peak and r.area >= max(1, rule.min_area)
+            present = rule.holds(r.peak, r.area) and r.area > 0
             shown, _, _ = p.step(k, i, i == 0, present, dummy)
             frames += 1
             if r.truth:

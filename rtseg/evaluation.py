@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from .data.folder import read_sample
-from .data.transforms import Preprocessor
+from .data.transforms import Preprocessor, logits_to_frame
 from .errors import RtsegError
 from .metrics import BINARY_KEYS, BinaryMetrics, MulticlassMetrics
 
@@ -116,7 +116,6 @@ def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, prog
     from tqdm import tqdm
 
     from .decision import model_presence
-
     from .limits import check_batch
 
     check_batch(batch_size, backend.input_hw)
@@ -143,22 +142,14 @@ def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, prog
         infer_s += time.perf_counter() - t0
         present = rule.present(logits) if rule is not None else np.ones(len(chunk), bool)
         for (img, mask), g, z, ok in zip(pairs, geoms, logits, present):
-            y0, y1, x0, x1 = g.box
-            h, w = g.src_hw
+            pred = logits_to_frame(z, g.box, g.src_hw) if ok else np.zeros(g.src_hw, np.uint8)
             if binary:
-                zz = z[0, y0:y1, x0:x1]
-                if zz.shape != (h, w):
-                    zz = cv2.resize(zz, (w, h), interpolation=cv2.INTER_LINEAR)
-                if not ok:
-                    zz = np.full((h, w), -1.0, np.float32)
-                metrics.update((zz > 0)[None], (mask > 0)[None])
-                shown.update(bool((zz > 0).any()), bool((mask > 0).any()))
+                truth = (mask > 0).astype(np.uint8)
+                metrics.update(pred[None] > 0, truth[None] > 0)
+                shown.update(bool(pred.any()), bool(truth.any()))
                 if len(kept) < keep:
-                    kept.append((img, (mask > 0).astype(np.uint8), (zz > 0).astype(np.uint8)))
+                    kept.append((img, truth, pred))
             else:
-                pred = z[:, y0:y1, x0:x1].argmax(0).astype(np.uint8)
-                if pred.shape != (h, w):
-                    pred = cv2.resize(pred, (w, h), interpolation=cv2.INTER_NEAREST)
                 metrics.update(pred[None], mask[None])
                 if len(kept) < keep:
                     kept.append((img, mask, pred))

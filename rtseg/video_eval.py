@@ -45,6 +45,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .data.transforms import logits_to_frame
+from .decision import describe_decision
 from .errors import RtsegError
 from .metrics import binary_confusion, binary_scores, pair_iou
 from .stream.pipeline import StreamOptions, StreamPipeline
@@ -109,23 +111,6 @@ def read_truth(path: Path, binary: bool, threshold: int = 127) -> np.ndarray:
     from .data.folder import read_mask
 
     return read_mask(path, binary, threshold)
-
-
-def logits_to_frame(z: np.ndarray, box: tuple[int, int, int, int], hw: tuple[int, int]) -> np.ndarray:
-    """Network-size logits ``float32[C, H, W]`` → class map ``uint8[h, w]`` at ``hw`` (pixels):
-    the content ``box`` (y0, y1, x0, x1) is cropped; binary: bilinear logits then ``> 0``;
-    multi-class: argmax then nearest."""
-    y0, y1, x0, x1 = box
-    h, w = hw
-    if z.shape[0] == 1:
-        zz = z[0, y0:y1, x0:x1]
-        if zz.shape != (h, w):
-            zz = cv2.resize(zz, (w, h), interpolation=cv2.INTER_LINEAR)
-        return (zz > 0).astype(np.uint8)
-    pred = z[:, y0:y1, x0:x1].argmax(0).astype(np.uint8)
-    if pred.shape != (h, w):
-        pred = cv2.resize(pred, (w, h), interpolation=cv2.INTER_NEAREST)
-    return pred
 
 
 class ClassSeries:
@@ -422,17 +407,8 @@ def format_video_table(result: dict) -> str:
                      f"{_f4(f['ratio'], 2):>7}")
     for name, r in result["classes"].items():
         lines.append(f"  {name}: {_clinical_line(r['clinical'])}")
-    lines.append("  scored as shown: " + _decision_words(result.get("decision")))
+    lines.append("  scored as shown: " + describe_decision(result.get("decision")))
     return "\n".join(lines)
-
-
-def _decision_words(d: dict | None) -> str:
-    """``presence peak logit ≥ 2.5 & ≥ 32 px, shown after 3 frame(s), held 2`` (``None``: the raw output)."""
-    if d is None:
-        return "the network's own masks (--raw, or a model without a decision record)"
-    p = d.get("presence")
-    rule = f"peak logit ≥ {p['min_peak']:g} & ≥ {p['min_area']} px" if p else "any pixel with logit > 0"
-    return f"presence {rule}, shown after {d['on_frames']} frame(s), held {d['hold_frames']}"
 
 
 def _f4(x, digits: int = 4) -> str:

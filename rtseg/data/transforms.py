@@ -102,6 +102,23 @@ def unplace(mask: np.ndarray, geom: Geometry, interpolation: int = cv2.INTER_NEA
     return cv2.resize(crop, (w, h), interpolation=interpolation)
 
 
+def logits_to_frame(z: np.ndarray, box: tuple[int, int, int, int], hw: tuple[int, int]) -> np.ndarray:
+    """Network-size logits ``float32[C, H, W]`` → class map ``uint8[h, w]`` at ``hw`` (pixels):
+    the content ``box`` (y0, y1, x0, x1) is cropped; binary: bilinear logits then ``> 0``;
+    multi-class: argmax then nearest (how ``rtseg eval`` scores an image at its own resolution)."""
+    y0, y1, x0, x1 = box
+    h, w = hw
+    if z.shape[0] == 1:
+        zz = z[0, y0:y1, x0:x1]
+        if zz.shape != (h, w):
+            zz = cv2.resize(zz, (w, h), interpolation=cv2.INTER_LINEAR)
+        return (zz > 0).astype(np.uint8)
+    pred = z[:, y0:y1, x0:x1].argmax(0).astype(np.uint8)
+    if pred.shape != (h, w):
+        pred = cv2.resize(pred, (w, h), interpolation=cv2.INTER_NEAREST)
+    return pred
+
+
 class Preprocessor:
     """Frame → network input, with a reusable output buffer.
 

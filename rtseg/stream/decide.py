@@ -67,11 +67,6 @@ class StreamDecision:
         """True when presence is decided on logits (a rule other than "any pixel")."""
         return self.rule is not None
 
-    def describe(self) -> str:
-        """One line for the report: the rule and the persistence."""
-        per = self.persistence.describe() if self.persistence is not None else "no persistence"
-        return f"presence {self.rule.describe() if self.rule else 'any pixel'}; {per}"
-
     def batch(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Batcher thread: ``float32[N, 1, H, W]`` logits → (``uint8[N, H, W]`` masks, absent frames
         zeroed; ``bool[N]`` presence; ``bool[N]`` raw mask not empty)."""

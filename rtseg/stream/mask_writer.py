@@ -38,16 +38,18 @@ class MaskWriter:
         folder: ``DIR``; must not exist yet or be empty (it is created).
         n_sources: number of sources (several: one sub-folder each).
         binary: binary model (foreground written as 255).
-        inputs: paths of the stream's inputs (a mask folder that is one of them is refused).
+
+    A folder inside an input folder is refused by the stream's output-safety rule
+    (:func:`rtseg.stream.sinks.refuse_output_collisions`); one that holds an input is not empty.
 
     Raises:
         RtsegError: ``folder`` is a file, is not empty, or cannot be created.
     """
 
-    def __init__(self, folder: str | Path, n_sources: int, binary: bool, inputs: list[str] = ()):
+    def __init__(self, folder: str | Path, n_sources: int, binary: bool):
         self.folder = Path(folder)
         self.binary = binary
-        self._check(inputs)
+        self._check()
         self.dirs = [self.folder] if n_sources == 1 else [self.folder / f"source{i}" for i in range(n_sources)]
         try:
             for d in self.dirs:
@@ -56,18 +58,13 @@ class MaskWriter:
             raise write_error(self.folder, e, "--save-masks") from None
         self.counts = [0] * n_sources
 
-    def _check(self, inputs) -> None:
+    def _check(self) -> None:
         f = self.folder
         if f.exists() and not f.is_dir():
             raise RtsegError(f"--save-masks {f} is a file; pass a new or empty folder")
         if f.is_dir() and any(f.iterdir()):
             raise RtsegError(f"--save-masks {f} is not empty; pass a new or empty folder (masks are never mixed "
                              f"with other files)")
-        res = f.resolve()
-        for i in inputs:
-            p = Path(str(i))
-            if p.exists() and (p.resolve() == res or res in p.resolve().parents):
-                raise RtsegError(f"--save-masks {f} is (or holds) the input {i}; pass another folder")
 
     def write(self, src: int, mask: np.ndarray, geom) -> Path:
         """Write the next mask of source ``src`` (network-size ``uint8[H, W]``); returns its path.

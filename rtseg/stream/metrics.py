@@ -199,14 +199,13 @@ class StreamReport:
 
 
 def _decision_line(d: dict | None) -> str:
-    """``presence peak ≥ 2.5 & ≥ 32 px, shown after 3 frames, held 2: 120 shown, 30 withheld (presence) ...``."""
+    """:func:`rtseg.decision.describe_decision` plus the frame counts of the run."""
+    from ..decision import describe_decision
+
     if d is None:
-        return "raw network output (logit > 0 / argmax)"
-    p = d.get("presence")
-    rule = f"peak logit ≥ {p['min_peak']:g} & ≥ {p['min_area']} px" if p else "any pixel"
-    return (f"presence {rule}, shown after {d['on_frames']} frame(s), held {d['hold_frames']}: frames with a detection "
-            f"shown {d['shown']}, held {d['held']}, withheld by presence {d['withheld_presence']}, "
-            f"by persistence {d['withheld_persistence']}")
+        return describe_decision(None)
+    return (f"{describe_decision(d)}: frames with a detection shown {d['shown']}, held {d['held']}, withheld by "
+            f"presence {d['withheld_presence']}, by persistence {d['withheld_persistence']}")
 
 
 def _fmt(x: float, digits: int = 2) -> str:

@@ -651,8 +651,8 @@ class StreamPipeline:
         self.backend = backend
         self.sources = list(sources)
         self.outputs = list(outputs or [])
-        sink_log = log or _warn
-        self.log = lambda msg: sink_log(redact(msg))  # a camera URL's password never reaches a log line
+        base_log = log or _warn
+        self.log = lambda msg: base_log(redact(msg))  # a camera URL's password never reaches a log line
         self.stop = stop_event or threading.Event()
         self.abort = threading.Event()  # set: queued frames are abandoned (second signal, failure)
         self.stop_reason: str | None = None
@@ -815,8 +815,7 @@ class StreamPipeline:
                 for i, sinks in enumerate(per_src_sinks):
                     sinks.append(DisplaySink(f"rtseg [{i}] {self._opened[i].name}"))
             if opts.save_masks is not None:
-                self.mask_writer = MaskWriter(opts.save_masks, len(self._opened), self.backend.num_classes == 1,
-                                              [s for s in self.sources if isinstance(s, (str, os.PathLike))])
+                self.mask_writer = MaskWriter(opts.save_masks, len(self._opened), self.backend.num_classes == 1)
             shape = (*self.backend.input_hw, 3)
             for i, (src, sinks) in enumerate(zip(self._opened, per_src_sinks)):
                 self._open_sinks(src, sinks)

@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 import av
 
 from ..errors import RtsegError, redact
-from ..safe_io import atomic_write_bytes, discard, finish_mode, same_file, temp_path, write_error
+from ..safe_io import atomic_write_bytes, check_outputs, discard, finish_mode, same_file, temp_path, write_error
 from .sources import IMAGE_EXTS, VideoInfo
 
 FILE_EXTS = (".mp4", ".mkv", ".mov", ".m4v", ".ts", ".avi", ".flv")
@@ -540,11 +540,9 @@ def refuse_output_collisions(per_source_sinks: list[list[Sink]], sources: list,
             if a.would_overwrite(b.path):
                 raise RtsegError(f"two sources would write the same output {a.name}; give each its own, e.g. "
                                  f"--output 'seg_{{i}}.mp4' (source index) instead of {{name}}")
+    check_outputs(extra, inputs)
     for option, path in extra:
         p = Path(path)
-        for q in inputs:
-            if same_file(p, q) or (Path(q).is_dir() and Path(q).resolve() in p.resolve().parents):
-                raise RtsegError(f"{option} {p} would overwrite the input {q}; write it elsewhere")
         for sinks in per_source_sinks:
             for sk in sinks:
                 if sk.would_overwrite(p):
