@@ -59,21 +59,17 @@ class Segmenter:
             one result for one image; for a batch array an array ``[N, ...]``; for a list a list.
 
         Raises:
-            RtsegError: not uint8 RGB images, or an unknown ``output``.
+            RtsegError: ``images`` not one uint8 RGB image, a batch or a list of them; no image; an image
+                of 0 pixels; ``batch_size`` not an integer in 1..(memory limit); an unknown ``output``.
         """
         from .data.transforms import Preprocessor
+        from .decision import resolve_presence
+        from .limits import check_batch
 
         if output not in ("mask", "logits"):
             raise RtsegError(f"output={output!r} is not 'mask' or 'logits'; pass one of them")
-        single = isinstance(images, np.ndarray) and images.ndim == 3
-        seq = [images] if single else list(images)
-        for im in seq:
-            if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
-                got = f"{im.dtype} {im.shape}" if isinstance(im, np.ndarray) else type(im).__name__
-                raise RtsegError(f"predict takes uint8 RGB images [h, w, 3]; got {got} — convert with "
-                                 f"cv2.cvtColor(img, cv2.COLOR_BGR2RGB) and keep uint8")
-        from .decision import resolve_presence
-
+        check_batch(batch_size, self.input_hw, "batch_size")
+        single, seq = _image_list(images)
         bs = min(batch_size, self.backend.max_batch) if self.backend.max_batch else batch_size
         pre, h, w = Preprocessor(self.input_hw, self._resize), *self.input_hw
         rule = None if output == "logits" else resolve_presence(self.backend.meta.get("model", {}), self.num_classes,
@@ -106,15 +102,25 @@ class Segmenter:
             :class:`rtseg.stream.StreamReport` (``frames``, ``fps``, per-stage latency p50/p99 in ms, drops).
 
         Raises:
-            RtsegError: as :func:`rtseg.stream.run_stream`, or both ``options`` and keyword arguments.
+            RtsegError: as :func:`rtseg.stream.run_stream`; no source; a source or output that is not a
+                string or path; both ``options`` and keyword arguments; an unknown keyword option.
         """
+        from dataclasses import fields
+
         from .stream import StreamOptions, run_stream
 
         if options is not None and kwargs:
             raise RtsegError("pass either options=StreamOptions(...) or keyword options, not both")
+        unknown = sorted(set(kwargs) - {f.name for f in fields(StreamOptions)})
+        if unknown:
+            raise RtsegError(f"stream() has no option {unknown[0]!r}; pass fields of rtseg.stream.StreamOptions "
+                             f"(e.g. batch_size=4, max_frames=100)")
+        if options is not None and not isinstance(options, StreamOptions):
+            raise RtsegError(f"options must be a rtseg.stream.StreamOptions, not {type(options).__name__}")
         opts = options or StreamOptions(**kwargs)
-        srcs = [sources] if isinstance(sources, (str, Path)) else list(sources)
-        outs = [] if outputs is None else ([outputs] if isinstance(outputs, (str, Path)) else list(outputs))
+        srcs, outs = _paths(sources, "sources"), ([] if outputs is None else _paths(outputs, "outputs"))
+        if not srcs:
+            raise RtsegError("stream() got no source; pass a video file, camera, URL, image folder or 'lavfi:...'")
         return run_stream(self.backend, [str(s) for s in srcs], [str(o) for o in outs], opts, log=lambda m: None)
 
     def evaluate(self, data: str | Path | None = None, split: str | None = None, data_format: str | None = None,
@@ -132,9 +138,17 @@ class Segmenter:
             multi-class: ``{"miou", "per_class_iou", "mean_dice", "pixel_accuracy", ...}``.
 
         Raises:
-            RtsegError: no labelled data, unknown split or layout.
+            RtsegError: ``data`` not a folder path, no labelled data, unknown split or layout,
+                ``batch_size`` not an integer in 1..(memory limit), ``limit`` not an integer ≥ 0.
         """
         from .evaluation import evaluate_backend, resolve_samples
+        from .limits import check_batch
+
+        if data is not None and not isinstance(data, (str, Path)):
+            raise RtsegError(f"data must be a folder path (str or pathlib.Path), not {type(data).__name__}")
+        check_batch(batch_size, self.input_hw, "batch_size")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise RtsegError(f"limit={limit!r} must be an integer ≥ 0 (0 = every image)")
 
         samples, reader, _ = resolve_samples(str(data) if data is not None else None, split,
                                              self.backend.meta.get("model", {}), data_format)
@@ -145,6 +159,48 @@ class Segmenter:
     def close(self) -> None:
         """Release the engine."""
         self.backend.close()
+
+
+def _image_list(images) -> tuple[bool, list[np.ndarray]]:
+    """``(single, [uint8[h, w, 3], ...])`` of :meth:`Segmenter.predict`'s argument.
+
+    Raises:
+        RtsegError: not an image, a batch or a sequence of images; no image; an image that is not
+            uint8 RGB ``[h, w, 3]`` or has 0 pixels (each one line naming the image).
+    """
+    hint = "pass uint8 RGB images [h, w, 3] (cv2.cvtColor(img, cv2.COLOR_BGR2RGB), dtype uint8)"
+    if isinstance(images, np.ndarray):
+        if images.ndim not in (3, 4):
+            raise RtsegError(f"predict takes an image [h, w, 3] or a batch [N, h, w, 3]; got an array of shape "
+                             f"{tuple(images.shape)} — {hint}")
+        single, seq = images.ndim == 3, ([images] if images.ndim == 3 else list(images))
+    elif isinstance(images, (list, tuple)):
+        single, seq = False, list(images)
+    else:
+        raise RtsegError(f"predict takes an image, a batch array or a list of images, not {type(images).__name__}; {hint}")
+    if not seq:
+        raise RtsegError(f"predict got an empty batch (no image); {hint}")
+    for i, im in enumerate(seq):
+        if not isinstance(im, np.ndarray) or im.dtype != np.uint8 or im.ndim != 3 or im.shape[2] != 3:
+            got = f"{im.dtype} {im.shape}" if isinstance(im, np.ndarray) else type(im).__name__
+            raise RtsegError(f"predict takes uint8 RGB images [h, w, 3]; got {got} — convert with "
+                             f"cv2.cvtColor(img, cv2.COLOR_BGR2RGB) and keep uint8")
+        if im.shape[0] == 0 or im.shape[1] == 0:
+            raise RtsegError(f"image {i} is {im.shape[1]}x{im.shape[0]} pixels (empty); pass images of at least 1x1 pixel")
+    return single, seq
+
+
+def _paths(v, what: str) -> list[str]:
+    """One path or a list of them → ``[str]``.
+
+    Raises:
+        RtsegError: an entry that is not a str or path.
+    """
+    items = [v] if isinstance(v, (str, Path)) else (list(v) if isinstance(v, (list, tuple)) else [v])
+    bad = [x for x in items if not isinstance(x, (str, Path))]
+    if bad:
+        raise RtsegError(f"{what} must be a path or URL (str) or a list of them, not {type(bad[0]).__name__}")
+    return [str(x) for x in items]
 
 
 def _to_image(z: np.ndarray, geom, output: str) -> np.ndarray:
@@ -160,7 +216,7 @@ def _to_image(z: np.ndarray, geom, output: str) -> np.ndarray:
 
 
 def load(path: str | Path | None = None, backend: str | None = None, threads: int | None = None,
-         allow_failed_gate: bool = False) -> Segmenter:
+         allow_failed_gate: bool = False, allow_unsealed: bool = False) -> Segmenter:
     """Open an engine folder, a checkpoint, a model folder, or (``path=None``) rtseg's default polyp model.
 
     Args:
@@ -169,17 +225,24 @@ def load(path: str | Path | None = None, backend: str | None = None, threads: in
             (its OpenVINO engine is built into the cache on first use).
         backend: refuse a folder built for another backend; threads: inference threads.
         allow_failed_gate: open an engine that failed its accuracy gate.
+        allow_unsealed: open an engine whose ``engine.json`` has no seal (built by an older rtseg).
 
     Raises:
-        RtsegError: as :func:`rtseg.runtime.load_engine`.
+        RtsegError: ``path`` not a path, ``backend`` not a backend name, or as :func:`rtseg.runtime.load_engine`.
     """
+    from .limits import check_threads
+
+    check_threads(threads, "threads")
+    if backend is not None and not isinstance(backend, str):
+        raise RtsegError(f"backend must be a backend name (str, e.g. 'openvino'), not {type(backend).__name__}")
     if path is None:
         from .defaults import load_default_engine
 
         return Segmenter(load_default_engine(num_threads=threads))
     from .runtime import load_engine
 
-    return Segmenter(load_engine(path, backend=backend, num_threads=threads, allow_failed_gate=allow_failed_gate))
+    return Segmenter(load_engine(path, backend=backend, num_threads=threads, allow_failed_gate=allow_failed_gate,
+                                 allow_unsealed=allow_unsealed))
 
 
 def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: str = "fp32", out: str | Path | None = None,
@@ -193,10 +256,14 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
         the engine folder.
 
     Raises:
-        RtsegError: as :func:`rtseg.export.build.build_engine`.
+        RtsegError: ``checkpoint``/``out`` not a path, or as :func:`rtseg.export.build.build_engine`.
     """
     from .export.build import build_auto
     from .export.build import build_engine as _build
+
+    for name, v in (("checkpoint", checkpoint), ("out", out)):
+        if not isinstance(v, (str, Path)) and not (name == "out" and v is None):
+            raise RtsegError(f"{name} must be a folder path (str or pathlib.Path), not {type(v).__name__}")
 
     if precision == "auto":
         return build_auto(checkpoint, backend, out, options, log)
@@ -208,11 +275,14 @@ def train(config, log=None) -> dict[str, Any]:
     :class:`rtseg.training.loop.TrainConfig` or its dict. Returns the summary (``OUT/summary.json``).
 
     Raises:
-        RtsegError: unknown settings, bad data folder/format, unknown model/loss/optimizer.
+        RtsegError: ``config`` not a TrainConfig or dict, unknown settings, bad data folder/format,
+            unknown model/loss/optimizer.
     """
     from .training.loop import TrainConfig
     from .training.loop import train as _train
 
+    if not isinstance(config, (TrainConfig, dict)):
+        raise RtsegError(f"config must be a TrainConfig or a dict of its fields, not {type(config).__name__}")
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
     return _train(cfg, log=log or (lambda *a, **k: None))
 

@@ -219,6 +219,7 @@ class BenchOptions:
         n_frames: real frames decoded for the inference rows.
         backend: expect engines of this backend (a folder of another backend is refused).
         allow_failed_gate: benchmark engines that failed their accuracy gate.
+        allow_unsealed: benchmark engines whose ``engine.json`` has no seal (:mod:`rtseg.runtime.seal`).
         compare: add the naive loop and the ratios (:meth:`BenchReport.comparison`).
     """
 
@@ -234,6 +235,7 @@ class BenchOptions:
     n_frames: int = 32
     backend: str | None = None
     allow_failed_gate: bool = False
+    allow_unsealed: bool = False
     compare: bool = False
 
 
@@ -285,7 +287,8 @@ def _open_targets(targets: list[str], o: BenchOptions) -> tuple[list, set]:
     from .runtime import load_engine
 
     backends = [load_engine(t, backend=o.backend if o.backend and (Path(t) / "engine.json").exists() else None,
-                            num_threads=o.threads, allow_failed_gate=o.allow_failed_gate) for t in targets]
+                            num_threads=o.threads, allow_failed_gate=o.allow_failed_gate,
+                            allow_unsealed=o.allow_unsealed) for t in targets]
     refs: set = set()
     if o.torch_ref:
         seen = {str(Path(t).resolve()) for t in targets}

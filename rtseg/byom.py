@@ -439,7 +439,7 @@ def import_onnx(onnx_path: str | Path, meta: "ImportMeta | dict | str | Path", o
 
     m, o, log = as_import_meta(meta), options or ImportOptions(), log or (lambda msg: None)
     src, out = Path(onnx_path), Path(out)
-    from .export.onnx_adapt import load_onnx
+    from .onnx_files import load_onnx
 
     model = load_onnx(src)
     x, x_desc = probe_images(m)

@@ -12,7 +12,6 @@ Writes are atomic (temporary file + ``os.replace``), so a killed run never leave
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 
 from .errors import RtsegError
 from .meta import CHECKPOINT_FORMAT as FORMAT, ModelMeta
-from .safe_io import atomic_write_bytes, write_json  # noqa: F401  (re-exported: rtseg.checkpoint.write_json)
+from .safe_io import atomic_write_bytes, file_sha256, write_json  # noqa: F401  (re-exported: rtseg.checkpoint.write_json, file_sha256)
 
 WEIGHTS = "model.safetensors"
 META = "model.json"
@@ -79,17 +78,24 @@ def weights_file(folder: str | Path) -> Path:
 
 
 def load_meta(path: str | Path) -> ModelMeta:
-    """Read ``model.json`` of a checkpoint folder.
+    """Read ``model.json`` of a checkpoint folder (or of a model folder, whose ``input_size`` must be
+    its ``model.onnx``'s).
 
     Raises:
-        RtsegError: missing or unreadable ``model.json``.
+        RtsegError: missing or unreadable ``model.json``, a field that does not check, or a model
+            folder's ``input_size`` other than its ONNX's.
     """
     folder = resolve_checkpoint(path)
     try:
         d = json.loads((folder / META).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise RtsegError(f"{folder / META} is not valid JSON ({e}); the checkpoint is corrupt — retrain or restore it") from None
-    return ModelMeta.from_dict(d, str(folder / META))
+    meta = ModelMeta.from_dict(d, str(folder / META))
+    if is_model_folder(folder):
+        from .onnx_files import check_input_size
+
+        check_input_size(folder / MODEL_ONNX, meta.input_hw, str(folder / META))
+    return meta
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, ModelMeta]:
@@ -135,15 +141,3 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.
     model.load_state_dict(state, strict=True)
     model.eval()
     return model, meta
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 hex digest of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()

@@ -31,9 +31,16 @@ def max_batch(input_hw: tuple[int, int]) -> int:
 
 
 def check_batch(n: int, input_hw: tuple[int, int], option: str = "--batch-size") -> None:
-    """Raises :class:`RtsegError` unless ``1 ≤ n ≤`` :func:`max_batch` (one line naming the memory limit)."""
+    """Raises :class:`RtsegError` unless ``n`` is an integer with ``1 ≤ n ≤`` :func:`max_batch` (one line
+    naming the memory limit)."""
+    import numbers
+
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise RtsegError(f"{option} {n!r} is not a whole number of frames; pass an integer of at least 1")
+    if n < 1:
+        raise RtsegError(f"{option} {n} is below 1; pass a batch of at least 1 frame")
     top = max_batch(input_hw)
-    if not 1 <= n <= top:
+    if n > top:
         gib = memory_bytes() / 2**30
         raise RtsegError(f"{option} {n} is outside 1..{top}: a batch of {n} {input_hw[1]}x{input_hw[0]} frames needs "
                          f"about {n * input_hw[0] * input_hw[1] * BYTES_PER_PIXEL / 2**30:.1f} GiB of memory and this "

@@ -11,6 +11,7 @@ never a ``KeyError``/``TypeError`` traceback later. ``to_dict()`` gives back the
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,13 +103,43 @@ def _check_model_fields(d: dict, source: str) -> None:
         raise _bad(source, "input_size", f"must be [H, W] with integers in 1..{MAX_INPUT_SIDE}, not {size!r}")
     for key in ("mean", "std"):
         v = d.get(key, [0.5, 0.5, 0.5])
-        if not isinstance(v, list) or len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
-            raise _bad(source, key, f"must be three numbers (RGB in [0, 1]), not {v!r}")
+        if not isinstance(v, list) or len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                             and math.isfinite(x) for x in v):
+            raise _bad(source, key, f"must be three finite numbers (RGB in [0, 1]), not {v!r}")
     if any(not x > 0 for x in d.get("std", [1.0])):
         raise _bad(source, "std", "must be positive (a zero std divides by zero)")
     if d.get("resize", "stretch") not in ("stretch", "letterbox"):
         raise _bad(source, "resize", f"must be 'stretch' or 'letterbox', not {d.get('resize')!r}")
+    _check_records(d, source)
     _check_decision(d.get("decision", {}), source)
+
+
+def _is_int(v: Any, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_level(v: Any) -> bool:
+    """A colour level: a number in 0..255 (NaN and ±Infinity are not)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 255
+
+
+def _check_records(d: dict, source: str) -> None:
+    """The descriptive fields: records are objects, names strings, colours RGB bytes, the task known."""
+    for key in ("data", "metrics", "training", "source"):
+        if not isinstance(d.get(key, {}), dict):
+            raise _bad(source, key, f"must be an object, not {type(d[key]).__name__}")
+    names = d.get("class_names", ["background", "foreground"])
+    if not isinstance(names, list) or not 1 <= len(names) <= 1025 or not all(isinstance(n, str) for n in names):
+        raise _bad(source, "class_names", f"must be a list of 1..1025 class names (strings), not {names!r:.80}")
+    pal = d.get("palette", BINARY_PALETTE)
+    if not isinstance(pal, list) or not 1 <= len(pal) <= 1025 or not all(
+            isinstance(c, list) and len(c) == 3 and all(_is_level(v) for v in c) for c in pal):
+        raise _bad(source, "palette", f"must be a list of [R, G, B] colours with levels in 0..255, not {pal!r:.80}")
+    if d.get("task", "binary") not in ("binary", "multiclass"):
+        raise _bad(source, "task", f"must be 'binary' or 'multiclass', not {d.get('task')!r}")
+    ig = d.get("ignore_index")
+    if ig is not None and not _is_int(ig, 0, 255):
+        raise _bad(source, "ignore_index", f"must be a class index in 0..255 or null, not {ig!r}")
 
 
 def _check_decision(dec: Any, source: str) -> None:
@@ -214,25 +245,6 @@ class EngineMeta:
                    batch=d.get("batch") or {"min": 1, "opt": 1, "max": None}, records=records)
 
 
-#: the ``engine.json`` fields :func:`engine_seal` covers: what was built, for what, from which checkpoint
-SEALED_FIELDS = ("format", "backend", "backend_version", "precision", "device", "checkpoint", "engine_file", "input",
-                 "output", "batch")
-
-
-def engine_seal(d: dict) -> str:
-    """SHA-256 (hex) of the :data:`SEALED_FIELDS` of an ``engine.json`` dict, canonical JSON.
-
-    ``build-engine`` records it as ``seal``; loading recomputes it, so a hand-edited checkpoint hash,
-    device, precision, shape or batch profile is refused instead of silently trusted. The records
-    (gate, verify, selection, ...) are not covered: tools add to them after the build.
-    """
-    import hashlib
-    import json
-
-    core = {k: d.get(k) for k in SEALED_FIELDS}
-    return hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def _shape4(v: Any) -> bool:
     return (isinstance(v, list) and len(v) == 4
             and all(isinstance(x, int) and not isinstance(x, bool) for x in v) and all(x >= 1 for x in v[1:]))
@@ -279,5 +291,4 @@ def _check_gate_record(gate: Any, src: str) -> None:
                                          "({status, metric, tolerance_pt, after: {delta_pt}, ...})")
 
 
-__all__ = ["BINARY_PALETTE", "CHECKPOINT_FORMAT", "ENGINE_FORMAT", "IMPORTED_FORMAT", "EngineMeta", "ModelMeta", "PRECISIONS",
-           "SEALED_FIELDS", "engine_seal"]
+__all__ = ["BINARY_PALETTE", "CHECKPOINT_FORMAT", "ENGINE_FORMAT", "IMPORTED_FORMAT", "EngineMeta", "ModelMeta", "PRECISIONS"]

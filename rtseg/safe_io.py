@@ -8,8 +8,9 @@ recognise the type) and created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` (:func:`t
 symlink planted in a shared output folder never receives a byte; the finished file gets the mode of
 the file it replaces (a new one: the umask's default), never a wider one.
 
-Also here: the one-line messages for write errors (full disk, read-only folder, name too long) and
-:func:`same_file`, used to refuse writing an output onto an input.
+Also here: the one-line messages for write errors (full disk, read-only folder, name too long),
+:func:`same_file`, used to refuse writing an output onto an input, :func:`check_regular`, which refuses
+to read a FIFO or device (it would block forever), and :func:`file_sha256`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,24 @@ def atomic_write_bytes(path: str | os.PathLike, data, *, fsync: bool = True) -> 
     except BaseException:
         discard(tmp)
         raise
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 hex digest of a file's bytes, read in ``chunk``-byte pieces (bounded memory).
+
+    Raises:
+        OSError: the file cannot be opened or read.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -192,6 +212,28 @@ def check_writable(path: str | os.PathLike, what: str = "--out") -> None:
             discard(probe)
 
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+
+
+def check_regular(path: str | os.PathLike) -> None:
+    """Refuse an existing ``path`` that is not a regular file (symlinks followed): reading a FIFO, socket
+    or device can block forever or never end (``/dev/zero``). A missing file is left to the reader's
+    own message.
+
+    Raises:
+        RtsegError: ``path`` is a FIFO, socket, device or folder (one line naming it and the fix).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = next((k for test, k in _KINDS if test(mode)), "not a regular file")
+        raise RtsegError(f"{path} is {kind}, not a regular file; reading it could block forever — remove it from "
+                         f"its folder or pass a regular file (rtseg reads regular files only)")
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """True when ``a`` and ``b`` name the same existing file or folder (hard links and symlinks
     included), or the same path once resolved."""
@@ -231,5 +273,6 @@ def check_outputs(outputs: list[tuple[str, str | os.PathLike | None]],
                 raise RtsegError(f"{opt} and {opt2} name the same file {p}; give them different names")
 
 
-__all__ = ["atomic_write_bytes", "check_outputs", "check_writable", "discard", "finish_mode", "new_temp", "same_file", "temp_path",
+__all__ = ["atomic_write_bytes", "check_outputs", "check_regular", "check_writable", "discard", "file_sha256", "finish_mode",
+           "new_temp", "same_file", "temp_path",
            "write_error", "write_json"]

@@ -89,14 +89,19 @@ def list_masks(folder: str | Path) -> list[Path]:
     """The mask files of ``folder`` in sorted file-name order.
 
     Raises:
-        RtsegError: the folder does not exist or holds no image file.
+        RtsegError: the folder does not exist or holds no image file, or one of them is not a regular
+            file (a FIFO or device would block the reader: :func:`rtseg.safe_io.check_regular`).
     """
+    from .safe_io import check_regular
+
     d = Path(folder)
     if not d.is_dir():
         raise RtsegError(f"--masks {d} is not a folder; pass the folder of per-frame masks (one image per frame)")
     files = sorted(p for p in d.iterdir() if p.suffix.lower() in MASK_SUFFIXES)
     if not files:
         raise RtsegError(f"--masks {d} holds no mask image ({', '.join(MASK_SUFFIXES)}); pass the folder of per-frame masks")
+    for f in files:
+        check_regular(f)
     return files
 
 

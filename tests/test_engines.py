@@ -17,7 +17,7 @@ from rtseg.export.build import BuildOptions, build_engine
 from rtseg.export.gate import GateOptions
 from rtseg.export.calibrate import preprocess_images, select_images
 from rtseg.models import create_model
-from rtseg.runtime import load_engine, logits_to_mask
+from rtseg.runtime import load_engine, logits_to_mask, seal_engine
 
 NO_GATE = GateOptions(enabled=False)
 
@@ -150,6 +150,7 @@ def test_other_backend_version_is_refused(engines, work):
         shutil.copytree(engines[key], copy, dirs_exist_ok=True)
         meta = json.loads((copy / "engine.json").read_text())
         meta["backend_version"] = "1999.0.0"
+        meta["seal"] = seal_engine(copy, meta)  # as that version would have built it: the version check, not the seal
         (copy / "engine.json").write_text(json.dumps(meta))
         with pytest.raises(RtsegError, match="1999.0.0.*rebuild it with 'rtseg build-engine"):
             load_engine(copy)

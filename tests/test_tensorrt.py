@@ -411,7 +411,7 @@ def test_load_engine_without_tensorrt_is_one_clear_error(tmp_path):
 
     (tmp_path / "engine.json").write_text(json.dumps(META))
     with pytest.raises(RtsegError) as e:
-        load_engine(tmp_path)
+        load_engine(tmp_path, allow_unsealed=True)  # a hand-written engine.json: no seal (issue 26)
     assert str(e.value) == TRT_MISSING
 
 
@@ -876,6 +876,8 @@ def _ort(path: Path, x: np.ndarray) -> np.ndarray:
 def gpu_engines(tmp_path_factory):
     """fp32/fp16/int8 engine folders of a small 2-class EUNet, plus the ONNX files they came from."""
     pytest.importorskip("tensorrt")
+    from rtseg.runtime import seal_engine
+
     root = tmp_path_factory.mktemp("trt")
     model = _small_model("eunet-s", num_classes=2)
     onnx_path = _export(model, root / "model.onnx")
@@ -890,6 +892,7 @@ def gpu_engines(tmp_path_factory):
             input_hw=HW, min_batch=1, opt_batch=2, max_batch=4, workspace_mb=1024, timing_cache=cache))
         meta = {"format": "rtseg-engine/1", **entries, "onnx_file": src.name, "model": model_meta,
                 "checkpoint": {"path": "test", "sha256": None}}
+        meta["seal"] = seal_engine(folder, meta)  # as build-engine seals it (issue 26)
         (folder / "engine.json").write_text(json.dumps(meta))
         folders[precision] = folder
     return {"onnx": onnx_path, "qdq": qdq_path, "folders": folders, "cache": cache, "root": root}
@@ -966,17 +969,19 @@ def test_gpu_cuda_graph_matches_plain_execution(gpu_engines):
 
 @pytest.mark.gpu
 def test_gpu_version_compatible_engine_and_refusal(gpu_engines):
-    from rtseg.runtime import load_engine
+    from rtseg.runtime import load_engine, seal_engine
 
     folder = gpu_engines["root"] / "tensorrt-fp32-vc"
     entries = build_tensorrt_engine(gpu_engines["onnx"], folder, "fp32", TensorRTBuildOptions(
         input_hw=HW, max_batch=2, version_compatible=True, timing_cache=gpu_engines["cache"]))
     meta = {"format": "rtseg-engine/1", **entries, "model": {"num_classes": 2}, "checkpoint": {"path": "test"}}
+    meta["seal"] = seal_engine(folder, meta)
     (folder / "engine.json").write_text(json.dumps(meta))
     be = load_engine(folder)
     assert be.infer(be.normalize(_batch(2))).shape == (2, 2, *HW)
     be.close()
     meta["backend_version"] = "99.0.0"  # built by a newer TensorRT than the one here
+    meta["seal"] = seal_engine(folder, meta)  # as that TensorRT would seal it: the version check refuses it
     (folder / "engine.json").write_text(json.dumps(meta))
     with pytest.raises(RtsegError, match="rebuild"):
         load_engine(folder)

@@ -37,6 +37,7 @@ def _ints(s: str) -> list[int]:
 @click.option("--stream-frames", default=None, type=int, help="Stream at most N frames (default: the whole video).")
 @click.option("--stream-output", default=None, help="Where the stream writes (default: a temporary .mp4; 'none' = no encode).")
 @click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
+@click.option("--allow-unsealed", is_flag=True, help="Use an engine whose engine.json has no seal (an older rtseg's; refused otherwise).")
 @click.option("--compare", is_flag=True,
               help="Also run the naive loop (cv2 read → torch eager → cv2 overlay → cv2 write) and print the ratios: "
                    "engine vs torch eager, stream vs naive loop, stream vs inference-only FPS.")
@@ -45,7 +46,8 @@ def _ints(s: str) -> list[int]:
 @click.option("--chart", "chart", type=click.Path(), default=None,
               help="PNG chart: latency per batch size per engine, end-to-end FPS per path (default: --out with .png).")
 def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, threads, backend, no_torch, stream,
-                  stream_batch, stream_frames, stream_output, allow_failed_gate, compare, as_json, out_json, chart):
+                  stream_batch, stream_frames, stream_output, allow_failed_gate, allow_unsealed, compare, as_json, out_json,
+                  chart):
     """Latency p50/p99 and throughput at each batch size on real frames, for engines and the PyTorch
     reference, plus the stream's end-to-end FPS on --video.
 
@@ -63,7 +65,7 @@ def bench_command(engines, checkpoints, video, batch_sizes, seconds, warmup, thr
     options = BenchOptions(batch_sizes=tuple(_ints(batch_sizes)), seconds=seconds, warmup=warmup, threads=threads,
                            torch_ref=not no_torch, stream=stream, stream_batch=stream_batch, stream_frames=stream_frames,
                            stream_output=stream_output, backend=backend, allow_failed_gate=allow_failed_gate,
-                           compare=compare)
+                           allow_unsealed=allow_unsealed, compare=compare)
     rep = run_bench(list(engines) + list(checkpoints), video, options, log=log)
     if out_json:
         write_json(out_json, rep.to_dict())

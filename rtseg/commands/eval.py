@@ -28,6 +28,7 @@ from .common import decision_options
 @click.option("--save-overlays", default=0, type=click.IntRange(min=0), help="Write a grid PNG of image / ground truth / prediction for the first N images.")
 @click.option("--overlays-path", default="eval_overlays.png", show_default=True, type=click.Path(), help="Where --save-overlays writes.")
 @click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
+@click.option("--allow-unsealed", is_flag=True, help="Use an engine whose engine.json has no seal (an older rtseg's; refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
 @click.option("--out", "out_json", type=click.Path(dir_okay=False),
               help="Also write the JSON result to this file (replaced if it exists; written atomically).")
@@ -45,7 +46,7 @@ from .common import decision_options
               help="With --video: PNG of per-frame Dice and flicker (default: --out with .png, else video_eval.png).")
 @decision_options()
 def eval_command(target, checkpoint, engine, data, data_format, split, batch_size, threads, limit, save_overlays,
-                 overlays_path, allow_failed_gate, as_json, out_json, video, masks, temporal, infer_every, ema,
+                 overlays_path, allow_failed_gate, allow_unsealed, as_json, out_json, video, masks, temporal, infer_every, ema,
                  max_frames, plot_path, raw, presence_threshold, presence_min_area, persist, hold):
     """Dice, IoU, accuracy, recall, specificity, precision (per-image mean and dataset-global) of a
     checkpoint or an engine (default: rtseg's shipped polyp model), on a split or a folder.
@@ -61,7 +62,7 @@ def eval_command(target, checkpoint, engine, data, data_format, split, batch_siz
     check_outputs([("--out", out_json), ("--plot", plot_path if (video or masks) else None),
                    ("--overlays-path", overlays_path if save_overlays else None)],
                   [path, data, video, masks if str(masks).lower() != "none" else None])
-    backend, path = _backend(path, threads, allow_failed_gate, as_json)
+    backend, path = _backend(path, threads, allow_failed_gate, allow_unsealed, as_json)
     if backend.max_batch:
         batch_size = min(batch_size, backend.max_batch)
     if video or masks:
@@ -95,12 +96,13 @@ def eval_command(target, checkpoint, engine, data, data_format, split, batch_siz
     _report(res, backend, where, batch_size, as_json, out_json)
 
 
-def _backend(path, threads, allow_failed_gate: bool, as_json: bool):
+def _backend(path, threads, allow_failed_gate: bool, allow_unsealed: bool, as_json: bool):
     """``(backend, description)``: the engine/checkpoint at ``path``, or the shipped default model."""
     from ..runtime import load_engine
 
     if path:
-        return load_engine(path, num_threads=threads, allow_failed_gate=allow_failed_gate), path
+        return load_engine(path, num_threads=threads, allow_failed_gate=allow_failed_gate,
+                           allow_unsealed=allow_unsealed), path
     from ..defaults import load_default_engine  # its engine is built into the cache on first use
 
     backend = load_default_engine(num_threads=threads, log=None if as_json else (lambda m: click.echo(m, err=True)))

@@ -2,7 +2,9 @@
 
 Layout: ``ROOT/images/<stem>.<ext>`` pairs with ``ROOT/masks/<stem>[_mask].<ext>`` by file stem.
 Binary masks (JPEG in the polyp sets) are read as gray and thresholded at ``> 127``; class-index
-masks (CamVid PNGs) are read as they are.
+masks (CamVid PNGs) are read as they are. Images and masks alike are turned upright by their EXIF
+orientation (:func:`imread`: one rule for every reader), and only regular files are read (a FIFO or
+device among them is refused at once instead of blocking the reader forever).
 
 The split is 80/10/10 train/val/test by frame count, decided by sorting *groups* by the SHA-256 of
 their name — the same on every machine and Python version, independent of file-system order — and
@@ -26,6 +28,7 @@ import cv2
 import numpy as np
 
 from ..errors import RtsegError
+from ..safe_io import check_regular
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = ("_mask", "_Mask", "-mask", "_seg", "_label")
@@ -47,7 +50,15 @@ class Sample:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+    """The image files of ``folder`` (by extension, hidden ones left out), sorted.
+
+    Raises:
+        RtsegError: one of them is not a regular file (:func:`check_regular`).
+    """
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
+    for p in files:
+        check_regular(p)
+    return files
 
 
 def _mask_stem(stem: str) -> str:
@@ -244,13 +255,73 @@ def fingerprint(samples: list[Sample]) -> str:
     return h.hexdigest()
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as ``uint8[H, W, 3]`` RGB.
+#: EXIF orientation tag (1..8) → the NumPy view that turns the stored pixels upright (as PIL's
+#: ``ImageOps.exif_transpose``): mirror, rotate 180, flip, transpose, rotate 90 CW, transverse, rotate 90 CCW
+_ORIENT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1),
+           6: lambda a: np.rot90(a, -1), 7: lambda a: a.swapaxes(0, 1)[::-1, ::-1], 8: lambda a: np.rot90(a, 1)}
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The EXIF orientation (1..8, 1 = upright) of an image file, read from its header by PIL (JPEG,
+    PNG ``eXIf``, TIFF, WebP); 1 when it has none or the header is unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.format == "PNG":  # PIL's getexif() would decode the whole PNG to look past its pixels
+                exif = Image.Exif()
+                exif.load(im.info.get("exif") or b"")
+            else:
+                exif = im.getexif()
+            o = exif.get(0x0112, 1)
+    except Exception:  # PIL raises many types on odd headers; cv2 reports an unreadable file
+        return 1
+    return o if isinstance(o, int) and 1 <= o <= 8 else 1
+
+
+def imread(path: str | Path, flags: int) -> np.ndarray | None:
+    """``cv2.imread`` of a regular file turned upright by its EXIF orientation, the same way for every
+    ``flags`` (OpenCV applies it for ``IMREAD_COLOR`` and ``IMREAD_GRAYSCALE`` only, not for masks read
+    ``IMREAD_UNCHANGED``). ``None`` when OpenCV cannot read the file.
 
     Raises:
-        RtsegError: missing or unreadable file.
+        RtsegError: ``path`` is a FIFO, socket, device or folder (:func:`check_regular`).
     """
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    check_regular(path)
+    if flags != cv2.IMREAD_UNCHANGED:
+        flags |= cv2.IMREAD_IGNORE_ORIENTATION
+    img = cv2.imread(str(path), flags)
+    if img is None:
+        return None
+    turn = _ORIENT.get(exif_orientation(path))
+    return np.ascontiguousarray(turn(img)) if turn else img
+
+
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """``(w, h)`` of an image file as :func:`read_image` gives it (EXIF orientation applied), from its
+    header; ``None`` when the header is unreadable.
+
+    Raises:
+        RtsegError: ``path`` is not a regular file (:func:`check_regular`).
+    """
+    from PIL import Image
+
+    check_regular(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception:  # unreadable header: the reader names the file when it gets there
+        return None
+    return (h, w) if exif_orientation(path) in (5, 6, 7, 8) else (w, h)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as ``uint8[H, W, 3]`` RGB, upright (EXIF orientation applied, :func:`imread`).
+
+    Raises:
+        RtsegError: missing or unreadable file, or not a regular file.
+    """
+    img = imread(path, cv2.IMREAD_COLOR)
     if img is None:
         raise RtsegError(f"cannot read image {path}; check that it exists and is a valid image file")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -274,13 +345,14 @@ def binary_mask(m: np.ndarray, threshold: int | None = None) -> np.ndarray:
 
 
 def read_mask(path: str | Path, binary: bool = True, threshold: int | None = None) -> np.ndarray:
-    """Read a mask as ``uint8[H, W]``: binary → {0, 1} by :func:`binary_mask` (0/1 or 0/255 masks, 8 or 16
-    bit, PNG or JPEG); else class indices as stored (first channel).
+    """Read a mask as ``uint8[H, W]``, upright like its image (EXIF orientation applied, :func:`imread`):
+    binary → {0, 1} by :func:`binary_mask` (0/1 or 0/255 masks, 8 or 16 bit, PNG or JPEG); else class
+    indices as stored (first channel).
 
     Raises:
-        RtsegError: missing or unreadable file, or class indices above 255.
+        RtsegError: missing or unreadable file, not a regular file, or class indices above 255.
     """
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    m = imread(path, cv2.IMREAD_UNCHANGED)
     if m is None:
         raise RtsegError(f"cannot read mask {path}; check that it exists and is a valid image file")
     if binary:

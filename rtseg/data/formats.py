@@ -47,8 +47,8 @@ import cv2
 import numpy as np
 
 from ..errors import RtsegError
-from .folder import (GROUPED_RULE, IMAGE_EXTS, MASK_SUFFIXES, Sample, find_pairs, grouped_split, pair_folder, read_image,
-                     read_mask, split_samples, stem_key)
+from .folder import (GROUPED_RULE, IMAGE_EXTS, MASK_SUFFIXES, Sample, find_pairs, grouped_split, imread,
+                     pair_folder, read_image, read_mask, split_samples, stem_key)
 
 __all__ = ["LabelSpec", "DataFormat", "PolypFormat", "CityscapesFormat", "CocoFormat", "FsocoFormat", "CamVidFormat",
            "FORMATS", "get_format", "detect_format", "CITYSCAPES_LABELID_TO_TRAINID", "CITYSCAPES_LUT", "CAMVID_LUT"]
@@ -144,8 +144,8 @@ def _check_same_size(img: np.ndarray, lab: np.ndarray, what: str) -> None:
 
 
 def _read_index_mask(path: Path) -> np.ndarray:
-    """A class-index PNG as ``uint8[H, W]`` (first channel if it has several)."""
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    """A class-index PNG as ``uint8[H, W]`` (first channel if it has several; upright, :func:`rtseg.data.folder.imread`)."""
+    m = imread(path, cv2.IMREAD_UNCHANGED)
     if m is None:
         raise RtsegError(f"cannot read label {path}; check that it exists and is a valid PNG")
     if m.ndim == 3:
@@ -707,7 +707,7 @@ def _looks_like_camvid(mask_dir: Path) -> bool:
         return False
     many = False
     for p in masks:
-        m = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        m = imread(p, cv2.IMREAD_UNCHANGED)
         if m is None or m.ndim != 2 or m.dtype != np.uint8 or m.max() > 11:
             return False
         many |= bool(np.any((m >= 2) & (m <= 11)))

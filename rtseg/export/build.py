@@ -208,17 +208,23 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
     b = _Build(ckpt, model, meta, backend, precision, hw, tmp, options, log or (lambda msg: None))
     try:
         engine = _build_in(b)
-        from ..checkpoint import write_json
-        from ..meta import engine_seal
-
-        engine["seal"] = engine_seal(engine)
-        write_json(tmp / "engine.json", engine)
+        _write_sealed(tmp, engine)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     b.log(f"engine written to {out}")
     return out
+
+
+def _write_sealed(folder: Path, engine: dict[str, Any]) -> None:
+    """Seal the finished ``folder`` (:mod:`rtseg.runtime.seal`: its files and ``engine``) and write ``engine.json``."""
+    from ..runtime.seal import seal_engine
+    from ..safe_io import write_json
+
+    engine.pop("seal", None)
+    engine["seal"] = seal_engine(folder, engine)
+    write_json(folder / "engine.json", engine)
 
 
 def _check_options(spec, precision: str, o: BuildOptions) -> None:
@@ -511,16 +517,16 @@ def _reason(built: list[dict[str, Any]], winner: dict[str, Any], batch: int) -> 
 
 
 def _publish_selection(out: Path, selection: dict[str, Any]) -> None:
-    """Copy the winner's folder to ``out`` with ``engine.json`` ``selection`` added."""
-    from ..checkpoint import write_json
-
+    """Copy the winner's folder to ``out`` with ``engine.json`` ``selection`` added (and sealed again)."""
+    from ..runtime import check_seal
     from ..safe_io import new_temp_dir
 
     tmp = new_temp_dir(out)
     shutil.copytree(selection.pop("winner_folder"), tmp, dirs_exist_ok=True)
     engine = json.loads((tmp / "engine.json").read_text())
+    check_seal(tmp, engine)  # the copy is the winner as built, before its seal is renewed
     engine["selection"] = selection
-    write_json(tmp / "engine.json", engine)
+    _write_sealed(tmp, engine)
     _publish(tmp, out)
 
 

@@ -119,12 +119,12 @@ def calibrate_onnx(onnx_path: str | Path, qdq_path: str | Path, data: np.ndarray
         RtsegError: no data (never random scales), a wrong data shape, an unknown method or
             activation type, ``weight_bits`` not 7 or 8, or ONNX Runtime failing to quantize.
     """
-    import onnx
+    from ..onnx_files import load_onnx
 
     check_method(method)
     if data is None or len(data) == 0:
         raise RtsegError("no calibration data; pass --calib-data DIR with representative images (rtseg never uses random scales)")
-    model = onnx.load(str(onnx_path))
+    model = load_onnx(onnx_path)
     data = _checked_data(model, data)
     if activation not in ACTIVATION_TYPES:
         raise RtsegError(f"unknown activation type {activation!r}; use one of {', '.join(ACTIVATION_TYPES)}")
@@ -240,6 +240,9 @@ def _fp32_onnx(model, fp32: Path, hw: tuple[int, int], data: np.ndarray, opts: C
     if Path(opts.onnx_path).resolve() != fp32.resolve():
         import shutil
 
+        from ..onnx_files import check_external_data
+
+        check_external_data(opts.onnx_path)  # where it is: its external data is relative to its own folder
         shutil.copyfile(opts.onnx_path, fp32)
     return dict(opts.export_info or {})
 

@@ -293,10 +293,10 @@ def layer_sensitivity(fp32_onnx: str | Path, qdq_onnx: str | Path, x: np.ndarray
     """
     if backend not in RANK_BACKENDS:
         raise RtsegError(f"the layer ranking runs in {' or '.join(RANK_BACKENDS)}, not {backend!r}; pass one of those")
-    import onnx
+    from ..onnx_files import load_onnx
 
     log = log or (lambda m: None)
-    fm, qm = onnx.load(str(fp32_onnx)), onnx.load(str(qdq_onnx))
+    fm, qm = load_onnx(fp32_onnx), load_onnx(qdq_onnx)
     ops = {n.name: n.op_type for n in qm.graph.node}
     done = list(already_float)
     names = [n for n in quantized_nodes(qm) if n not in set(done)]
@@ -438,12 +438,11 @@ def _start_gate(folder: Path, engine: dict, gs: GateSet, o: GateOptions, log) ->
 
 def _repair(run: _GateRun, rebuild: Callable[[Path], dict], before: dict) -> tuple[dict, list[dict], list[dict]]:
     """Greedy repair rounds (module docstring): returns (last row, ranking of the float layers, rounds)."""
-    import onnx
-
+    from ..onnx_files import load_onnx
     from . import calibrate as cal
 
     qdq_path = run.folder / cal.QDQ_ONNX
-    qm, fm = onnx.load(str(qdq_path)), onnx.load(str(run.folder / cal.FP32_ONNX))
+    qm, fm = load_onnx(qdq_path), load_onnx(run.folder / cal.FP32_ONNX)
     original = qdq_path.with_name("model.qdq.calibrated.onnx")
     original.write_bytes(qdq_path.read_bytes())
     limit = max(1, int(run.options.max_excluded_fraction * len(quantized_nodes(qm))))

@@ -32,6 +32,7 @@ def imported_fp32(folder: Path, meta, dst: Path, hw: tuple[int, int], sample: np
         RtsegError: ``hw`` other than the folder's input size (its graph is fixed at it).
     """
     from ..checkpoint import MODEL_ONNX
+    from ..onnx_files import check_external_data
     from .onnx_adapt import ort_run
 
     if tuple(hw) != tuple(meta.input_hw):
@@ -40,6 +41,7 @@ def imported_fp32(folder: Path, meta, dst: Path, hw: tuple[int, int], sample: np
     src = meta.source or {}
     if src.get("batch") == "fixed":
         sample = sample[:1]
+    check_external_data(folder / MODEL_ONNX)
     shutil.copyfile(folder / MODEL_ONNX, dst)
     reference = ort_run(dst.read_bytes(), np.ascontiguousarray(sample, dtype=np.float32))
     exp = src.get("export") or {}

@@ -137,6 +137,9 @@ def quantize_nncf(fp32_onnx: str | Path, out_xml: str | Path, calib_x: np.ndarra
     log = log or (lambda m: None)
     x = np.asarray(calib_x, np.float32)
     calib = nncf.Dataset([x[i:i + 1] for i in range(len(x))])
+    from ..onnx_files import check_external_data
+
+    check_external_data(fp32_onnx)
     model = ov.Core().read_model(str(fp32_onnx))
     t0 = time.perf_counter()
     if o.accuracy_control:

@@ -31,28 +31,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import RtsegError
+from ..onnx_files import load_onnx  # noqa: F401  (re-exported: the one ONNX reader)
 
 #: oldest opset accepted (Resize with scales, Clip with inputs)
 MIN_OPSET = 11
 OUTPUT_NAME = "logits"
 _STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
-
-
-def load_onnx(path) -> Any:
-    """``onnx.ModelProto`` of ``path`` (external data loaded).
-
-    Raises:
-        RtsegError: missing or unparsable file.
-    """
-    import onnx
-
-    try:
-        return onnx.load(str(path))
-    except FileNotFoundError:
-        raise RtsegError(f"{path} does not exist; pass the .onnx file of the model") from None
-    except Exception as e:  # protobuf decode errors have many types
-        raise RtsegError(f"{path} is not an ONNX model ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}); "
-                         f"pass a file written by torch.onnx.export or another ONNX exporter") from None
 
 
 def opset_of(model) -> int:

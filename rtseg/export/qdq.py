@@ -169,10 +169,10 @@ def _canonicalize(model) -> None:
 def save_canonical(src: str | Path, dst: str | Path) -> Path:
     """Copy the ONNX ``src`` to ``dst`` without tool-written doc strings, atomically (a hidden
     temporary file next to ``dst``, then ``os.replace``). Returns ``dst``."""
-    import onnx
+    from ..onnx_files import load_onnx
 
     dst = Path(dst)
-    q = onnx.load(str(src))
+    q = load_onnx(src)
     _canonicalize(q)
     from ..safe_io import atomic_write_bytes
 
@@ -183,10 +183,11 @@ def save_canonical(src: str | Path, dst: str | Path) -> Path:
 def qdq_summary(path: str | Path) -> dict[str, Any]:
     """Count the Q/DQ nodes of an ONNX and check the scheme: ``{"quantize", "dequantize",
     "int8_zero_points", "nonzero_zero_points", "quantized_ops": {op_type: n}}``."""
-    import onnx
     from onnx import numpy_helper
 
-    m = onnx.load(str(path))
+    from ..onnx_files import load_onnx
+
+    m = load_onnx(path)
     inits = {t.name: t for t in m.graph.initializer}
     consumers: dict[str, list] = {}
     for n in m.graph.node:

@@ -180,10 +180,13 @@ def fp16_onnx(onnx_in: str | Path, onnx_out: str | Path, *, keep_io_types: bool 
     """
     import onnx
 
+    from ..onnx_files import load_onnx
     from .trt_onnx_check import has_qdq
 
     try:
-        model = onnx.load(str(onnx_in))
+        model = load_onnx(onnx_in)
+    except RtsegError:
+        raise
     except Exception as e:
         raise RtsegError(f"cannot read {onnx_in} ({e}); re-export with 'rtseg export'") from None
     if has_qdq(model):
@@ -410,6 +413,9 @@ def _parse_network(trt, builder, logger, net: _Network, major: int):
     Raises:
         RtsegError: a parser error (the first one, on one line), or not exactly one input.
     """
+    from ..onnx_files import check_external_data
+
+    check_external_data(net.onnx)
     flags = 0
     if net.strongly_typed and major < 11:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)

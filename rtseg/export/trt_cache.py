@@ -18,10 +18,11 @@ from ..safe_io import atomic_write_bytes
 def activation_scales(qdq_path: str | Path) -> dict[str, float]:
     """Per-tensor activation scales of a Q/DQ ONNX: ``{float tensor name: scale}`` (the tensor that
     feeds each activation ``QuantizeLinear``; scale = amax / 127 for rtseg's symmetric int8)."""
-    import onnx
     from onnx import numpy_helper
 
-    m = onnx.load(str(qdq_path))
+    from ..onnx_files import load_onnx
+
+    m = load_onnx(qdq_path)
     inits = {t.name: t for t in m.graph.initializer}
     scales: dict[str, float] = {}
     for n in m.graph.node:

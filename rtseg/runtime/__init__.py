@@ -8,6 +8,7 @@ one line each (:mod:`rtseg.runtime.registry`; docs/extending.md "Add a backend")
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..errors import RtsegError
@@ -15,6 +16,7 @@ from ..meta import EngineMeta
 from .base import Backend, logits_to_mask
 from .registry import (BackendSpec, BuildRequest, LoadOptions, all_precisions, backend_names, get_backend,
                        register_backend, unregister_backend)
+from .seal import check_seal, seal_engine
 
 register_backend("openvino", "rtseg.runtime.openvino_backend:SPEC")
 register_backend("onnxruntime", "rtseg.runtime.onnxruntime_backend:SPEC")
@@ -47,7 +49,7 @@ def read_engine_json(folder: str | Path) -> dict:
 
 
 def load_engine(path: str | Path, backend: str | None = None, num_threads: int | None = None,
-                allow_failed_gate: bool = False, **kwargs) -> Backend:
+                allow_failed_gate: bool = False, allow_unsealed: bool = False, **kwargs) -> Backend:
     """Open ``path`` for inference.
 
     Args:
@@ -58,15 +60,22 @@ def load_engine(path: str | Path, backend: str | None = None, num_threads: int |
         num_threads: CPU inference threads (OpenVINO/ONNX Runtime/torch); ``None`` = backend default.
         allow_failed_gate: open an engine that failed its accuracy gate (``engine.json``
             ``accuracy_gate.status == "failed"``); refused otherwise, never used silently.
+        allow_unsealed: open an engine folder whose ``engine.json`` has no seal (built by an older
+            rtseg; :mod:`rtseg.runtime.seal`) without checking its files; refused otherwise. An engine
+            whose seal does not match (an edited file or record) is refused regardless.
         **kwargs: backend-specific options (e.g. TensorRT ``cuda_graph``).
 
     Raises:
-        RtsegError: not an engine/checkpoint folder, wrong backend, an engine that failed its accuracy
+        RtsegError: not a path, not an engine/checkpoint folder, wrong backend, an engine whose files or
+            ``engine.json`` changed after the build (or without a seal), an engine that failed its accuracy
             gate, or an engine built for another backend version or device (with a rebuild hint).
     """
     from ..limits import check_threads
 
     check_threads(num_threads)
+    if not isinstance(path, (str, os.PathLike)):
+        raise RtsegError(f"the model to load must be a folder path (str or pathlib.Path), not {type(path).__name__}; "
+                         f"pass an engine, checkpoint or model folder")
     p = Path(path)
     if not p.exists():
         raise RtsegError(f"{p} does not exist; pass an engine folder (from 'rtseg build-engine') or a checkpoint folder (from 'rtseg train')")
@@ -86,6 +95,7 @@ def load_engine(path: str | Path, backend: str | None = None, num_threads: int |
     if backend is not None and backend != built_for:
         raise RtsegError(f"{p} is a {built_for} engine, not {backend}; pass --backend {built_for} or build a {backend} engine "
                          f"with 'rtseg build-engine --backend {backend}'")
+    check_seal(p, meta, allow_unsealed)  # before any check trusts a field, before the backend reads a file
     check_accuracy_gate(p, meta, allow_failed_gate)
     return backend_from_meta(p, meta, num_threads=num_threads, **kwargs)
 
@@ -127,7 +137,8 @@ def check_accuracy_gate(folder: str | Path, meta: dict, allow_failed_gate: bool 
 def backend_from_meta(folder: str | Path, meta: dict, num_threads: int | None = None, **kwargs) -> Backend:
     """Open the engine in ``folder`` described by ``meta`` (an ``engine.json`` dict, possibly not yet
     written: the builder's accuracy gate runs engines before it publishes the folder), with the
-    backend the table registers under ``meta["backend"]``.
+    backend the table registers under ``meta["backend"]``. The seal is not checked here (an unpublished
+    folder has none yet): :func:`load_engine` checks it for published folders.
 
     Raises:
         RtsegError: unknown backend, or the backend's own checks (version, device, files).
@@ -135,27 +146,9 @@ def backend_from_meta(folder: str | Path, meta: dict, num_threads: int | None = 
     name = meta.get("backend")
     if name not in backend_names():
         raise RtsegError(f"{Path(folder) / ENGINE_JSON} names an unknown backend {name!r}; rebuild with 'rtseg build-engine'")
-    backend = get_backend(name).load(Path(folder), meta, LoadOptions(num_threads=num_threads, extra=dict(kwargs)))
-    check_seal(folder, meta)
-    return backend
-
-
-def check_seal(folder: str | Path, meta: dict) -> None:
-    """Refuse an ``engine.json`` edited after the build (:func:`rtseg.meta.engine_seal`; engines
-    built before seals existed have none and are not checked).
-
-    Raises:
-        RtsegError: the recorded ``seal`` does not match the sealed fields any more.
-    """
-    from ..meta import SEALED_FIELDS, engine_seal
-
-    seal = meta.get("seal")
-    if seal is not None and seal != engine_seal(meta):
-        raise RtsegError(f"{Path(folder) / ENGINE_JSON} was edited after the build: its {', '.join(SEALED_FIELDS[1:])} "
-                         f"no longer match what was built (seal {str(seal)[:12]}...); rebuild the engine with "
-                         f"'rtseg build-engine' instead of editing engine.json")
+    return get_backend(name).load(Path(folder), meta, LoadOptions(num_threads=num_threads, extra=dict(kwargs)))
 
 
 __all__ = ["Backend", "BackendSpec", "BuildRequest", "ENGINE_JSON", "LoadOptions", "all_precisions", "backend_from_meta",
-           "backend_names", "check_accuracy_gate", "get_backend", "load_engine", "logits_to_mask", "read_engine_json",
-           "register_backend", "unregister_backend"]
+           "backend_names", "check_accuracy_gate", "check_seal", "get_backend", "load_engine", "logits_to_mask", "read_engine_json",
+           "register_backend", "seal_engine", "unregister_backend"]

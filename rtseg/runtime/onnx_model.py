@@ -45,6 +45,8 @@ class OnnxModelBackend(Backend):
         self.model_meta = meta
         try:
             self._session = make_session(folder / MODEL_ONNX, num_threads, level="all")
+        except RtsegError:  # the external-data rule's own line
+            raise
         except Exception as e:  # onnxruntime raises its own exception types
             raise RtsegError(f"ONNX Runtime cannot load {folder / MODEL_ONNX} ({str(e).strip().splitlines()[0]}); "
                              f"re-import the model with 'rtseg import-onnx'") from None

@@ -56,8 +56,15 @@ def make_session(path: str | Path, num_threads: int | None = None, level: str = 
         num_threads: intra-op threads (``None`` = ORT default, all physical cores).
         level: graph optimisation ``"disable" | "basic" | "extended" | "all"``.
         optimized_model_filepath: if given, ORT writes the optimised graph there.
+
+    Raises:
+        RtsegError: external data outside the model's folder (:func:`rtseg.onnx_files.check_external_data`).
     """
     import onnxruntime as ort
+
+    from ..onnx_files import check_external_data
+
+    check_external_data(path)
 
     levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
@@ -104,6 +111,8 @@ class ORTBackend(Backend):
         super().__init__(**settings)
         try:
             self._session = make_session(path, num_threads, level="all")
+        except RtsegError:  # the external-data rule's own line
+            raise
         except Exception as e:  # onnxruntime raises its own exception types
             raise RtsegError(f"ONNX Runtime cannot load {path} ({str(e).strip().splitlines()[0]}); {rebuild}") from None
         self._in = self._session.get_inputs()[0].name
@@ -138,6 +147,8 @@ def build_onnxruntime(req: BuildRequest) -> dict[str, Any]:
         make_session(req.onnx, num_threads=1, level="extended", optimized_model_filepath=target)
         sess = make_session(target, level="all")
         y = sess.run(None, {sess.get_inputs()[0].name: req.sample})[0]
+    except RtsegError:
+        raise
     except Exception as e:  # onnxruntime raises its own types
         raise RtsegError(f"ONNX Runtime cannot run {req.onnx.name} ({str(e).strip().splitlines()[0]}); report the model") from None
     return {"backend_version": onnxruntime_version(), "device": cpu_device_info(), "engine_file": target.name,

@@ -257,6 +257,9 @@ def build_openvino(req: BuildRequest) -> dict[str, Any]:
     """
     import openvino as ov
 
+    from ..onnx_files import check_external_data
+
+    check_external_data(req.onnx)
     try:
         ov_model = ov.convert_model(str(req.onnx))
     except Exception as e:  # OpenVINO's frontend raises its own types
