@@ -405,3 +405,33 @@ def test_http_source_is_a_file(tmp_path, backend, small_clip):
         srv.wait(10)
     assert not rep.sources[0].live and rep.frames == 50 and rep.drops == 0
     assert rec.times == pytest.approx(video_pts_seconds(mkv))
+
+
+def test_live_clock_keeps_the_timeline_monotonic_across_jumps_and_wrap():
+    """A live source's timestamps that wrap (33-bit MPEG-TS), step back or jump ahead by hours come out
+    strictly increasing, advancing by the wall-clock time at each discontinuity; audio that would go
+    back in time is dropped (a muxer refuses it)."""
+    from fractions import Fraction
+
+    from rtseg.stream.pipeline import _LiveClock
+
+    clock, tb = _LiveClock(Fraction(1, 90000)), Fraction(1, 90000)
+    wrap = 2 ** 33
+    src = [wrap - 7200, wrap - 3600, 0, 3600, 1000, 10 ** 12, 10 ** 12 + 3600]  # wrap, step back, jump
+    out = []
+    for pts in src:
+        f = av.VideoFrame(16, 16, "yuv420p")
+        f.pts, f.time_base = pts, tb
+        clock.video(f)
+        out.append(f.pts)
+    assert out[0] == 0 and all(b > a for a, b in zip(out, out[1:])), out
+    assert out[1] - out[0] == 3600 and out[3] - out[2] == 3600 and out[6] - out[5] == 3600
+    assert clock.discontinuities == 3
+    pkt = av.Packet(b"\0" * 8)
+    pkt.time_base = tb
+    pkt.pts = pkt.dts = 10 ** 12 + 3600
+    assert clock.audio(pkt)
+    late = av.Packet(b"\0" * 8)
+    late.time_base = tb
+    late.pts = late.dts = 10 ** 12
+    assert not clock.audio(late)

@@ -18,7 +18,10 @@ Sources: FILE (any container FFmpeg reads), cameraN or /dev/videoN, rtsp:// rtp:
 Outputs: FILE.mp4|.mkv|.mov|.ts (H.264, audio copied), udp://host:port (MPEG-TS), rtp://host:port
   (MPEG-TS over RTP), rtsp://server/path (publish), FOLDER/ or FOLDER/%06d.jpg (images), null.
   With N sources give N outputs, or one holding {i} or {name}.
-Ctrl-C (SIGINT) or SIGTERM stops: queued frames are finished and every output is finalised.
+Ctrl-C (SIGINT) or SIGTERM stops: queued frames are finished and every output is finalised; a
+second Ctrl-C drops the queued frames and exits within 3 s. A network output that stops taking data
+never holds the run (tcp:// and rtsp:// writes time out after 5 s).
+A live stream joined between keyframes starts at its next keyframe ("waiting for a keyframe").
 Files are written under a temporary name and renamed into place when complete: an existing output
 file is replaced (a killed run leaves it as it was); an output that is one of the inputs is refused.
 A udp:// or rtp:// source waits for its sender (--open-timeout to give up after a while).
@@ -56,6 +59,9 @@ Examples:
 @click.option("--open-timeout", default=None, type=click.FloatRange(min=0.1),
               help="Give up on a network source that does not open within this many seconds (default: udp:// and "
                    "rtp:// wait for their sender, other URLs use --stall-timeout).")
+@click.option("--rtsp-transport", default="tcp", show_default=True, type=click.Choice(["tcp", "udp"]),
+              help="How RTP comes from an rtsp:// source: tcp (in the RTSP connection: no loss, passes firewalls) or "
+                   "udp (lower latency on a clean network).")
 @click.option("--fps", default=None, type=click.FloatRange(min=0.01, min_open=False), help="Frame rate of image-folder sources (default 25) / asked of cameras.")
 @click.option("--show", is_flag=True, help="Show the overlaid video in a window (needs a display).")
 @click.option("--metrics-jsonl", default=None, type=click.Path(dir_okay=False), help="Write metrics once per second as JSON lines.")
@@ -71,12 +77,13 @@ Examples:
               help="Write the mask shown on every frame as DIR/000000.png, ... (frame size, 0/255; several sources: "
                    "DIR/source<i>/); DIR must be new or empty.")
 @click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
+@click.option("--allow-unsealed", is_flag=True, help="Use an engine whose engine.json has no seal (an older rtseg's; refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors (and --json).")
 def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeout_ms, alpha, contour, codec, preset, crf,
-                   threads, loop, max_frames, max_latency_ms, reconnect, stall_timeout, open_timeout, fps, show, metrics_jsonl,
+                   threads, loop, max_frames, max_latency_ms, reconnect, stall_timeout, open_timeout, rtsp_transport, fps, show, metrics_jsonl,
                    temporal, infer_every, ema, raw, presence_threshold, presence_min_area, persist, hold, save_masks,
-                   allow_failed_gate, as_json, quiet):
+                   allow_failed_gate, allow_unsealed, as_json, quiet):
     """Segment a video/camera/network stream and write the overlaid output.
 
     Decoding, batched inference and overlay+encoding run in parallel threads; the output keeps the
@@ -100,14 +107,15 @@ def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeou
         backend = load_default_engine(num_threads=threads, log=None if quiet else (lambda m: click.echo(m, err=True)))
         engine = f"default model, {backend.folder}"
     else:
-        backend = load_engine(engine, num_threads=threads, allow_failed_gate=allow_failed_gate)
+        backend = load_engine(engine, num_threads=threads, allow_failed_gate=allow_failed_gate,
+                              allow_unsealed=allow_unsealed)
     if not quiet:
         click.echo(f"engine: {backend.describe()} ({engine})", err=True)
     options = StreamOptions(batch_size=batch_size, batch_timeout_ms=batch_timeout_ms, alpha=alpha, contour=contour,
                             codec=codec, preset=preset, crf=crf, max_frames=max_frames, max_latency_ms=max_latency_ms,
                             reconnect=reconnect, fps=fps, stall_timeout=stall_timeout, show=show,
                             metrics_jsonl=metrics_jsonl, loop=loop, temporal=temporal, infer_every=infer_every, ema=ema,
-                            open_timeout=open_timeout, raw=raw, presence_threshold=presence_threshold,
+                            open_timeout=open_timeout, rtsp_transport=rtsp_transport, raw=raw, presence_threshold=presence_threshold,
                             presence_min_area=presence_min_area, persist=persist, hold=hold, save_masks=save_masks)
     pipe = StreamPipeline(backend, list(sources), [] if no_output else list(outputs), options,
                           log=None if not quiet else (lambda m: None))

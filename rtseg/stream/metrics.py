@@ -91,8 +91,12 @@ class SourceReport:
     """What happened to one source.
 
     ``frames``: frames written to its sinks; ``fps``: frames / seconds of the run;
-    ``drops``: live frames dropped under backpressure or for exceeding ``max_latency_ms``;
-    ``decode_errors``: packets the decoder rejected (skipped); ``reconnects``: successful reopens;
+    ``drops``: live frames not written, ``drop_causes`` by cause (``backpressure``: the pipeline was
+    slower than the source; ``max_latency``: waited longer than ``max_latency_ms``; ``slow_receiver``:
+    a network output's receiver did not take them — counted once per frame and output);
+    ``decode_errors``: packets the decoder rejected (skipped); ``skipped_before_keyframe``: video
+    packets of a live stream joined between keyframes, before its first decodable one (every
+    connection); ``reconnects``: successful reopens;
     ``flicker``: mean over consecutive frames of 1 − IoU of the predicted masks at network size
     (:class:`rtseg.metrics.FlickerMeter`; NaN with fewer than two frames).
     """
@@ -105,7 +109,9 @@ class SourceReport:
     frames: int = 0
     fps: float = 0.0
     drops: int = 0
+    drop_causes: dict[str, int] = field(default_factory=dict)
     decode_errors: int = 0
+    skipped_before_keyframe: int = 0
     reconnects: int = 0
     e2e: Latency = field(default_factory=Latency)
     error: str | None = None
@@ -184,9 +190,11 @@ class StreamReport:
         for i, s in enumerate(self.sources):
             extra = []
             if s.drops:
-                extra.append(f"drops {s.drops}")
+                extra.append(f"drops {s.drops} (" + ", ".join(f"{k.replace('_', ' ')} {n}" for k, n in s.drop_causes.items()) + ")")
             if s.decode_errors:
                 extra.append(f"decode errors {s.decode_errors}")
+            if s.skipped_before_keyframe:
+                extra.append(f"{s.skipped_before_keyframe} packets before the first keyframe skipped")
             if s.reconnects:
                 extra.append(f"reconnects {s.reconnects}")
             if s.error:

@@ -11,18 +11,21 @@ Threads, joined by bounded queues (docs/architecture.md, "Stream pipeline")::
                → encode + mux into every sink of source i (+ audio copy)
 
 * Files (and lavfi graphs, image folders) never drop: a full queue blocks the decoder.
-* Live sources (cameras, network) drop the *oldest* queued frame when their queue is full, and
-  frames older than ``max_latency_ms`` when they reach the batcher; both are counted as drops.
+* Live sources (cameras, network) drop the *oldest* queued frame when their queue
+  (:data:`LIVE_QUEUE_FRAMES`) is full, and frames older than ``max_latency_ms`` when they reach the
+  batcher; both are counted as drops, by cause (:data:`DROP_CAUSES`, with a network output's own).
 * A network source that fails or stalls (``stall_timeout`` s without data) is reopened with
   exponential backoff (0.25 s doubling up to 5 s between attempts) when ``reconnect`` is on; its
   output keeps going, with timestamps continuing from where they stopped plus the outage's
   wall-clock length. Without ``reconnect`` the source ends there (the run ends normally).
 * Timestamps: every frame keeps its ``pts``/``time_base``; file sources come out with exactly the
   input's timestamps (frame count, rate and VFR timing preserved). Live sources are rebased to
-  start at 0.
+  start at 0 and kept strictly increasing across jumps, wrap-around and reconnects (:class:`_LiveClock`).
 * Stop (SIGINT/SIGTERM, ``max_frames``, a display's q key): sources stop reading, frames already
   decoded are still segmented and written, encoders are flushed and every container is finalised.
-  A second SIGINT/SIGTERM abandons queued frames but still finalises the files.
+  A second SIGINT/SIGTERM abandons queued frames but still finalises the files; an output that
+  blocks cannot hold the process (a network output is abandoned after a few seconds, and the
+  process exits at the latest 3 s after a second signal, 15 s after a SIGTERM).
 
 :class:`StreamPipeline` runs it; :func:`run_stream` is the one-call entry point. The per-frame
 steps are methods a subclass can override one at a time (like a predictor's hooks):
@@ -56,8 +59,8 @@ from ..safe_io import write_error
 from ..metrics import FlickerMeter
 from .metrics import STAGES, Latency, LatencyRecorder, MetricsWriter, SourceReport, StreamReport
 from .overlay import Overlay, palette_from_meta
-from .sinks import DisplaySink, NullSink, Sink, make_sink, refuse_output_collisions, refuse_overwriting_inputs
-from .sources import NETWORK_SCHEMES, Item, Source, SourceSpecError, open_source
+from .sinks import DisplaySink, NetworkSink, NullSink, Sink, make_sink, refuse_output_collisions, refuse_overwriting_inputs
+from .sources import NETWORK_SCHEMES, RTSP_TRANSPORTS, Item, Source, SourceSpecError, open_source
 from .decide import StreamDecision
 from .mask_writer import MaskWriter
 from .temporal import check_temporal, describe_temporal, make_temporal
@@ -68,6 +71,19 @@ BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 5.0
 #: the largest batch size warmed before the first frame (:meth:`StreamPipeline._warm_up`)
 WARMUP_MAX_BATCH = 64
+#: frames a live source's input queue holds before its oldest is dropped (backpressure): enough to
+#: ride out a hiccup of the inference thread (~0.3 s at 25 FPS) without a drop; a pipeline that is
+#: keeping up never fills it, so it adds no latency (``--max-latency-ms`` bounds the wait instead)
+LIVE_QUEUE_FRAMES = 8
+#: a live source's timestamps that step back or jump ahead by more than this (s) are a discontinuity
+#: (:class:`_LiveClock`)
+PTS_JUMP_S = 10.0
+#: why a live frame was not written (keys of ``SourceReport.drop_causes``)
+DROP_CAUSES = ("backpressure", "max_latency", "slow_receiver")
+#: after a second SIGINT/SIGTERM, seconds the run gets to finalise its files before the process exits
+HARD_EXIT_S = 3.0
+#: after a first SIGTERM, seconds the graceful stop gets before the process exits
+TERM_EXIT_S = 15.0
 
 
 @dataclass
@@ -96,6 +112,8 @@ class StreamOptions:
         open_timeout: how long a network source may take to open (s); ``None``: a ``udp://``/``rtp://``
             listener waits for its sender until stopped (saying so after a second), other network
             sources use ``stall_timeout``.
+        rtsp_transport: ``"tcp"`` (default: RTP interleaved in the RTSP connection, no loss, passes
+            NAT/firewalls) or ``"udp"`` (RTP over UDP: lower latency on a clean LAN) for ``rtsp://`` sources.
         temporal: ``"off"``, ``"ema"`` or ``"flow"`` (:mod:`rtseg.stream.temporal`): smooth the logits
             across frames of a source (``ema``) or carry the last keyframe's logits to the frames in
             between by optical flow (``flow``).
@@ -133,6 +151,7 @@ class StreamOptions:
     overlay: bool = True
     handle_signals: bool = True
     open_timeout: float | None = None
+    rtsp_transport: str = "tcp"
     temporal: str = "off"
     infer_every: int = 1
     ema: float = 0.3
@@ -166,6 +185,8 @@ class StreamOptions:
         for name, v in (("--fps", self.fps), ("--open-timeout", self.open_timeout)):
             if v is not None and not (0 < v < math.inf):
                 raise RtsegError(f"{name} must be a positive number, got {v}; omit it for the default")
+        if self.rtsp_transport not in RTSP_TRANSPORTS:
+            raise RtsegError(f"--rtsp-transport must be one of {', '.join(RTSP_TRANSPORTS)}, got {self.rtsp_transport!r}")
         check_temporal(self.temporal, self.infer_every, self.ema)
         from ..decision import PresenceRule, check_persistence
 
@@ -238,7 +259,8 @@ class _InQueues:
         self.caps = caps
         self.live = live
         self.closed = [False] * len(caps)
-        self.drops = [0] * len(caps)
+        self.drops = [0] * len(caps)  # backpressure: the oldest frame dropped for a new one
+        self.late = [0] * len(caps)  # waited longer than max_latency_ms
         self.max_depth = [0] * len(caps)
         self.rr = 0  # round-robin start
 
@@ -322,7 +344,7 @@ class _InQueues:
                 q = self.q[i]
                 while q and max_age_s is not None and self.live[i] and now - q[0].t0 > max_age_s:
                     release(q.popleft())
-                    self.drops[i] += 1
+                    self.late[i] += 1
                 if q and len(out) < max_n:
                     out.append(q.popleft())
                     progress = True
@@ -400,42 +422,53 @@ class _SourceState:
 
 
 class _LiveClock:
-    """Rebases a live source's timestamps to start at 0 s and to continue across reconnects.
+    """Rebases a live source's timestamps to start at 0 s and to stay monotonic for every sink.
 
-    Video: ``pts`` = (pts − first pts of the connection) + the connection's offset, in the
-    source's first ``info.time_base``, strictly increasing. Audio packets move by the same amount
-    and are dropped when they come before the connection's first video frame.
+    Video: output time = source time + ``shift_s``, in the source's first ``info.time_base``,
+    strictly increasing. ``shift_s`` is set by the first frame of each connection (so a reconnect
+    continues the timeline, :meth:`resume`) and re-set at a discontinuity — a step back or a jump
+    ahead of more than :data:`PTS_JUMP_S` (MPEG-TS 33-bit wrap-around every 26.5 h, a sender that
+    restarted its clock): the output then advances by the wall-clock time since the last frame.
+    Audio packets move by the same ``shift_s``; those before the connection's first video frame, or
+    not after the last audio packet given out, are dropped (a muxer refuses them).
     """
 
     def __init__(self, time_base):
         self.tb_out = time_base
-        self.base_pts: int | None = None  # first video pts of this connection
-        self.base_tb = None
-        self.offset_s = 0.0  # where this connection starts on the output timeline (s)
+        self.shift_s: float | None = None  # output time − source time (s); None: new connection
+        self.offset_s = 0.0  # where the next connection starts on the output timeline (s)
+        self.last_src: float | None = None  # source time of the last video frame (s)
         self.last_pts: int | None = None  # last video pts given out (tb_out ticks)
         self.last_wall: float | None = None  # time.monotonic() (s) when it was given out
+        self.last_audio: float | None = None  # output time of the last audio packet (s)
+        self.discontinuities = 0
 
     def video(self, f: av.VideoFrame) -> None:
         """Rewrite ``f.pts``/``f.time_base`` in place."""
-        if self.base_pts is None:
-            self.base_pts, self.base_tb = f.pts, f.time_base
-        t = float((f.pts - self.base_pts) * self.base_tb) + self.offset_s
-        pts = round(t / self.tb_out)
+        t_src = float(f.pts * f.time_base)
+        if self.shift_s is None:
+            self.shift_s = self.offset_s - t_src
+        elif not 0 < t_src - self.last_src <= PTS_JUMP_S:
+            self.discontinuities += 1
+            step = max(time.monotonic() - self.last_wall, float(self.tb_out))
+            self.shift_s = float(self.last_pts * self.tb_out) + step - t_src
+        pts = round((t_src + self.shift_s) / self.tb_out)
         if self.last_pts is not None and pts <= self.last_pts:
             pts = self.last_pts + 1
         f.pts, f.time_base = pts, self.tb_out
-        self.last_pts, self.last_wall = pts, time.monotonic()
+        self.last_src, self.last_pts, self.last_wall = t_src, pts, time.monotonic()
 
     def audio(self, pkt: av.Packet) -> bool:
         """Rewrite ``pkt.pts``/``pkt.dts`` in place; False when the packet is to be dropped."""
-        if self.base_pts is None or pkt.pts is None:
+        if self.shift_s is None or pkt.pts is None:
             return False
-        t = float(pkt.pts * pkt.time_base) - self.base_pts * float(self.base_tb) + self.offset_s
-        if t < 0:
+        t = float(pkt.pts * pkt.time_base) + self.shift_s
+        if t < 0 or (self.last_audio is not None and t <= self.last_audio):
             return False
         d = (pkt.dts - pkt.pts) if pkt.dts is not None else 0
         pkt.pts = round(t / pkt.time_base)
         pkt.dts = pkt.pts + d
+        self.last_audio = t
         return True
 
     def resume(self, silent_since: float | None = None) -> None:
@@ -450,7 +483,7 @@ class _LiveClock:
             start = min(start, silent_since)
         gap = time.monotonic() - start if start is not None else 0.0
         prev = float(self.last_pts * self.tb_out) if self.last_pts is not None else 0.0
-        self.base_pts, self.base_tb, self.offset_s = None, None, prev + gap
+        self.shift_s, self.offset_s = None, prev + gap
 
 
 class _SourceWorker:
@@ -553,12 +586,19 @@ class _SourceWorker:
 
 
 class _SignalGuard:
-    """SIGINT/SIGTERM → graceful stop of a pipeline; a second signal abandons the queued frames."""
+    """SIGINT/SIGTERM → graceful stop of a pipeline; a second signal abandons the queued frames.
+
+    Neither may hang the process on an output that stopped answering: after a second signal the run
+    has :data:`HARD_EXIT_S` s to finalise the files, after a first SIGTERM :data:`TERM_EXIT_S` s (a
+    network output is abandoned after ``NET_CLOSE_S``); past that the process exits at once
+    (status 128 + signal number), saying so on stderr.
+    """
 
     def __init__(self, pipe: "StreamPipeline"):
         self.pipe = pipe
         self.count = 0
         self._old: dict = {}
+        self._done = threading.Event()
 
     def install(self) -> None:
         """Install the handlers (main thread only; elsewhere Python cannot)."""
@@ -567,6 +607,7 @@ class _SignalGuard:
                 self._old[sig] = signal.signal(sig, self)
 
     def restore(self) -> None:
+        self._done.set()
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
         self._old = {}
@@ -575,6 +616,17 @@ class _SignalGuard:
         self.count += 1
         self.pipe.request_stop(signal.Signals(signum).name, abandon_queued=self.count >= 2)
         self.pipe._interrupt_sources()
+        if self.count >= 2 or signum == signal.SIGTERM:
+            grace = HARD_EXIT_S if self.count >= 2 else TERM_EXIT_S
+            threading.Thread(target=self._exit_after, args=(grace, signum), daemon=True).start()
+
+    def _exit_after(self, grace_s: float, signum: int) -> None:
+        if self._done.wait(grace_s):
+            return
+        sys.stderr.write(f"error: stopped by {signal.Signals(signum).name}; an output did not finish within "
+                         f"{grace_s:g} s and was left unfinalised\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)
 
 
 class _MetricsSnapshot:
@@ -591,14 +643,14 @@ class _MetricsSnapshot:
         new = {"t": now, "frames": [s.written for s in p.states], "lat": {}}
         total = sum(new["frames"])
         line = {"t": round(now - p._t_start, 3), "frames": total, "fps": (total - sum(marks["frames"])) / dt,
-                "drops": sum(p.inq.drops), "rss_mb": round(p._proc.memory_info().rss / 2**20, 1),
+                "drops": sum(map(sum, p.drop_causes())), "rss_mb": round(p._proc.memory_info().rss / 2**20, 1),
                 "sources": self._sources(marks, dt), "latency": self._latency(marks, new)}
         return line, new
 
     def _sources(self, marks: dict, dt: float) -> list[dict]:
         p = self.pipe
         return [{"name": s.src.name, "frames": s.written, "fps": (s.written - marks["frames"][i]) / dt,
-                 "drops": p.inq.drops[i], "in_queue": len(p.inq.q[i]), "out_queue": len(s.out_q),
+                 "drops": sum(p.drop_causes()[i]), "in_queue": len(p.inq.q[i]), "out_queue": len(s.out_q),
                  "reconnects": s.reconnects} for i, s in enumerate(p.states)]
 
     def _latency(self, marks: dict, new: dict) -> dict:
@@ -834,6 +886,7 @@ class StreamPipeline:
     def _open_sinks(self, src: Source, sinks: list[Sink]) -> None:
         for sk in sinks:
             sk.set_pacing(not src.live)
+            sk.stop_event = self.abort
             sk.on_quit = self._on_display_quit
             sk.open(src.info, src.audio, live=src.live)
             self._all_sinks.append(sk)
@@ -843,7 +896,7 @@ class StreamPipeline:
     def _make_queues(self) -> None:
         bs = self._take_n
         live = [st.src.live for st in self.states]
-        self.inq = _InQueues([max(2, bs) if lv else max(4, 2 * bs) for lv in live], live)
+        self.inq = _InQueues([max(LIVE_QUEUE_FRAMES, 2 * bs) if lv else max(4, 2 * bs) for lv in live], live)
 
     def _make_threads(self) -> tuple[list[threading.Thread], threading.Thread, list[threading.Thread]]:
         readers = [threading.Thread(target=_SourceWorker(self, st).run, name=f"rtseg-src{st.idx}", daemon=True)
@@ -1013,7 +1066,7 @@ class StreamPipeline:
                 st.mux_audio(audio_sinks, math.inf if ended else st.last_video_s + st.frame_s)
         except BaseException as e:  # noqa: BLE001
             self.fail(e)
-        for s in st.sinks:
+        for s in sorted(st.sinks, key=lambda k: isinstance(k, NetworkSink)):  # files first: a receiver may block
             try:
                 s.close()
             except BaseException as e:  # noqa: BLE001
@@ -1042,7 +1095,7 @@ class StreamPipeline:
         report.seconds = seconds
         report.frames = sum(s.written for s in self.states)
         report.fps = report.frames / seconds if seconds > 0 else 0.0
-        report.drops = sum(self.inq.drops)
+        report.drops = sum(map(sum, self.drop_causes()))
         pairs = sum(s.flicker.pairs for s in self.states)
         report.flicker = sum(s.flicker.total for s in self.states) / pairs if pairs else math.nan
         o = self.options
@@ -1061,12 +1114,20 @@ class StreamPipeline:
         report.sources = [self._source_report(i, s, seconds) for i, s in enumerate(self.states)]
         return report
 
+    def drop_causes(self) -> list[tuple[int, int, int]]:
+        """Per source, frames dropped by cause (:data:`DROP_CAUSES`): backpressure (the pipeline is
+        slower than the live source), ``max_latency_ms`` exceeded, a network output's receiver too slow."""
+        return [(self.inq.drops[i], self.inq.late[i], sum(getattr(k, "dropped", 0) for k in st.sinks))
+                for i, st in enumerate(self.states)]
+
     def _source_report(self, i: int, s: _SourceState, seconds: float) -> SourceReport:
         return SourceReport(
             name=s.src.name, outputs=[k.name for k in s.sinks if k.writes_frames],
             width=s.src.info.width, height=s.src.info.height, live=s.src.live, frames=s.written,
-            fps=s.written / seconds if seconds > 0 else 0.0, drops=self.inq.drops[i],
-            decode_errors=s.src.decode_errors, reconnects=s.reconnects, e2e=Latency.of(s.lat["e2e"].samples()),
+            fps=s.written / seconds if seconds > 0 else 0.0, drops=sum(self.drop_causes()[i]),
+            drop_causes={k: n for k, n in zip(DROP_CAUSES, self.drop_causes()[i]) if n},
+            decode_errors=s.src.decode_errors, skipped_before_keyframe=getattr(s.src, "skipped_before_keyframe", 0),
+            reconnects=s.reconnects, e2e=Latency.of(s.lat["e2e"].samples()),
             error=s.error, flicker=s.flicker.value)
 
 
@@ -1102,7 +1163,7 @@ def _open_with_retry(spec, opts: StreamOptions, stop: threading.Event, log) -> S
     while True:
         try:
             return open_source(spec, fps=opts.fps, timeout=opts.stall_timeout, open_timeout=opts.open_timeout,
-                               stop_event=stop, log=log)
+                               stop_event=stop, log=log, rtsp_transport=opts.rtsp_transport)
         except SourceSpecError:
             raise
         except RtsegError as e:

@@ -30,6 +30,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import os
+import queue
+import threading
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -50,6 +52,12 @@ _PICT_NONE = 0
 #: containers whose mux failed: never closed natively (FFmpeg's trailer/close after a failed write
 #: has crashed the process), kept referenced so that they are not freed either
 _ABANDONED: list = []
+#: seconds of frames a network sink queues for a receiver that is momentarily slow (then drops)
+NET_QUEUE_S = 1.0
+#: socket I/O timeout of tcp:// and rtsp:// outputs (s): connect, RTSP handshake, every write
+NET_IO_TIMEOUT_S = 5.0
+#: how long closing a network sink waits for its thread to send the rest (s)
+NET_CLOSE_S = 5.0
 
 
 class Sink(ABC):
@@ -76,6 +84,9 @@ class Sink(ABC):
     """
 
     accepts_audio = False
+    #: set by the pipeline: a ``threading.Event`` that is set when queued frames are being abandoned
+    #: (a sink that waits for a receiver gives up then)
+    stop_event = None
     writes_frames = True
     name = "sink"
     notes: tuple[str, ...] | list[str] = ()
@@ -399,17 +410,32 @@ class FileSink(EncodedSink):
 
 
 class NetworkSink(EncodedSink):
-    """MPEG-TS over UDP/RTP/SRT/TCP, or RTSP publishing (see the module docstring)."""
+    """MPEG-TS over UDP/RTP/SRT/TCP, or RTSP publishing (see the module docstring).
 
-    def __init__(self, url: str, *, pace: bool = False, **kw):
+    Encoding and sending run in the sink's own thread behind a queue of :data:`NET_QUEUE_S` seconds
+    of frames, so a receiver that stops reading (a TCP peer that never drains its socket, an RTSP
+    server that stops answering) never stalls the pipeline or the other outputs: for a live source
+    the frames it cannot take are dropped (``dropped``, said in a note at the end), for a file source
+    the pipeline waits (it is paced to the stream clock). Socket I/O on ``tcp://`` and ``rtsp://``
+    has a timeout of ``io_timeout`` s (a server that accepts and never answers fails the open in one
+    line); :meth:`close` waits at most :data:`NET_CLOSE_S` s for the thread and then abandons it.
+    """
+
+    def __init__(self, url: str, *, pace: bool = False, io_timeout: float = NET_IO_TIMEOUT_S, **kw):
         scheme = urlparse(url).scheme.lower()
         fmt = NET_FORMATS.get(scheme)
+        shown = redact(url)
         if fmt is None:
-            raise RtsegError(f"unknown output scheme {scheme}:// in {url}; use udp://, rtp://, rtsp://, srt://, tcp://, "
+            raise RtsegError(f"unknown output scheme {scheme}:// in {shown}; use udp://, rtp://, rtsp://, srt://, tcp://, "
                              f"a file, a folder or null")
         if scheme == "udp" and "pkt_size" not in url:
             url += ("&" if "?" in url else "?") + "pkt_size=1316"
         opts = {"rtsp_transport": "tcp"} if scheme == "rtsp" else {}
+        io_us = str(int(io_timeout * 1e6))  # socket I/O timeout (connect, RTSP handshake, every write), µs
+        if scheme == "rtsp":
+            opts["timeout"] = io_us  # an option of the RTSP muxer
+        elif scheme == "tcp" and "timeout=" not in url:  # an option of the tcp protocol: in the URL
+            url += ("&" if "?" in url else "?") + f"timeout={io_us}"
         # video PES with their length: a receiver's demuxer can hand each frame on as soon as it is
         # complete (instead of at the next frame's start), so the last frame is not held back
         if fmt == "mpegts":
@@ -417,7 +443,14 @@ class NetworkSink(EncodedSink):
         elif fmt == "rtp_mpegts":
             opts["mpegts_muxer_options"] = "omit_video_pes_length=0"
         super().__init__(url, format=fmt, options=opts, low_latency=True, pace=pace, **kw)
-        self.name = redact(url)
+        self.name = shown
+        self.dropped = 0
+        self.io_timeout = io_timeout
+        self._live = False
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._error_raised = False
         if fmt == "rtp_mpegts":
             u = urlparse(url)
             self.notes = [f"RTP receivers need an SDP for {url}: 'v=0 / o=- 0 0 IN IP4 {u.hostname} / s=rtseg / "
@@ -428,6 +461,102 @@ class NetworkSink(EncodedSink):
         """Send frames at the stream's own rate (``True`` for file sources, so receivers are not
         flooded; ``False`` for live sources, which are paced by their input)."""
         self.pace = pace
+
+    def open(self, info: VideoInfo, audio=None, *, live: bool = False) -> None:
+        """Connect (see :class:`EncodedSink`), then start the sending thread."""
+        super().open(info, audio, live=live)
+        self._live = live
+        rate = float(info.rate) if info.rate else 25.0
+        self._queue = queue.Queue(maxsize=max(4, round(NET_QUEUE_S * rate)))
+        self._thread = threading.Thread(target=self._send_loop, name=f"rtseg-send {self.name}", daemon=True)
+        self._thread.start()
+
+    def write(self, frame: av.VideoFrame) -> None:
+        """Queue one frame for the sending thread (live: dropped when the queue is full).
+
+        Raises:
+            RtsegError: an earlier send failed (receiver gone, socket timeout).
+        """
+        self._put(("video", frame, frame.pts))
+
+    def write_audio(self, packet: av.Packet) -> None:
+        """Queue one audio packet (dropped with the frames when the receiver cannot keep up)."""
+        if self.astream is not None:
+            self._put(("audio", packet, None))
+
+    def _put(self, job: tuple) -> None:
+        self._raise_error()
+        if self._live:
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                self.dropped += job[0] == "video"
+            return
+        deadline = time.monotonic() + self.io_timeout
+        while True:  # a file source waits for the receiver (it is paced anyway), for io_timeout at most
+            try:
+                self._queue.put(job, timeout=0.1)
+                return
+            except queue.Full:
+                self._raise_error()
+            if self.stop_event is not None and self.stop_event.is_set():
+                return  # the run is abandoning its queued frames (a second Ctrl-C)
+            if time.monotonic() > deadline:
+                self._error, self._error_raised = RtsegError(
+                    f"{self.name} took no data for {self.io_timeout:g} s; check the receiver"), True
+                raise self._error
+
+    def _raise_error(self) -> None:
+        """Raise the sending thread's failure, once (the pipeline then stops writing to this sink)."""
+        if self._error is not None and not self._error_raised:
+            self._error_raised = True
+            raise self._error
+        if self._error is not None:
+            raise RtsegError(f"cannot send to {self.name}; the receiver is gone")
+
+    def _send_loop(self) -> None:
+        """The sending thread: encode + mux each queued job; on ``None`` flush and finalise."""
+        try:
+            while True:
+                job = self._queue.get()
+                if job is None:
+                    EncodedSink.close(self)
+                    return
+                kind, obj, pts = job
+                if kind == "video":
+                    obj.pts = pts
+                    EncodedSink.write(self, obj)
+                else:
+                    EncodedSink.write_audio(self, obj)
+        except BaseException as e:  # noqa: BLE001 - raised in the pipeline's thread by the next write/close
+            self._failed = True
+            self._error = e
+            while self._queue.get() is not None:  # keep the queue moving so a waiting writer never blocks
+                pass
+
+    def close(self) -> None:
+        """Send what is queued, finalise the stream and stop the thread (at most :data:`NET_CLOSE_S` s;
+        a receiver that does not take it by then is abandoned).
+
+        Raises:
+            RtsegError: a send failed, or the receiver stopped answering.
+        """
+        if self._thread is None:
+            return super().close()
+        th, self._thread = self._thread, None
+        wait_s = 1.0 if self.stop_event is not None and self.stop_event.is_set() else NET_CLOSE_S
+        try:
+            self._queue.put(None, timeout=wait_s)
+        except queue.Full:
+            pass
+        th.join(wait_s)
+        if th.is_alive():
+            self._failed = True
+            _ABANDONED.append(self.container)
+            raise RtsegError(f"{self.name} stopped taking data; its stream was abandoned after {NET_CLOSE_S:g} s "
+                             f"(check the receiver)")
+        if not self._error_raised:
+            self._raise_error()
 
 
 class ImageFolderSink(Sink):

@@ -12,6 +12,11 @@
 ``lavfi:testsrc2=size=1280x720:rate=30``    FFmpeg lavfi filter graph (test patterns), not live
 ==========================================  ===========================================================
 
+A live network input is joined at any moment: what FFmpeg's short probe did not learn (the picture
+size of a stream joined between keyframes, its audio parameters) is read from the first packets
+(:meth:`AVSource._prime`); the packets before the first decodable keyframe are the only ones skipped
+(``skipped_before_keyframe``), and a stall flushes the frames a B-frame decoder still holds.
+
 A source yields :class:`Item` s from :meth:`Source.read`: decoded video frames as ``av.VideoFrame``
 in ``yuv420p`` (other pixel formats are converted once, here) carrying their presentation timestamp
 ``pts`` in ``time_base`` units, and, when the input has audio, the first audio stream's *packets*
@@ -52,16 +57,18 @@ class SourceSpecError(RtsegError):
     empty folder or glob): retrying it is pointless, unlike a network source that is not up yet."""
 
 
+#: ``--rtsp-transport`` values: how RTP travels from an RTSP server (FFmpeg's ``rtsp_transport``)
+RTSP_TRANSPORTS = ("tcp", "udp")
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtp", "udp", "srt", "tcp", "rtmp", "rtmps", "http", "https")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_FILE_EXTS = (".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".mts", ".m2ts", ".flv", ".mpg",
                    ".mpeg", ".wmv", ".3gp", ".ogv", ".y4m", ".h264", ".264", ".hevc", ".265", ".mjpeg")
 # pixel formats the pipeline works in (planar 4:2:0, 8 bit)
 _INTERNAL_FORMATS = ("yuv420p", "yuvj420p")
-#: live MPEG-TS over UDP/RTP: probe only the first packets instead of FFmpeg's default 5 s, which
-#: held ~5 s of frames back and released them in one burst (counted as backpressure drops); when
-#: that is not enough to know the picture size (joined mid-stream) the input is reopened with the
-#: default probe (:meth:`AVSource.open`)
+#: live MPEG-TS over UDP/RTP and RTSP: probe only the first packets instead of FFmpeg's default 5 s, which
+#: held ~5 s of frames back and released them in one burst (counted as backpressure drops); what
+#: the probe did not learn (picture size before the first keyframe, audio parameters) comes from
+#: the first packets themselves (:meth:`AVSource._prime`)
 FAST_PROBE = {"probesize": "32", "analyzeduration": "0"}
 #: how long a waiting listener is quiet before it says so (s)
 WAIT_NOTICE_S = 1.0
@@ -126,6 +133,7 @@ class Source(ABC):
         self.info: VideoInfo | None = None
         self.audio = None
         self.decode_errors = 0
+        self.skipped_before_keyframe = 0  # video packets of a stream joined between keyframes, never decodable
 
     @abstractmethod
     def open(self) -> None:
@@ -224,17 +232,16 @@ class AVSource(Source):
             self.loop, self.audio = int(passes), None
 
     def open(self) -> None:
-        """Open the input; a live MPEG-TS input whose fast probe did not find the picture size is
-        reopened with FFmpeg's default probe.
+        """Open the input. A live input joined mid-stream (no parameter sets yet: the picture size
+        is unknown) is not an error: :meth:`_prime` reads on until the first decodable keyframe.
 
         Raises:
-            RtsegError: missing/unreadable input, no video stream, unknown size, a sender that did
-                not come within the open timeout, or a stop while waiting for it.
+            RtsegError: missing/unreadable input, no video stream, unknown size (not live), a sender
+                that did not come within the open timeout, or a stop while waiting for it.
         """
         self._open(self.options)
-        if self.info is None and FAST_PROBE.keys() <= self.options.keys():
-            self.close()
-            self._open({k: v for k, v in self.options.items() if k not in FAST_PROBE})
+        if self.live and (self.info is None or not _audio_known(self.audio)):
+            self._prime()
         if self.info is None:
             self.close()
             raise RtsegError(f"{self.spec} has a video stream of unknown size; it is not a readable video — re-encode it (e.g. with ffmpeg -i IN -c:v libx264 OUT.mp4)")
@@ -242,6 +249,8 @@ class AVSource(Source):
     def _open(self, options: dict) -> None:
         self._interrupted = False
         self.info = None
+        self._pending: list[Item] = []
+        self._demux = None
         try:
             self.container = self._av_open(options)
         except av.error.FileNotFoundError:
@@ -258,14 +267,64 @@ class AVSource(Source):
         self.vstream = vs
         self.audio = self.container.streams.audio[0] if self.container.streams.audio else None
         cc = vs.codec_context
-        if not cc.width or not cc.height:
-            return
+        if cc.width and cc.height:
+            self.info = self._info(cc.width, cc.height, cc)
+
+    def _info(self, width: int, height: int, desc) -> VideoInfo:
+        """:class:`VideoInfo` of the video stream at ``width``×``height``, colours read from ``desc``
+        (the codec context, or the first decoded frame when the stream was joined mid-way)."""
+        vs = self.vstream
         rate = vs.average_rate or vs.guessed_rate or vs.base_rate
         rate = Fraction(rate) if rate else None
         tb = Fraction(vs.time_base) if vs.time_base else (1 / rate if rate else Fraction(1, 1000))
-        self.info = VideoInfo(_even(cc.width), _even(cc.height), tb, rate,
-                              int(_attr(cc, "colorspace", 2)), int(_attr(cc, "color_range", 0)),
-                              int(_attr(cc, "color_primaries", 2)), int(_attr(cc, "color_trc", 2)))
+        return VideoInfo(_even(width), _even(height), tb, rate,
+                         int(_attr(desc, "colorspace", 2)), int(_attr(desc, "color_range", 0)),
+                         int(_attr(desc, "color_primaries", 2)), int(_attr(desc, "color_trc", 2)))
+
+    def _prime(self) -> None:
+        """Read a live input until its first video frame decodes: a stream joined between keyframes
+        (long GOP: x264's default is one per 250 frames) has no SPS/PPS/IDR yet, and FFmpeg's probe
+        would give up. Packets before it are counted in ``skipped_before_keyframe``; the frame and the
+        audio packets read on the way are handed out first by :meth:`read`. Audio whose parameters
+        are still unknown then (no header seen) is decoded once to learn them, else not copied.
+
+        Raises:
+            RtsegError: the stream ended or was stopped before a keyframe came.
+        """
+        self._demux = self._packets()
+        try:
+            self._read_to_first_frame()
+        except (av.error.FFmpegError, OSError) as e:
+            self.close()
+            raise RtsegError(f"{self.name} stopped sending before its first keyframe ({_short_av(e)}); check the "
+                             f"sender (a keyframe interval of 1-2 s, e.g. ffmpeg -g 50, lets receivers join fast)") from None
+        if not self._pending or self._pending[-1].kind != "video":
+            self.close()
+            raise RtsegError(f"{self.name} ended or was stopped before its first keyframe; check the sender")
+        if self.audio is not None and not _audio_known(self.audio):
+            self.log(f"audio of {self.name} is not copied: its parameters (sample rate, channels) were not in the "
+                     f"stream before the first keyframe")
+            self.audio = None
+            self._pending = [it for it in self._pending if it.kind == "video"]
+
+    def _read_to_first_frame(self) -> None:
+        """:meth:`_prime`'s loop: keep every item up to and including the first video frame."""
+        told = False
+        for item in self._demux:
+            if self.stop_event is not None and self.stop_event.is_set():
+                return
+            if item.kind == "video":
+                if self.info is None:
+                    self.info = self._info(item.obj.width, item.obj.height, item.obj)
+                    item.obj = _to_internal(item.obj, self.info.width, self.info.height)
+                self._pending.append(item)
+                return
+            if item.kind == "skip":
+                if not told:
+                    self.log(f"waiting for a keyframe from {self.name}")
+                    told = True
+                continue
+            self._pending.append(item)
 
     def _av_open(self, options: dict):
         if not (self.listener and self.timeout and self.timeout[0] is None):
@@ -343,38 +402,56 @@ class AVSource(Source):
             self.container.seek(0)
 
     def _read_once(self) -> Iterator[Item]:
+        pending, self._pending = self._pending, []
+        yield from pending
+        demux, self._demux = self._demux or self._packets(), None
+        for item in demux:
+            if item.kind != "skip":
+                yield item
+
+    def _packets(self) -> Iterator[Item]:
+        """Demux + decode: video frames (``yuv420p`` of ``info``'s size once it is known), audio
+        packets, and ``Item("skip", packet)`` for each video packet before the first decoded frame of
+        this connection (a stream joined between keyframes: counted in ``skipped_before_keyframe``;
+        the decoder's complaints about missing parameter sets then are not decode errors)."""
         vs, aus = self.vstream, self.audio
-        w, h = self.info.width, self.info.height
-        frame_ticks = _frame_ticks(self.info)
         last_pts = None
         pending_ms = 0.0
+        started = False
         streams = [vs] + ([aus] if aus is not None else [])
         perf = time.perf_counter
-        for packet in self.container.demux(*streams):
+        for packet in _flush_on_stall(self.container.demux(*streams), vs):
             if self._interrupted:
                 return
             if packet.stream is aus:
-                if packet.size:
+                if packet.size and self.audio is not None:
+                    _learn_audio(aus, packet)
                     yield Item("audio", packet)
                 continue
+            started = started or packet.is_keyframe
             t0 = perf()
             try:
                 frames = packet.decode()
             except av.error.FFmpegError:
-                self.decode_errors += 1
-                continue
+                frames = None
+                if started:
+                    self.decode_errors += 1
             pending_ms += (perf() - t0) * 1000.0
             if not frames:
+                if not started and packet.size:
+                    self.skipped_before_keyframe += 1
+                    yield Item("skip", packet)
                 continue
+            started = True
             per = pending_ms / len(frames)
             pending_ms = 0.0
             for f in frames:
                 if f.pts is None:
-                    f.pts = 0 if last_pts is None else last_pts + frame_ticks
+                    f.pts = 0 if last_pts is None else last_pts + (_frame_ticks(self.info) if self.info else 1)
                 last_pts = f.pts
                 if f.time_base is None:
-                    f.time_base = self.info.time_base
-                yield Item("video", _to_internal(f, w, h), per)
+                    f.time_base = vs.time_base
+                yield Item("video", f if self.info is None else _to_internal(f, self.info.width, self.info.height), per)
 
     def interrupt(self) -> None:
         self._interrupted = True
@@ -460,18 +537,13 @@ class ImageFolderSource(Source):
         return sorted({f.parent for f in self.files})
 
     def _frame_size(self) -> tuple[int, int]:
-        """(w, h): the most common image size (read from the headers), ties to the largest."""
+        """(w, h): the most common upright image size (from the headers, EXIF orientation applied),
+        ties to the largest."""
         from collections import Counter
 
-        from PIL import Image
+        from ..data.folder import image_size
 
-        sizes: Counter = Counter()
-        for f in self.files:
-            try:
-                with Image.open(f) as im:
-                    sizes[im.size] += 1
-            except (OSError, ValueError):
-                continue  # unreadable: read() names it when it gets there
+        sizes: Counter = Counter(sz for sz in map(image_size, self.files) if sz is not None)
         if not sizes:
             img = self._load(self.files[0])
             return img.shape[1], img.shape[0]
@@ -482,12 +554,14 @@ class ImageFolderSource(Source):
         self.info = VideoInfo(_even(w), _even(h), 1 / self.fps, self.fps, colorspace=1 if h >= 720 else 6)
 
     def _load(self, path: Path) -> np.ndarray:
-        import cv2
+        """``uint8[H, W, 3]`` RGB, upright (:func:`rtseg.data.folder.read_image`, one reader for
+        every image rtseg reads)."""
+        from ..data.folder import read_image
 
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise RtsegError(f"image {path} is unreadable; remove it from the folder or replace it with a PNG/JPEG")
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        try:
+            return read_image(path)
+        except RtsegError:
+            raise RtsegError(f"image {path} is unreadable; remove it from the folder or replace it with a PNG/JPEG") from None
 
     def read(self) -> Iterator[Item]:
         w, h = self.info.width, self.info.height
@@ -508,15 +582,50 @@ def _attr(obj, name: str, default: int) -> int:
         return default
 
 
+def _flush_on_stall(packets: Iterator[av.Packet], vs) -> Iterator[av.Packet]:
+    """The demuxer's packets; when the input stalls (read timeout), first an empty packet of ``vs``
+    (decoding it flushes the frames a B-frame decoder still holds), then the timeout error."""
+    try:
+        yield from packets
+    except av.error.ExitError:
+        flush = av.Packet()
+        flush.stream = vs
+        yield flush
+        raise
+
+
+def _audio_known(stream) -> bool:
+    """True when there is no audio, or its sample rate and channel count are known (a copy needs them)."""
+    if stream is None:
+        return True
+    cc = stream.codec_context
+    return bool(cc.sample_rate) and bool(_attr(cc, "channels", 0))
+
+
+def _learn_audio(stream, packet: av.Packet) -> None:
+    """Fill in an audio stream's unknown parameters (a live input probed for a few bytes only) by
+    decoding one of its packets; the packet itself is still copied untouched."""
+    if _audio_known(stream):
+        return
+    try:
+        stream.codec_context.decode(packet)
+    except (av.error.FFmpegError, ValueError):
+        pass
+
+
 def _frame_ticks(info: VideoInfo) -> int:
     if info.rate:
         return max(1, round(1 / (info.rate * info.time_base)))
     return 1
 
 
+def _short_av(e: Exception) -> str:
+    """An FFmpeg error without its errno prefix and quoted URL (which may hold a password)."""
+    return re.sub(r"^\[Errno -?\d+\]\s*", "", str(e).split(": '")[0])
+
+
 def _open_error(spec: str, e: Exception, network: bool) -> str:
-    msg = str(e).split(": '")[0]
-    msg = re.sub(r"^\[Errno -?\d+\]\s*", "", msg)
+    msg = _short_av(e)
     if network:
         return (f"cannot open stream {spec} ({msg}); check that the sender is running and the URL/port is right "
                 f"(pass --reconnect to keep retrying)")
@@ -530,7 +639,7 @@ def _camera_index(spec: str) -> int | None:
 
 def open_source(spec: str | os.PathLike, *, fps: float | None = None, timeout: float = 10.0,
                 open_timeout: float | None = None, stop_event: threading.Event | None = None,
-                log=None) -> Source:
+                log=None, rtsp_transport: str = "tcp") -> Source:
     """Parse a ``--source`` string and open it (see the module docstring for the forms).
 
     Args:
@@ -543,6 +652,7 @@ def open_source(spec: str | os.PathLike, *, fps: float | None = None, timeout: f
             after a second ("waiting for udp://… (Ctrl-C to stop)").
         stop_event: set it to abandon a wait for a sender (``RtsegError``).
         log: ``callable(str)`` for the waiting line (default: none).
+        rtsp_transport: ``"tcp"`` or ``"udp"`` (:data:`RTSP_TRANSPORTS`) for ``rtsp://`` sources.
 
     Returns:
         The opened source (``info`` set).
@@ -555,6 +665,10 @@ def open_source(spec: str | os.PathLike, *, fps: float | None = None, timeout: f
     if open_timeout is not None and not (open_timeout > 0 and math.isfinite(open_timeout)):
         raise RtsegError(f"--open-timeout must be a positive number of seconds, not {open_timeout}; omit it to wait")
     src = _make_source(str(spec), fps=fps, timeout=timeout)
+    if isinstance(src, AVSource) and "rtsp_transport" in src.options:
+        if rtsp_transport not in RTSP_TRANSPORTS:
+            raise SourceSpecError(f"--rtsp-transport must be one of {', '.join(RTSP_TRANSPORTS)}, not {rtsp_transport!r}")
+        src.options["rtsp_transport"] = rtsp_transport
     if isinstance(src, AVSource) and src.network:
         src.timeout = (open_timeout if (open_timeout is not None or src.listener) else timeout, timeout)
         src.stop_event = stop_event
@@ -588,8 +702,8 @@ def _make_source(spec: str, *, fps: float | None, timeout: float) -> Source:
         path = urlparse(spec).path.lower()
         is_file = scheme in ("http", "https") and path.endswith(VIDEO_FILE_EXTS) and not path.endswith(".ts")
         opts = {}
-        if scheme in ("rtsp", "rtsps"):
-            opts["rtsp_transport"] = "tcp"
+        if scheme in ("rtsp", "rtsps"):  # streams come from the SDP: no 5 s probe (its frames would come in a burst)
+            opts.update({"rtsp_transport": "tcp", **FAST_PROBE})
         if scheme in ("udp", "rtp"):
             opts.update({"fifo_size": "50000", "overrun_nonfatal": "1", "buffer_size": "4194304", **FAST_PROBE})
         src = AVSource(spec, spec, options=opts, live=not is_file, network=True, timeout=(timeout, timeout))
@@ -600,7 +714,7 @@ def _make_source(spec: str, *, fps: float | None, timeout: float) -> Source:
     if long:
         raise SourceSpecError(f"source name {long[0][:40]}... is {len(long[0].encode())} bytes long, more than a file "
                               f"system allows; check the path")
-    if any(ch in spec for ch in "*?["):
+    if any(ch in spec for ch in "*?[") and not p.exists():  # a name that exists is a name, not a pattern
         files = sorted(Path(f) for f in glob.glob(spec) if f.lower().endswith(IMAGE_EXTS))
         if not files:
             raise SourceSpecError(f"no images match {spec}; check the pattern (e.g. 'frames/*.png')")
