@@ -3,7 +3,7 @@
 Senders: the ffmpeg CLI (x264's default GOP joined before and after it starts; ``-g 25 -tune
 zerolatency``; ``-c:v copy`` of the clip's own B-frame H.264 with its audio; MPEG-TS timestamps that
 wrap around), a GStreamer pipeline (``videotestsrc ! x264enc ! mpegtsmux ! udpsink``) and GStreamer's
-RTSP server (over TCP and UDP, and restarted mid-stream). Outputs that stop answering (a TCP receiver
+RTSP server fed by ffmpeg (over TCP and UDP, and restarted mid-stream). Outputs that stop answering (a TCP receiver
 that never reads, an RTSP server that never answers) and the signals that must still end the run.
 
 Each case runs ``rtseg stream`` as a process, as a user would, and checks the counts of its JSON
@@ -210,15 +210,16 @@ def test_gstreamer_sender(tmp_path, tiny_engine):  # noqa: F811
 
 
 class RtspServer:
-    """GStreamer's RTSP server (:data:`RTSP_SERVER`) on a loopback port, as a process."""
+    """GStreamer's RTSP server (:data:`RTSP_SERVER`) on a loopback port, as a process, fed by an
+    ffmpeg sender of the real clip (320×180, 25 fps, a keyframe a second, looped) over RTP."""
 
-    def __init__(self, port: int):
-        self.port = port
+    def __init__(self, port: int, rtp_port: int):
+        self.port, self.rtp_port = port, rtp_port
         self.p = None
 
     def start(self) -> "RtspServer":
-        self.p = subprocess.Popen([SYSTEM_PY, str(RTSP_SERVER), str(self.port)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True)
+        self.p = subprocess.Popen([SYSTEM_PY, str(RTSP_SERVER), str(self.port), str(self.rtp_port)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.p.stdout.readline().strip() == "ready", self.p.stderr.read()
         return self
 
@@ -233,12 +234,16 @@ class RtspServer:
 
 
 @pytest.fixture
-def rtsp_server():
+def rtsp_server(clip):
     if subprocess.run([SYSTEM_PY, "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
                       capture_output=True).returncode:
         pytest.skip("needs gir1.2-gst-rtsp-server-1.0 and python3-gi")
-    srv = RtspServer(free_port(socket.SOCK_STREAM)).start()
+    srv = RtspServer(free_port(socket.SOCK_STREAM), free_port()).start()
+    feed = ffmpeg("-re", "-stream_loop", "-1", "-i", clip, "-an", "-vf", "scale=320:180", "-c:v", "libx264",
+                  "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25", "-x264-params", "repeat-headers=1",
+                  "-f", "rtp", f"rtp://127.0.0.1:{srv.rtp_port}", background=True)
     yield srv
+    feed.kill()
     srv.stop()
 
 
