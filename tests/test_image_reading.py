@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from test_stream import run_cli, tiny_engine  # noqa: F401  (fixture: a tiny checkpoint folder)
+from test_stream import backend, run_cli, tiny_engine  # noqa: F401  (fixtures: a tiny checkpoint folder, its backend)
 
 from rtseg.data.folder import read_image, read_mask
 from rtseg.errors import RtsegError
@@ -118,3 +118,36 @@ def test_a_fifo_in_an_image_folder_is_refused_not_waited_on(tmp_path, kvasir, ti
         read_mask(data / "masks" / "zz.png")
     with pytest.raises(RtsegError, match="is a character device"):
         read_image("/dev/zero")
+
+
+def test_a_video_with_rotation_metadata_is_streamed_upright(tmp_path, clip, backend):
+    """A phone-style video whose display matrix says "turn 90°" (``rotate=90``): before, streamed and
+    scored lying on its side at 1280×720; now upright at 720×1280, as ffmpeg itself shows it."""
+    import subprocess
+
+    import av
+    import cv2
+
+    from rtseg.stream import StreamOptions, StreamPipeline
+    from rtseg.stream.sinks import Sink
+
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        pytest.skip("needs the ffmpeg CLI (Debian ffmpeg) to write the rotation metadata")
+    rot = tmp_path / "rot.mp4"
+    subprocess.run([ffmpeg, "-nostdin", "-loglevel", "error", "-i", str(clip), "-t", "1", "-an", "-c", "copy",
+                    "-metadata:s:v:0", "rotate=90", str(rot)], check=True)
+    subprocess.run([ffmpeg, "-nostdin", "-loglevel", "error", "-i", str(rot), "-frames:v", "1", str(tmp_path / "f0.png")],
+                   check=True)
+    upright = cv2.cvtColor(cv2.imread(str(tmp_path / "f0.png")), cv2.COLOR_BGR2RGB)
+
+    class First(Sink):
+        frames: list = []
+
+        def write(self, frame: av.VideoFrame) -> None:
+            self.frames.append(frame.to_ndarray(format="rgb24"))
+
+    sink = First()
+    StreamPipeline(backend, [str(rot)], [sink], StreamOptions(overlay=False, handle_signals=False, max_frames=3)).run()
+    assert upright.shape == (1280, 720, 3) and sink.frames[0].shape == upright.shape, sink.frames[0].shape
+    assert np.abs(sink.frames[0].astype(int) - upright).mean() < 3.0

@@ -242,6 +242,8 @@ class AVSource(Source):
         self._open(self.options)
         if self.live and (self.info is None or not _audio_known(self.audio)):
             self._prime()
+        elif self.can_loop:
+            self._peek()
         if self.info is None:
             self.close()
             raise RtsegError(f"{self.spec} has a video stream of unknown size; it is not a readable video — re-encode it (e.g. with ffmpeg -i IN -c:v libx264 OUT.mp4)")
@@ -251,6 +253,7 @@ class AVSource(Source):
         self.info = None
         self._pending: list[Item] = []
         self._demux = None
+        self.rotation = None  # quarter turns counterclockwise that make the picture upright (display matrix)
         try:
             self.container = self._av_open(options)
         except av.error.FileNotFoundError:
@@ -307,6 +310,17 @@ class AVSource(Source):
             self.audio = None
             self._pending = [it for it in self._pending if it.kind == "video"]
 
+    def _peek(self) -> None:
+        """A video file: decode its first frame now (handed out first by :meth:`read`), so that a
+        rotation in its display matrix (phone videos) sets ``info``'s upright size before any output
+        opens. A file without a decodable frame is left to :meth:`read`'s own message."""
+        self._demux = self._packets()
+        try:
+            self._read_to_first_frame()
+        except (av.error.FFmpegError, OSError):
+            self._pending, self._demux = [], None
+            self.container.seek(0)
+
     def _read_to_first_frame(self) -> None:
         """:meth:`_prime`'s loop: keep every item up to and including the first video frame."""
         told = False
@@ -315,8 +329,9 @@ class AVSource(Source):
                 return
             if item.kind == "video":
                 if self.info is None:
-                    self.info = self._info(item.obj.width, item.obj.height, item.obj)
-                    item.obj = _to_internal(item.obj, self.info.width, self.info.height)
+                    w, h = item.obj.width, item.obj.height
+                    self.info = self._info(*((h, w) if self.rotation % 2 else (w, h)), item.obj)
+                    item.obj = self._convert(item.obj)
                 self._pending.append(item)
                 return
             if item.kind == "skip":
@@ -451,7 +466,26 @@ class AVSource(Source):
                 last_pts = f.pts
                 if f.time_base is None:
                     f.time_base = vs.time_base
-                yield Item("video", f if self.info is None else _to_internal(f, self.info.width, self.info.height), per)
+                if self.rotation is None:
+                    self._set_rotation(f)
+                yield Item("video", f if self.info is None else self._convert(f), per)
+
+    def _set_rotation(self, f: av.VideoFrame) -> None:
+        """Read the display rotation from the first decoded frame (``frame.rotation``, degrees
+        counterclockwise, as FFmpeg's own autorotation applies it); a quarter turn swaps ``info``'s size."""
+        self.rotation = _quarter_turns(f)
+        if self.rotation % 2 and self.info is not None:
+            self.info.width, self.info.height = self.info.height, self.info.width
+
+    def _convert(self, f: av.VideoFrame) -> av.VideoFrame:
+        """A decoded frame → ``yuv420p`` at ``info``'s size, turned upright (rotated videos only)."""
+        if not self.rotation:
+            return _to_internal(f, self.info.width, self.info.height)
+        rgb = np.rot90(f.to_ndarray(format="rgb24"), self.rotation)
+        out = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        out = out.reformat(width=self.info.width, height=self.info.height, format="yuv420p")
+        out.pts, out.time_base = f.pts, f.time_base
+        return out
 
     def interrupt(self) -> None:
         self._interrupted = True
@@ -580,6 +614,15 @@ def _attr(obj, name: str, default: int) -> int:
         return int(v) if v is not None else default
     except (AttributeError, TypeError, ValueError):
         return default
+
+
+def _quarter_turns(f: av.VideoFrame) -> int:
+    """Quarter turns (0-3, counterclockwise) of a frame's display rotation (0 when it has none)."""
+    try:
+        deg = float(f.rotation or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return round(deg / 90) % 4
 
 
 def _flush_on_stall(packets: Iterator[av.Packet], vs) -> Iterator[av.Packet]:
