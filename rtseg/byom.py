@@ -531,8 +531,9 @@ def load_factory(spec: str):
     """``"module.path:factory"`` → the ``nn.Module`` the factory returns (``rtseg import-torch``).
 
     Raises:
-        RtsegError: not ``module:attr``, the module cannot be imported, the attribute is missing, or
-            it does not give a ``torch.nn.Module``.
+        RtsegError: not ``module:attr``, the module cannot be imported (missing, a syntax error, an
+            exception at import), the attribute is missing, the factory raises, or it does not give
+            a ``torch.nn.Module``.
     """
     import importlib
 
@@ -545,13 +546,23 @@ def load_factory(spec: str):
         mod = importlib.import_module(mod_name)
     except ImportError as e:
         raise RtsegError(f"cannot import {mod_name} ({e}); put it on PYTHONPATH or install its package") from None
+    except Exception as e:  # noqa: BLE001 - the user's module: a syntax error, or code that fails at import
+        raise RtsegError(f"importing {mod_name} failed ({type(e).__name__}: {_first_line(e)}); fix the module") from None
     obj = getattr(mod, attr, None)
     if obj is None:
         raise RtsegError(f"{mod_name} has no {attr!r}; pass an existing factory function or module attribute")
-    model = obj() if callable(obj) and not isinstance(obj, torch.nn.Module) else obj
+    try:
+        model = obj() if callable(obj) and not isinstance(obj, torch.nn.Module) else obj
+    except Exception as e:  # noqa: BLE001 - the user's factory
+        raise RtsegError(f"{spec}() failed ({type(e).__name__}: {_first_line(e)}); fix the factory "
+                         f"(it is called without arguments)") from None
     if not isinstance(model, torch.nn.Module):
         raise RtsegError(f"{spec} gave a {type(model).__name__}, not a torch.nn.Module; the factory must return the model")
     return model
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
 
 
 def load_state(module, path: str | Path) -> None:

@@ -57,6 +57,8 @@ def eval_command(target, checkpoint, engine, data, data_format, split, batch_siz
     Example: rtseg eval --engine engines/eunet-s/openvino-fp32 --data ../shared/data/cvc-clinicdb-256
     """
     path = engine or checkpoint or target
+    if save_overlays and Path(overlays_path).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise RtsegError(f"--overlays-path {overlays_path} is not an image name; give it a .png or .jpg name")
     if video or masks:
         plot_path = plot_path or (str(Path(out_json).with_suffix(".png")) if out_json else "video_eval.png")
     check_outputs([("--out", out_json), ("--plot", plot_path if (video or masks) else None),

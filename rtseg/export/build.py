@@ -242,6 +242,8 @@ def _check_options(spec, precision: str, o: BuildOptions) -> None:
 
 
 def _temporary_folder(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise RtsegError(f"--out {out} is a file; an engine is a folder — pass a new or engine folder name")
     if out.exists() and not (out / "engine.json").is_file() and any(out.iterdir()):
         raise RtsegError(f"{out} exists and is not an engine folder; pass another --out or remove it")
     from ..safe_io import new_temp_dir

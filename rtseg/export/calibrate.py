@@ -367,6 +367,8 @@ def calibrate_checkpoint(checkpoint: str | Path, options: CalibOptions | None = 
     hw = tuple(int(v) for v in (opts.img_size or meta.input_hw))
     sel = _select(opts, meta)
     out = Path(opts.out) if opts.out is not None else default_calib_dir(meta.model, opts.method, opts.num_images, opts.seed)
+    if out.exists() and not out.is_dir():
+        raise RtsegError(f"--out {out} is a file; calibration writes a folder — pass a new or calibration folder name")
     out.mkdir(parents=True, exist_ok=True)
     log(f"calibration: {len(sel.chosen)} of {sel.num_candidates} images from {sel.root} (seed {opts.seed}, {opts.method})")
     data = preprocess_images(sel.chosen, hw, meta.resize, meta.mean, meta.std)

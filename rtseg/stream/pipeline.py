@@ -80,6 +80,8 @@ LIVE_QUEUE_FRAMES = 8
 PTS_JUMP_S = 10.0
 #: why a live frame was not written (keys of ``SourceReport.drop_causes``)
 DROP_CAUSES = ("backpressure", "max_latency", "slow_receiver")
+#: the highest ``--fps`` (image folders, cameras) a video container can carry
+MAX_FPS = 1000
 #: after a second SIGINT/SIGTERM, seconds the run gets to finalise its files before the process exits
 HARD_EXIT_S = 3.0
 #: after a first SIGTERM, seconds the graceful stop gets before the process exits
@@ -185,6 +187,8 @@ class StreamOptions:
         for name, v in (("--fps", self.fps), ("--open-timeout", self.open_timeout)):
             if v is not None and not (0 < v < math.inf):
                 raise RtsegError(f"{name} must be a positive number, got {v}; omit it for the default")
+        if self.fps is not None and self.fps > MAX_FPS:
+            raise RtsegError(f"--fps {self.fps:g} is more than {MAX_FPS} frames per second; pass a real frame rate (e.g. 25)")
         if self.rtsp_transport not in RTSP_TRANSPORTS:
             raise RtsegError(f"--rtsp-transport must be one of {', '.join(RTSP_TRANSPORTS)}, got {self.rtsp_transport!r}")
         check_temporal(self.temporal, self.infer_every, self.ema)

@@ -231,7 +231,13 @@ class EncodedSink(Sink):
             raise RtsegError(f"cannot open output {self.name} ({_short(e)}); check the path/URL "
                              f"(an RTSP output needs a server that accepts publishing)") from None
         rate = info.rate or Fraction(25)
-        vs = self.container.add_stream(codec, rate=rate)
+        try:
+            vs = self.container.add_stream(codec, rate=rate)
+        except (ValueError, av.error.FFmpegError) as e:
+            _ABANDONED.append(self.container)  # nothing was written: never asked to finalise
+            self.container = None
+            raise RtsegError(f"cannot write {codec} video to {self.name} ({_short(e)}); pick another --codec "
+                             f"(libx264) or output type (.mp4, .mkv)") from None
         vs.width, vs.height, vs.pix_fmt = info.width, info.height, "yuv420p"
         cc = vs.codec_context
         cc.time_base = info.time_base

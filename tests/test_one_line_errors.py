@@ -1,0 +1,59 @@
+"""Issue 26, tracebacks round 3: bad values that used to end in a Python traceback are one
+``error:`` line (exit 2) naming the problem and the fix — out-of-range frame rates, a codec the
+container cannot hold, an ``--out`` that is a file where a folder is written, an overlay grid name
+without an image extension, an ``import-torch`` factory that raises or a module with a syntax error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from test_robustness import cli, one_error_line
+from test_stream import small_clip, tiny_engine  # noqa: F401  (fixtures)
+
+
+def test_a_frame_rate_no_container_can_carry(tiny_engine, kvasir, tmp_path):  # noqa: F811
+    code, err = cli("stream", "--engine", tiny_engine, "--source", kvasir / "images", "--fps", "1e18",
+                    "--output", tmp_path / "o.mp4", "--max-frames", "2", "-q")
+    assert code == 2 and "--fps" in one_error_line(err)
+
+
+def test_a_codec_the_container_cannot_hold(tiny_engine, small_clip, tmp_path):  # noqa: F811
+    code, err = cli("stream", "--engine", tiny_engine, "--source", small_clip, "--output", tmp_path / "o.mkv",
+                    "--codec", "gif", "-q")
+    line = one_error_line(err)
+    assert code == 2 and "gif" in line and "--codec" in line
+    assert not list(tmp_path.iterdir())  # no temporary file left behind
+
+
+@pytest.mark.parametrize("command", ["build-engine", "calibrate"])
+def test_an_out_that_is_a_file_where_a_folder_is_written(tiny_engine, kvasir, tmp_path, command):  # noqa: F811
+    f = tmp_path / "exist.txt"
+    f.write_text("mine")
+    extra = ["--backend", "openvino", "--precision", "fp32"] if command == "build-engine" else \
+        ["--calib-data", kvasir / "images", "--num-images", "2"]
+    code, err = cli(command, "--checkpoint", tiny_engine, *extra, "--out", f)
+    assert code == 2 and "is a file" in one_error_line(err)
+    assert f.read_text() == "mine"
+
+
+def test_an_overlay_grid_name_that_is_no_image(tiny_engine, kvasir, tmp_path):  # noqa: F811
+    code, err = cli("eval", "--engine", tiny_engine, "--data", kvasir, "--split", "test", "--limit", "2",
+                    "--save-overlays", "2", "--overlays-path", tmp_path / "grid.txt")
+    assert code == 2 and ".png" in one_error_line(err)
+
+
+@pytest.mark.parametrize("body, what", [("def build():\n    raise RuntimeError('boom')\n", "boom"),
+                                        ("def (\n", "SyntaxError")])
+def test_an_import_torch_factory_that_fails(tmp_path, monkeypatch, body, what):
+    mod = f"userfactory_{abs(hash(body)) % 10**6}"
+    (tmp_path / f"{mod}.py").write_text(body)
+    (tmp_path / "m.yaml").write_text("name: x\ntask: binary\nclasses: [bg, polyp]\ninput: {size: [64, 64]}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        code, err = cli("import-torch", f"{mod}:build", "--meta", tmp_path / "m.yaml", "--out", tmp_path / "out")
+    finally:
+        sys.modules.pop(mod, None)
+    assert code == 2 and what in one_error_line(err)
