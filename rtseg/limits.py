@@ -6,6 +6,7 @@ allocated or thousands of threads started before anything fails.
 
 from __future__ import annotations
 
+import numbers
 import os
 
 from .errors import RtsegError
@@ -59,3 +60,34 @@ def check_threads(n: int | None, option: str = "--threads") -> None:
 
 
 __all__ = ["check_batch", "check_threads", "max_batch", "memory_bytes"]
+
+
+#: the annotations :func:`check_field_types` checks, → the Python types they admit
+_SIMPLE_TYPES = {"int": (numbers.Integral,), "float": (numbers.Real,), "bool": (bool,), "str": (str,)}
+
+
+def check_field_types(options) -> None:
+    """Refuse a dataclass option object (``StreamOptions``, ...) whose fields have the wrong Python type,
+    before any range check compares them (the Python API passes values unchecked by click).
+
+    Fields annotated ``int``, ``float``, ``bool`` or ``str`` (each optionally ``| None``) are checked;
+    ``bool`` is not an ``int`` here; any integral number (NumPy's too) is an ``int``, any real one a ``float``. Other annotations are left to the owner.
+
+    Raises:
+        RtsegError: a field of the wrong type (one line naming it, the type wanted and the value).
+    """
+    from dataclasses import fields
+
+    for f in fields(options):
+        parts = [p.strip() for p in str(f.type).split("|")]
+        optional = "None" in parts
+        simple = [p for p in parts if p != "None"]
+        if len(simple) != 1 or simple[0] not in _SIMPLE_TYPES:
+            continue
+        v = getattr(options, f.name)
+        if v is None and optional:
+            continue
+        want = _SIMPLE_TYPES[simple[0]]
+        if not isinstance(v, want) or (isinstance(v, bool) and bool not in want):
+            raise RtsegError(f"option {f.name} must be {' | '.join(parts)}, not {type(v).__name__} {v!r:.40}; "
+                             f"pass a {simple[0]}")

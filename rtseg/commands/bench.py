@@ -10,7 +10,7 @@ import click
 
 from ..bench import BenchOptions, run_bench
 from ..safe_io import write_json
-from .common import backend_choice
+from .common import FINITE_FLOAT, backend_choice
 
 
 def _ints(s: str) -> list[int]:
@@ -26,7 +26,7 @@ def _ints(s: str) -> list[int]:
               help="Checkpoint (PyTorch eager) or model folder (its model.onnx in ONNX Runtime fp32).")
 @click.option("--video", required=True, type=click.Path(), help="Real video whose frames are used (and streamed).")
 @click.option("--batch-sizes", default="1,2,4,8", show_default=True, help="Comma-separated batch sizes.")
-@click.option("--seconds", default=3.0, show_default=True, type=float, help="Timed seconds per row.")
+@click.option("--seconds", default=3.0, show_default=True, type=FINITE_FLOAT, help="Timed seconds per row.")
 @click.option("--warmup", default=3, show_default=True, type=int, help="Untimed calls before each row.")
 @click.option("--threads", default=None, type=int, help="Inference threads (default: backend's choice).")
 @click.option("--backend", default=None, type=backend_choice(),

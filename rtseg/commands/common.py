@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+import math
+
 import click
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and ±infinity (click's range check lets NaN through:
+    every comparison with it is false). With no bounds it is a finite ``float``."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if v is not None and not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
+
+
+#: ``type=`` of a float option without bounds
+FINITE_FLOAT = FiniteFloatRange()
 
 
 def backend_choice() -> click.Choice:
@@ -43,7 +62,7 @@ def decision_options(video: bool = True):
         click.option("--raw", is_flag=True,
                      help="Show/score the network's own mask (logit > 0) on every frame: no presence decision"
                           + (", no persistence." if video else ".")),
-        click.option("--presence-threshold", "presence_threshold", default=None, type=float,
+        click.option("--presence-threshold", "presence_threshold", default=None, type=FINITE_FLOAT,
                      help="A frame shows a detection only if its peak logit reaches this (binary models; default: "
                           f"the model's calibrated decision.presence — shipped model {pres.get('min_peak', '-')} — "
                           "else 0)."),

@@ -10,6 +10,7 @@ import click
 
 from ..errors import RtsegError
 from ..safe_io import nan_to_none, write_error, write_json
+from .common import FiniteFloatRange
 
 
 @click.command("calibrate-decision")
@@ -17,11 +18,11 @@ from ..safe_io import nan_to_none, write_error, write_json
               help="Checkpoint or model folder (its model.json gets the decision record).")
 @click.option("--data", "data", multiple=True, type=click.Path(),
               help="Folder whose val split is used (repeatable; default: the model's training folders).")
-@click.option("--max-false-rate", default=0.05, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--max-false-rate", default=0.05, show_default=True, type=FiniteFloatRange(0, 1),
               help="Largest share of polyp-free validation images the presence rule may show something on.")
-@click.option("--max-delay-s", default=0.5, show_default=True, type=click.FloatRange(min=0),
+@click.option("--max-delay-s", default=0.5, show_default=True, type=FiniteFloatRange(min=0),
               help="Largest detection delay persistence may cause on a validation sequence (s).")
-@click.option("--fps", default=25.0, show_default=True, type=click.FloatRange(min=0.1),
+@click.option("--fps", default=25.0, show_default=True, type=FiniteFloatRange(min=0.1),
               help="Frame rate the validation sequences are replayed at.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 256))
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="Inference threads.")

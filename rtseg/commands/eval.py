@@ -12,7 +12,7 @@ import cv2
 from ..errors import RtsegError
 from ..safe_io import atomic_write_bytes, check_outputs, nan_to_none, write_error, write_json
 from ..evaluation import evaluate_backend, format_table, overlay_grid, resolve_samples
-from .common import decision_options
+from .common import FiniteFloatRange, decision_options
 
 
 @click.command("eval")
@@ -39,7 +39,7 @@ from .common import decision_options
               help="With --video: the stream's temporal mode (see rtseg stream --help).")
 @click.option("--infer-every", default=1, show_default=True, type=click.IntRange(min=1),
               help="With --video: run the network on every K-th frame, propagate to the others.")
-@click.option("--ema", "ema", default=0.3, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+@click.option("--ema", "ema", default=0.3, show_default=True, type=FiniteFloatRange(0, 1, max_open=True),
               help="With --video: weight of the previous logits in --temporal ema.")
 @click.option("--max-frames", default=None, type=click.IntRange(min=1), help="With --video: score the first N frames.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(),

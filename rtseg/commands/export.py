@@ -13,7 +13,7 @@ import click
 
 from ..errors import RtsegError
 from ..safe_io import check_writable
-from .common import backend_choice, precision_choice
+from .common import FINITE_FLOAT, backend_choice, precision_choice
 
 
 def _log(msg: str) -> None:
@@ -88,7 +88,7 @@ def export_command(checkpoint: Path, out: Path | None, img_size, opset: int) -> 
 @click.option("--opset", type=int, default=17, show_default=True)
 @click.option("--weight-bits", type=click.Choice(["7", "8"]), default=None,
               help="Weight range: 8 (default) or 7 (avoids int16 saturation on AVX2-only CPUs).")
-@click.option("--percentile", type=float, default=99.999, show_default=True, help="For --method percentile.")
+@click.option("--percentile", type=FINITE_FLOAT, default=99.999, show_default=True, help="For --method percentile.")
 @click.option("--trt-cache", is_flag=True, help="Also write calib.cache (TensorRT ≤ 10 calibration cache).")
 @click.option("--no-verify", is_flag=True, help="Skip the OpenVINO compile check (child process).")
 def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img_size, opset, weight_bits, percentile,
@@ -127,12 +127,12 @@ def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img
               help="Labelled folder for the accuracy gate (default: the checkpoint's val split).")
 @click.option("--gate-split", default=None, help="Split of --gate-data (train/val/test/all; default val of the training data, else all).")
 @click.option("--gate-images", type=int, default=None, help="Gate on at most N images (default 200).")
-@click.option("--gate-tolerance", type=float, default=None,
+@click.option("--gate-tolerance", type=FINITE_FLOAT, default=None,
               help="Allowed drop vs fp32 in points (default 0.5 Dice for binary, 1.0 mIoU for multi-class).")
 @click.option("--gate-max-rounds", type=int, default=None, help="int8 repair rounds (each keeps 2x more layers in float; default 5).")
 @click.option("--threads", type=int, default=None, help="Inference threads for the gate and the auto-precision timing.")
 @click.option("--bench-batch", type=int, default=1, show_default=True, help="auto: batch size of the latency measurement.")
-@click.option("--bench-seconds", type=float, default=3.0, show_default=True, help="auto: timed seconds per candidate.")
+@click.option("--bench-seconds", type=FINITE_FLOAT, default=3.0, show_default=True, help="auto: timed seconds per candidate.")
 @click.option("--min-batch", type=int, default=None, help="TensorRT profile: smallest batch.")
 @click.option("--opt-batch", type=int, default=None, help="TensorRT profile: batch to optimise for.")
 @click.option("--max-batch", type=int, default=None, help="TensorRT profile: largest batch.")

@@ -9,7 +9,7 @@ import threading
 import click
 
 from ..errors import RtsegError
-from .common import decision_options
+from .common import FiniteFloatRange, decision_options
 
 _EPILOG = """\b
 Sources: FILE (any container FFmpeg reads), cameraN or /dev/videoN, rtsp:// rtp:// udp:// srt://
@@ -42,8 +42,8 @@ Examples:
 @click.option("--output", "outputs", multiple=True, help="Output (repeatable): file, URL, image folder, null.")
 @click.option("--no-output", is_flag=True, help="Write nothing (measure the pipeline).")
 @click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1), help="Frames per inference call, batched across sources.")
-@click.option("--batch-timeout-ms", default=10.0, show_default=True, type=click.FloatRange(min=0), help="Max wait to fill a batch (ms).")
-@click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1), help="Overlay opacity of the class colour.")
+@click.option("--batch-timeout-ms", default=10.0, show_default=True, type=FiniteFloatRange(min=0), help="Max wait to fill a batch (ms).")
+@click.option("--alpha", default=0.5, show_default=True, type=FiniteFloatRange(0, 1), help="Overlay opacity of the class colour.")
 @click.option("--contour/--no-contour", default=False, show_default=True, help="Also outline each class region.")
 @click.option("--codec", default="libx264", show_default=True, help="Video encoder: libx264, libx265, h264_nvenc, ... or auto (hardware if present).")
 @click.option("--preset", default="ultrafast", show_default=True,
@@ -53,16 +53,16 @@ Examples:
 @click.option("--loop", default=1, show_default=True, type=click.IntRange(min=0),
               help="Passes over each video-file source (0 = until stopped); timestamps continue, audio is dropped.")
 @click.option("--max-frames", default=None, type=click.IntRange(min=1), help="Stop after N frames per source.")
-@click.option("--max-latency-ms", default=None, type=click.FloatRange(min=1), help="Drop live frames that waited longer than this before inference.")
+@click.option("--max-latency-ms", default=None, type=FiniteFloatRange(min=1), help="Drop live frames that waited longer than this before inference.")
 @click.option("--reconnect/--no-reconnect", default=False, show_default=True, help="Reopen failed or stalled network sources with backoff.")
-@click.option("--stall-timeout", default=5.0, show_default=True, type=click.FloatRange(min=0.1), help="A network source silent this long (s) has failed.")
-@click.option("--open-timeout", default=None, type=click.FloatRange(min=0.1),
+@click.option("--stall-timeout", default=5.0, show_default=True, type=FiniteFloatRange(min=0.1), help="A network source silent this long (s) has failed.")
+@click.option("--open-timeout", default=None, type=FiniteFloatRange(min=0.1),
               help="Give up on a network source that does not open within this many seconds (default: udp:// and "
                    "rtp:// wait for their sender, other URLs use --stall-timeout).")
 @click.option("--rtsp-transport", default="tcp", show_default=True, type=click.Choice(["tcp", "udp"]),
               help="How RTP comes from an rtsp:// source: tcp (in the RTSP connection: no loss, passes firewalls) or "
                    "udp (lower latency on a clean network).")
-@click.option("--fps", default=None, type=click.FloatRange(min=0.01, min_open=False), help="Frame rate of image-folder sources (default 25) / asked of cameras.")
+@click.option("--fps", default=None, type=FiniteFloatRange(min=0.01, min_open=False), help="Frame rate of image-folder sources (default 25) / asked of cameras.")
 @click.option("--show", is_flag=True, help="Show the overlaid video in a window (needs a display).")
 @click.option("--metrics-jsonl", default=None, type=click.Path(dir_okay=False), help="Write metrics once per second as JSON lines.")
 @click.option("--temporal", default="off", show_default=True, type=click.Choice(["off", "ema", "flow"]),
@@ -70,7 +70,7 @@ Examples:
                    "to the frames in between by optical flow (with --infer-every).")
 @click.option("--infer-every", default=1, show_default=True, type=click.IntRange(min=1),
               help="Run the network on every K-th frame (keyframes); the others get propagated logits.")
-@click.option("--ema", "ema", default=0.3, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+@click.option("--ema", "ema", default=0.3, show_default=True, type=FiniteFloatRange(0, 1, max_open=True),
               help="Weight of the previous logits in --temporal ema.")
 @decision_options()
 @click.option("--save-masks", "save_masks", default=None, type=click.Path(file_okay=False),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from ..models import list_models
+from .common import FINITE_FLOAT
 
 
 def parse_size(value) -> tuple[int, int]:
@@ -55,13 +56,13 @@ FORMAT_NAMES = ["polyp", "kvasir", "kvasir-instrument", "cvc", "polypgen", "city
 @click.option("--img-size", default=None, help="Network input, N or HxW pixels. [default: 256]")
 @click.option("--epochs", default=None, type=int)
 @click.option("--batch-size", default=None, type=int)
-@click.option("--lr", default=None, type=float, help="(Peak) learning rate.")
-@click.option("--weight-decay", default=None, type=float)
+@click.option("--lr", default=None, type=FINITE_FLOAT, help="(Peak) learning rate.")
+@click.option("--weight-decay", default=None, type=FINITE_FLOAT)
 @click.option("--optimizer", default=None, type=click.Choice(["adamw", "adam", "lion", "sgd"]))
 @click.option("--scheduler", default=None, type=click.Choice(["onecycle", "plateau", "cosine", "none"]))
 @click.option("--loss", default=None, type=click.Choice(["auto", "bce_dice", "bce", "dice", "structure", "ce_dice", "ce_dice_infonce"]))
 @click.option("--early-stop-patience", default=None, type=int, help="Stop after N epochs without improvement (0 = off).")
-@click.option("--grad-clip-value", default=None, type=float, help="Clamp gradients to ±value (0 = off).")
+@click.option("--grad-clip-value", default=None, type=FINITE_FLOAT, help="Clamp gradients to ±value (0 = off).")
 @click.option("--out", default=None, type=click.Path(),
               help="Run folder (also the checkpoint folder); a folder that already holds a run is refused unless "
                    "--resume or --overwrite. [default: runs/train]")
@@ -77,7 +78,7 @@ FORMAT_NAMES = ["polyp", "kvasir", "kvasir-instrument", "cvc", "polypgen", "city
 @click.option("--threads", default=None, type=int, help="CPU threads (0 = torch default).")
 @click.option("--seed", default=None, type=int)
 @click.option("--max-images", default=None, type=int, help="Use at most N images (quick runs).")
-@click.option("--negative-weight", default=None, type=float,
+@click.option("--negative-weight", default=None, type=FINITE_FLOAT,
               help="Draw training images with an empty mask (polyp-free frames) this many times as often (1 = off).")
 @click.option("--init-weights", default=None, type=click.Path(),
               help="Fine-tune: start from this checkpoint's weights (same network), e.g. rtseg/weights/default.")

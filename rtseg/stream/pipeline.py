@@ -55,6 +55,7 @@ import numpy as np
 
 from ..data.transforms import Geometry, Preprocessor, place
 from ..errors import RtsegError, redact
+from ..limits import check_field_types
 from ..safe_io import write_error
 from ..metrics import FlickerMeter
 from .metrics import STAGES, Latency, LatencyRecorder, MetricsWriter, SourceReport, StreamReport
@@ -165,6 +166,7 @@ class StreamOptions:
     save_masks: str | os.PathLike | None = None
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         self.validate()
 
     def validate(self) -> None:
