@@ -4,9 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 # the real senders and servers of the live-input tests (tests/test_live_senders.py): the ffmpeg CLI,
-# GStreamer and its RTSP server (Debian packages; skipped where apt-get cannot run)
+# GStreamer and its RTSP server; a Prometheus server and headless Chromium for tests/test_stream_http.py
+# (Debian packages; skipped where apt-get cannot run)
 DEB="ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
-     gstreamer1.0-plugins-ugly gir1.2-gst-rtsp-server-1.0 python3-gi"
+     gstreamer1.0-plugins-ugly gir1.2-gst-rtsp-server-1.0 python3-gi prometheus chromium"
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ] && ! dpkg -s $DEB >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive apt-get -qq update && \
     DEBIAN_FRONTEND=noninteractive apt-get -qq install -y --no-install-recommends $DEB >/dev/null

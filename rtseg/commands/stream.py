@@ -76,6 +76,13 @@ Examples:
 @click.option("--save-masks", "save_masks", default=None, type=click.Path(file_okay=False),
               help="Write the mask shown on every frame as DIR/000000.png, ... (frame size, 0/255; several sources: "
                    "DIR/source<i>/); DIR must be new or empty.")
+@click.option("--http", "http", default=None, metavar="[HOST:]PORT",
+              help="Serve /metrics (Prometheus), /healthz, /readyz and a live view (/) on HOST:PORT "
+                   "(PORT alone: 127.0.0.1); nothing listens without it.")
+@click.option("--http-token", default=None, envvar="RTSEG_HTTP_TOKEN", show_envvar=True,
+              help="Require 'Authorization: Bearer TOKEN' on every --http endpoint.")
+@click.option("--http-preview-fps", default=10.0, show_default=True, type=FiniteFloatRange(min=0.1),
+              help="Max frames per second of the live view, per viewer.")
 @click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
 @click.option("--allow-unsealed", is_flag=True, help="Use an engine whose engine.json has no seal (an older rtseg's; refused otherwise).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON on stdout.")
@@ -83,7 +90,7 @@ Examples:
 def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeout_ms, alpha, contour, codec, preset, crf,
                    threads, loop, max_frames, max_latency_ms, reconnect, stall_timeout, open_timeout, rtsp_transport, fps, show, metrics_jsonl,
                    temporal, infer_every, ema, raw, presence_threshold, presence_min_area, persist, hold, save_masks,
-                   allow_failed_gate, allow_unsealed, as_json, quiet):
+                   http, http_token, http_preview_fps, allow_failed_gate, allow_unsealed, as_json, quiet):
     """Segment a video/camera/network stream and write the overlaid output.
 
     Decoding, batched inference and overlay+encoding run in parallel threads; the output keeps the
@@ -116,9 +123,15 @@ def stream_command(engine, sources, outputs, no_output, batch_size, batch_timeou
                             reconnect=reconnect, fps=fps, stall_timeout=stall_timeout, show=show,
                             metrics_jsonl=metrics_jsonl, loop=loop, temporal=temporal, infer_every=infer_every, ema=ema,
                             open_timeout=open_timeout, rtsp_transport=rtsp_transport, raw=raw, presence_threshold=presence_threshold,
-                            presence_min_area=presence_min_area, persist=persist, hold=hold, save_masks=save_masks)
+                            presence_min_area=presence_min_area, persist=persist, hold=hold, save_masks=save_masks,
+                            http=http, http_token=http_token, http_preview_fps=http_preview_fps)
     pipe = StreamPipeline(backend, list(sources), [] if no_output else list(outputs), options,
                           log=None if not quiet else (lambda m: None))
+    if http is not None and not quiet:
+        from ..stream.http import parse_http_address
+
+        host, port = parse_http_address(http)
+        click.echo(f"http: serving /, /metrics, /healthz, /readyz on http://{host}:{port}", err=True)
     done = threading.Event()
     if not quiet and sys.stderr.isatty():
         threading.Thread(target=_progress, args=(pipe, done, max_frames, loop), name="rtseg-progress", daemon=True).start()

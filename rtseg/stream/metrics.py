@@ -28,6 +28,8 @@ import numpy as np
 from ..safe_io import nan_to_none
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "encode", "e2e")
+#: why a live frame was not written (keys of ``SourceReport.drop_causes``)
+DROP_CAUSES = ("backpressure", "max_latency", "slow_receiver")
 
 
 class LatencyRecorder:

@@ -58,7 +58,7 @@ from ..errors import RtsegError, redact
 from ..limits import check_field_types
 from ..safe_io import write_error
 from ..metrics import FlickerMeter
-from .metrics import STAGES, Latency, LatencyRecorder, MetricsWriter, SourceReport, StreamReport
+from .metrics import DROP_CAUSES, STAGES, Latency, LatencyRecorder, MetricsWriter, SourceReport, StreamReport
 from .overlay import Overlay, palette_from_meta
 from .sinks import DisplaySink, NetworkSink, NullSink, Sink, make_sink, refuse_output_collisions, refuse_overwriting_inputs
 from .sources import NETWORK_SCHEMES, RTSP_TRANSPORTS, Item, Source, SourceSpecError, open_source
@@ -79,8 +79,6 @@ LIVE_QUEUE_FRAMES = 8
 #: a live source's timestamps that step back or jump ahead by more than this (s) are a discontinuity
 #: (:class:`_LiveClock`)
 PTS_JUMP_S = 10.0
-#: why a live frame was not written (keys of ``SourceReport.drop_causes``)
-DROP_CAUSES = ("backpressure", "max_latency", "slow_receiver")
 #: the highest ``--fps`` (image folders, cameras) a video container can carry
 MAX_FPS = 1000
 #: after a second SIGINT/SIGTERM, seconds the run gets to finalise its files before the process exits
@@ -131,6 +129,10 @@ class StreamOptions:
             frames after it ends (frames of the source's timeline); ``None``: the model's
             ``decision.persistence``, else :data:`rtseg.decision.DEFAULT_ON_FRAMES` / ``DEFAULT_HOLD_FRAMES``.
         save_masks: folder for the shown mask of every frame as PNG (:mod:`rtseg.stream.mask_writer`).
+        http: ``"HOST:PORT"`` or a port (loopback) to serve ``/metrics``, ``/healthz``, ``/readyz`` and a live
+            MJPEG preview on (:mod:`rtseg.stream.http`); ``None``: nothing listens.
+        http_token: bearer token every ``http`` endpoint requires (``None``: ``$RTSEG_HTTP_TOKEN``, else none).
+        http_preview_fps: at most this many preview frames a second per viewer (FPS, > 0).
 
     Raises:
         RtsegError: a value out of range (one line naming the option and the fix).
@@ -164,6 +166,9 @@ class StreamOptions:
     persist: int | None = None
     hold: int | None = None
     save_masks: str | os.PathLike | None = None
+    http: str | int | None = None
+    http_token: str | None = None
+    http_preview_fps: float = 10.0
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -194,6 +199,12 @@ class StreamOptions:
         if self.rtsp_transport not in RTSP_TRANSPORTS:
             raise RtsegError(f"--rtsp-transport must be one of {', '.join(RTSP_TRANSPORTS)}, got {self.rtsp_transport!r}")
         check_temporal(self.temporal, self.infer_every, self.ema)
+        if self.http is not None:
+            from .http import parse_http_address
+
+            parse_http_address(self.http)
+        if not (0 < self.http_preview_fps < math.inf):
+            raise RtsegError(f"--http-preview-fps must be a positive number, got {self.http_preview_fps}")
         from ..decision import PresenceRule, check_persistence
 
         check_persistence(1 if self.persist is None else self.persist, 0 if self.hold is None else self.hold)
@@ -746,6 +757,8 @@ class StreamPipeline:
         self._rss: list[float] = []
         self._proc = None
         self._t_start = 0.0
+        #: the ``--http`` server (:class:`rtseg.stream.http.HttpServer`) while the run serves, else ``None``
+        self.http = None
 
     # -- the overridable per-frame steps -----------------------------------------------------------------
     def preprocess(self, frame: av.VideoFrame, buf: np.ndarray) -> Geometry:
@@ -807,13 +820,22 @@ class StreamPipeline:
         Raises:
             RtsegError: a source or output that cannot be opened (missing file, unreadable video,
                 missing camera, unknown scheme, output folder not writable), ``--loop`` on a source
-                that cannot loop, an error while streaming (after the outputs were finalised), or a
-                second call (a pipeline runs once).
+                that cannot loop, an error while streaming (after the outputs were finalised), a
+                second call (a pipeline runs once), or an ``http`` address that cannot be bound.
         """
-        import psutil
-
         if self._opened:
             raise RtsegError("this StreamPipeline has already run; create a new one for another run")
+        self._start_http()
+        try:
+            return self._run()
+        finally:
+            if self.http is not None:
+                self.http.close()
+
+    def _run(self) -> StreamReport:
+        """:meth:`run` after the ``--http`` server started (it is closed by :meth:`run`)."""
+        import psutil
+
         self._warm_up()
         self._open_all()
         self._make_queues()
@@ -872,6 +894,9 @@ class StreamPipeline:
             if opts.show:
                 for i, sinks in enumerate(per_src_sinks):
                     sinks.append(DisplaySink(f"rtseg [{i}] {self._opened[i].name}"))
+            if self.http is not None:
+                for sinks in per_src_sinks:
+                    sinks.append(self.http.preview_sink())
             if opts.save_masks is not None:
                 self.mask_writer = MaskWriter(opts.save_masks, len(self._opened), self.backend.num_classes == 1)
             shape = (*self.backend.input_hw, 3)
@@ -911,6 +936,16 @@ class StreamPipeline:
         writers = [threading.Thread(target=self._sink_worker, args=(st,), name=f"rtseg-sink{st.idx}", daemon=True)
                    for st in self.states]
         return readers, infer, writers
+
+    def _start_http(self) -> None:
+        """Serve ``options.http`` (before the warm-up, so ``/healthz`` answers while sources open)."""
+        opts = self.options
+        if opts.http is None:
+            return
+        from .http import HttpServer
+
+        self.http = HttpServer(self, opts.http, token=opts.http_token, preview_fps=opts.http_preview_fps,
+                               log=self.log).start()
 
     def _start_metrics(self) -> MetricsWriter | None:
         path = self.options.metrics_jsonl
@@ -1128,7 +1163,7 @@ class StreamPipeline:
 
     def _source_report(self, i: int, s: _SourceState, seconds: float) -> SourceReport:
         return SourceReport(
-            name=s.src.name, outputs=[k.name for k in s.sinks if k.writes_frames],
+            name=s.src.name, outputs=[k.name for k in s.sinks if k.writes_frames and getattr(k, "reported", True)],
             width=s.src.info.width, height=s.src.info.height, live=s.src.live, frames=s.written,
             fps=s.written / seconds if seconds > 0 else 0.0, drops=sum(self.drop_causes()[i]),
             drop_causes={k: n for k, n in zip(DROP_CAUSES, self.drop_causes()[i]) if n},
