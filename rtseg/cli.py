@@ -7,7 +7,9 @@ Every user error is an :class:`rtseg.errors.RtsegError`, printed as one line
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import sys
 
 import click
@@ -68,9 +70,22 @@ def _usage_line(e: click.UsageError) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point. Maps :class:`RtsegError` to one line on stderr and exit code 2."""
+    """Console-script entry point. Maps :class:`RtsegError` to one line on stderr and exit code 2.
+
+    Results that cannot reach stdout are an error, not a silent exit 0: a closed stdout (``>&-``) is
+    refused before the command runs, a full or broken one (``> /dev/full``) when it is flushed.
+    """
     try:
-        cli.main(args=argv, standalone_mode=False)
+        if sys.stdout is None:
+            raise RtsegError("stdout is closed, so the results would be lost; run rtseg with stdout open "
+                             "(e.g. > results.txt) or pass --out FILE where the command has it")
+        try:
+            cli.main(args=argv, standalone_mode=False)
+        except OSError as e:
+            if e.filename is not None or e.errno not in _STDOUT_ERRNOS:
+                raise
+            _stdout_failed(e)
+        _flush_stdout()
     except RtsegError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
@@ -88,3 +103,26 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+
+
+#: errors of a write to a full, broken or closed stdout (they carry no file name)
+_STDOUT_ERRNOS = (errno.ENOSPC, errno.EPIPE, errno.EIO, errno.EBADF)
+
+
+def _flush_stdout() -> None:
+    """Flush stdout now, so that a full or broken one is one error line (exit 2) instead of Python's
+    ``Exception ignored … OSError`` at interpreter exit."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError) as e:
+        _stdout_failed(e)
+
+
+def _stdout_failed(e: BaseException):
+    """Raise the one-line error for results that could not be written to stdout (and stop further tries)."""
+    reason = getattr(e, "strerror", None) or str(e)
+    try:
+        sys.stdout = open(os.devnull, "w")  # nothing more is tried at exit
+    except OSError:
+        pass
+    raise RtsegError(f"cannot write the results to stdout ({reason}); redirect stdout to a file with room") from None

@@ -57,3 +57,24 @@ def test_an_import_torch_factory_that_fails(tmp_path, monkeypatch, body, what):
     finally:
         sys.modules.pop(mod, None)
     assert code == 2 and what in one_error_line(err)
+
+
+@pytest.mark.parametrize("how", ["closed", "full"])
+def test_results_that_cannot_reach_stdout_are_an_error(tiny_engine, kvasir, how):  # noqa: F811
+    """``eval --json >&-`` exited 0 and printed nothing (the report lost); ``> /dev/full`` ended in a
+    traceback. Now: one error line, exit 2."""
+    import os
+    import subprocess
+
+    from test_stream import REPO
+
+    cmd = [sys.executable, "-m", "rtseg", "eval", "--engine", str(tiny_engine), "--data", str(kvasir), "--split", "test",
+           "--limit", "2", "--json"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if how == "closed":
+        p = subprocess.run(cmd, stdout=None, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO), timeout=120,
+                           preexec_fn=lambda: os.close(1))
+    else:
+        with open("/dev/full", "w") as full:
+            p = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO), timeout=120)
+    assert p.returncode == 2 and "stdout" in one_error_line(p.stderr), p.stderr
