@@ -435,7 +435,8 @@ def import_onnx(onnx_path: str | Path, meta: "ImportMeta | dict | str | Path", o
     """
     import onnx
 
-    from .checkpoint import file_sha256, write_json
+    from .checkpoint import write_json
+    from .safe_io import file_sha256
 
     m, o, log = as_import_meta(meta), options or ImportOptions(), log or (lambda msg: None)
     src, out = Path(onnx_path), Path(out)

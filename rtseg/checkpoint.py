@@ -19,7 +19,7 @@ import torch
 
 from .errors import RtsegError
 from .meta import CHECKPOINT_FORMAT as FORMAT, ModelMeta
-from .safe_io import atomic_write_bytes, file_sha256, write_json  # noqa: F401  (re-exported: rtseg.checkpoint.write_json, file_sha256)
+from .safe_io import atomic_write_bytes, write_json  # noqa: F401  (re-exported: rtseg.checkpoint.write_json)
 
 WEIGHTS = "model.safetensors"
 META = "model.json"

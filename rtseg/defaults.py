@@ -51,7 +51,7 @@ def default_engine_dir(backend: str = DEFAULT_BACKEND, precision: str = DEFAULT_
     ``model.json``, so a recalibrated decision record gets an engine that carries it)."""
     import hashlib
 
-    from .checkpoint import file_sha256
+    from .safe_io import file_sha256
 
     folder = default_model_dir()
     sha = hashlib.sha256(f"{file_sha256(folder / 'model.safetensors')}:{file_sha256(folder / 'model.json')}".encode()).hexdigest()

@@ -306,7 +306,8 @@ def _compile(b: _Build, source_onnx: Path) -> dict[str, Any]:
 def _engine_record(b: _Build, source_onnx: Path, info: dict[str, Any], calibration) -> dict[str, Any]:
     """The ``engine.json`` dict (docs/internals.md) of the engine just compiled."""
     from .. import __version__
-    from ..checkpoint import file_sha256, weights_file
+    from ..checkpoint import weights_file
+    from ..safe_io import file_sha256
     from .onnx import onnx_io
 
     io_in, io_out = onnx_io(source_onnx)
@@ -337,7 +338,7 @@ def _engine_record(b: _Build, source_onnx: Path, info: dict[str, Any], calibrati
 
 def _gate(b: _Build, engine: dict) -> dict[str, Any]:
     """Run the accuracy gate on the engine in ``b.folder`` (int8: with repair by rebuilding)."""
-    from ..checkpoint import file_sha256
+    from ..safe_io import file_sha256
     from . import calibrate as cal
     from . import gate as g
 
@@ -404,7 +405,8 @@ def _calib_options(b: _Build):
 
 def _copy_qdq(b: _Build) -> dict[str, Any]:
     """``--qdq-from``: reuse a calibration folder of the same checkpoint (or model folder) and input size."""
-    from ..checkpoint import file_sha256, weights_file
+    from ..checkpoint import weights_file
+    from ..safe_io import file_sha256
     from . import calibrate as cal
 
     src = Path(b.options.qdq_from)

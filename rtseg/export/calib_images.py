@@ -56,7 +56,7 @@ def select_images(candidates: Sequence[Path], num_images: int, seed: int = 0, ro
 
 def sha256_file(path: str | Path) -> str:
     """SHA-256 hex digest of a file."""
-    from ..checkpoint import file_sha256
+    from ..safe_io import file_sha256
 
     return file_sha256(path)
 

@@ -659,15 +659,16 @@ class _MetricsSnapshot:
         dt = max(1e-9, now - marks["t"])
         new = {"t": now, "frames": [s.written for s in p.states], "lat": {}}
         total = sum(new["frames"])
+        causes = p.drop_causes()
         line = {"t": round(now - p._t_start, 3), "frames": total, "fps": (total - sum(marks["frames"])) / dt,
-                "drops": sum(map(sum, p.drop_causes())), "rss_mb": round(p._proc.memory_info().rss / 2**20, 1),
-                "sources": self._sources(marks, dt), "latency": self._latency(marks, new)}
+                "drops": sum(map(sum, causes)), "rss_mb": round(p._proc.memory_info().rss / 2**20, 1),
+                "sources": self._sources(marks, dt, causes), "latency": self._latency(marks, new)}
         return line, new
 
-    def _sources(self, marks: dict, dt: float) -> list[dict]:
+    def _sources(self, marks: dict, dt: float, causes: list[tuple[int, int, int]]) -> list[dict]:
         p = self.pipe
         return [{"name": s.src.name, "frames": s.written, "fps": (s.written - marks["frames"][i]) / dt,
-                 "drops": sum(p.drop_causes()[i]), "in_queue": len(p.inq.q[i]), "out_queue": len(s.out_q),
+                 "drops": sum(causes[i]), "in_queue": len(p.inq.q[i]), "out_queue": len(s.out_q),
                  "reconnects": s.reconnects} for i, s in enumerate(p.states)]
 
     def _latency(self, marks: dict, new: dict) -> dict:
@@ -1136,7 +1137,6 @@ class StreamPipeline:
         report.seconds = seconds
         report.frames = sum(s.written for s in self.states)
         report.fps = report.frames / seconds if seconds > 0 else 0.0
-        report.drops = sum(map(sum, self.drop_causes()))
         pairs = sum(s.flicker.pairs for s in self.states)
         report.flicker = sum(s.flicker.total for s in self.states) / pairs if pairs else math.nan
         o = self.options
@@ -1152,7 +1152,9 @@ class StreamPipeline:
                              "samples": len(rss)}
         for stage in STAGES:
             report.latency[stage] = Latency.of([r.samples() for r in self._recorders(stage)])
-        report.sources = [self._source_report(i, s, seconds) for i, s in enumerate(self.states)]
+        causes = self.drop_causes()
+        report.sources = [self._source_report(s, seconds, causes[i]) for i, s in enumerate(self.states)]
+        report.drops = sum(s.drops for s in report.sources)
         return report
 
     def drop_causes(self) -> list[tuple[int, int, int]]:
@@ -1161,12 +1163,12 @@ class StreamPipeline:
         return [(self.inq.drops[i], self.inq.late[i], sum(getattr(k, "dropped", 0) for k in st.sinks))
                 for i, st in enumerate(self.states)]
 
-    def _source_report(self, i: int, s: _SourceState, seconds: float) -> SourceReport:
+    def _source_report(self, s: _SourceState, seconds: float, causes: tuple[int, int, int]) -> SourceReport:
         return SourceReport(
-            name=s.src.name, outputs=[k.name for k in s.sinks if k.writes_frames and getattr(k, "reported", True)],
+            name=s.src.name, outputs=[k.name for k in s.sinks if k.writes_frames and k.reported],
             width=s.src.info.width, height=s.src.info.height, live=s.src.live, frames=s.written,
-            fps=s.written / seconds if seconds > 0 else 0.0, drops=sum(self.drop_causes()[i]),
-            drop_causes={k: n for k, n in zip(DROP_CAUSES, self.drop_causes()[i]) if n},
+            fps=s.written / seconds if seconds > 0 else 0.0, drops=sum(causes),
+            drop_causes={k: n for k, n in zip(DROP_CAUSES, causes) if n},
             decode_errors=s.src.decode_errors, skipped_before_keyframe=getattr(s.src, "skipped_before_keyframe", 0),
             reconnects=s.reconnects, e2e=Latency.of(s.lat["e2e"].samples()),
             error=s.error, flicker=s.flicker.value)

@@ -88,6 +88,9 @@ class Sink(ABC):
     #: (a sink that waits for a receiver gives up then)
     stop_event = None
     writes_frames = True
+    #: listed among the source's outputs in the report (``False`` for internal taps such as the
+    #: ``--http`` preview)
+    reported = True
     name = "sink"
     notes: tuple[str, ...] | list[str] = ()
     on_quit = None
@@ -421,7 +424,7 @@ class NetworkSink(EncodedSink):
     Encoding and sending run in the sink's own thread behind a queue of :data:`NET_QUEUE_S` seconds
     of frames, so a receiver that stops reading (a TCP peer that never drains its socket, an RTSP
     server that stops answering) never stalls the pipeline or the other outputs: for a live source
-    the frames it cannot take are dropped (``dropped``, said in a note at the end), for a file source
+    the frames it cannot take are dropped (``dropped``: the report's ``slow_receiver`` drops), for a file source
     the pipeline waits (it is paced to the stream clock). Socket I/O on ``tcp://`` and ``rtsp://``
     has a timeout of ``io_timeout`` s (a server that accepts and never answers fails the open in one
     line); :meth:`close` waits at most :data:`NET_CLOSE_S` s for the thread and then abandons it.
@@ -559,7 +562,7 @@ class NetworkSink(EncodedSink):
         if th.is_alive():
             self._failed = True
             _ABANDONED.append(self.container)
-            raise RtsegError(f"{self.name} stopped taking data; its stream was abandoned after {NET_CLOSE_S:g} s "
+            raise RtsegError(f"{self.name} stopped taking data; its stream was abandoned after {wait_s:g} s "
                              f"(check the receiver)")
         if not self._error_raised:
             self._raise_error()

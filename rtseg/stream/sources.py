@@ -294,7 +294,6 @@ class AVSource(Source):
         Raises:
             RtsegError: the stream ended or was stopped before a keyframe came.
         """
-        self._demux = self._packets()
         try:
             self._read_to_first_frame()
         except (av.error.FFmpegError, OSError) as e:
@@ -314,7 +313,6 @@ class AVSource(Source):
         """A video file: decode its first frame now (handed out first by :meth:`read`), so that a
         rotation in its display matrix (phone videos) sets ``info``'s upright size before any output
         opens. A file without a decodable frame is left to :meth:`read`'s own message."""
-        self._demux = self._packets()
         try:
             self._read_to_first_frame()
         except (av.error.FFmpegError, OSError):
@@ -322,8 +320,10 @@ class AVSource(Source):
             self.container.seek(0)
 
     def _read_to_first_frame(self) -> None:
-        """:meth:`_prime`'s loop: keep every item up to and including the first video frame."""
+        """Start demuxing (kept in ``_demux`` for :meth:`read`) and keep every item up to and including the
+        first video frame in ``_pending``."""
         told = False
+        self._demux = self._packets()
         for item in self._demux:
             if self.stop_event is not None and self.stop_event.is_set():
                 return
