@@ -133,7 +133,7 @@ def test_a_video_with_rotation_metadata_is_streamed_upright(tmp_path, clip, back
 
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
-        pytest.skip("needs the ffmpeg CLI (Debian ffmpeg) to write the rotation metadata")
+        pytest.fail("needs the ffmpeg CLI to write the rotation metadata: apt-get install ffmpeg (scripts/test.sh does)")
     rot = tmp_path / "rot.mp4"
     subprocess.run([ffmpeg, "-nostdin", "-loglevel", "error", "-i", str(clip), "-t", "1", "-an", "-c", "copy",
                     "-metadata:s:v:0", "rotate=90", str(rot)], check=True)

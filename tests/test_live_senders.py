@@ -30,9 +30,15 @@ import pytest
 from test_stream import REPO, tiny_engine  # noqa: F401  (fixture)
 from test_stream_net import free_port
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("gst-launch-1.0") is None,
-                                 reason="needs the ffmpeg CLI and GStreamer (Debian ffmpeg, gstreamer1.0-tools)")]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _senders_installed():
+    """The senders are part of what these tests prove: missing ones fail (``scripts/test.sh`` installs them)."""
+    missing = [t for t in ("ffmpeg", "ffprobe", "gst-launch-1.0") if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: apt-get install ffmpeg gstreamer1.0-tools (scripts/test.sh does)")
 
 SYSTEM_PY = "/usr/bin/python3"  # GStreamer's Python bindings (python3-gi) live in the system Python
 RTSP_SERVER = REPO / "tests" / "servers" / "gst_rtsp_server.py"
@@ -236,7 +242,8 @@ class RtspServer:
 def rtsp_server(clip):
     if subprocess.run([SYSTEM_PY, "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
                       capture_output=True).returncode:
-        pytest.skip("needs gir1.2-gst-rtsp-server-1.0 and python3-gi")
+        pytest.fail("GStreamer's RTSP server is not installed: apt-get install gir1.2-gst-rtsp-server-1.0 python3-gi "
+                    "(scripts/test.sh does)")
     srv = RtspServer(free_port(socket.SOCK_STREAM), free_port()).start()
     feed = ffmpeg("-re", "-stream_loop", "-1", "-i", clip, "-an", "-vf", "scale=320:180", "-c:v", "libx264",
                   "-preset", "ultrafast", "-tune", "zerolatency", "-g", "25", "-x264-params", "repeat-headers=1",

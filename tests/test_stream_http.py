@@ -241,8 +241,9 @@ def test_readyz_follows_a_udp_source(backend, net_clip):
 
 # -- a real Prometheus server ----------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.skipif(not Path(PROMETHEUS).exists(), reason="the prometheus binary is not installed")
 def test_real_prometheus_scrapes_the_stream(tmp_path, backend, clip):
+    if not Path(PROMETHEUS).exists():
+        pytest.fail(f"{PROMETHEUS} not installed: apt-get install prometheus (scripts/test.sh does)")
     with serving(backend, [str(clip)], loop=0, batch_size=2) as (pipe, url, res):
         prom_port = free_port(socket.SOCK_STREAM)
         cfg = tmp_path / "prom.yml"
@@ -299,8 +300,9 @@ def _shot(url: str, path: Path) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 def test_chromium_shows_the_live_view(tmp_path, backend, small_clip):
+    if CHROMIUM is None:
+        pytest.fail("chromium not installed: apt-get install chromium (scripts/test.sh does)")
     with serving(backend, [str(small_clip)], loop=0) as (pipe, url, res):
         wait_for(lambda: frames(pipe) > 5, 30, "frames")
         a = _shot(url + "/", tmp_path / "a.png")
