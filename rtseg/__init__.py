@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _API = {
     "Segmenter": "rtseg.api", "load": "rtseg.api", "build_engine": "rtseg.api", "train": "rtseg.api",
     "ImportMeta": "rtseg.byom", "ImportOptions": "rtseg.byom", "import_onnx": "rtseg.byom", "export_model": "rtseg.byom",
-    "BuildOptions": "rtseg.export.build", "GateOptions": "rtseg.export.gate",
+    "BuildOptions": "rtseg.export.build", "GateOptions": "rtseg.gate.check",
     "StreamOptions": "rtseg.stream", "StreamReport": "rtseg.stream", "run_stream": "rtseg.stream",
     "BenchOptions": "rtseg.bench", "run_bench": "rtseg.bench",
     "TrainConfig": "rtseg.training.loop", "RtsegError": "rtseg.errors",

@@ -249,8 +249,9 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
                  options=None, log=None) -> Path:
     """Build an engine folder (``rtseg build-engine``) from a checkpoint or a model folder.
 
-    ``precision="auto"`` builds every precision the backend runs here and keeps the fastest that passes
-    the accuracy gate (:func:`rtseg.export.build.build_auto`). ``options``: :class:`rtseg.export.build.BuildOptions`.
+    The same function as :func:`rtseg.export.build.build_engine` (``precision="auto"`` included: every
+    precision the backend runs here, the fastest that passes the accuracy gate kept), with its arguments'
+    types checked. ``options``: :class:`rtseg.export.build.BuildOptions`.
 
     Returns:
         the engine folder.
@@ -258,15 +259,12 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
     Raises:
         RtsegError: ``checkpoint``/``out`` not a path, or as :func:`rtseg.export.build.build_engine`.
     """
-    from .export.build import build_auto
     from .export.build import build_engine as _build
 
     for name, v in (("checkpoint", checkpoint), ("out", out)):
         if not isinstance(v, (str, Path)) and not (name == "out" and v is None):
             raise RtsegError(f"{name} must be a folder path (str or pathlib.Path), not {type(v).__name__}")
 
-    if precision == "auto":
-        return build_auto(checkpoint, backend, out, options, log)
     return _build(checkpoint, backend, precision, out, options, log)
 
 

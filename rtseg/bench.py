@@ -304,7 +304,6 @@ def _open_targets(targets: list[str], o: BenchOptions) -> tuple[list, set]:
 def _infer_rows(b, frames: list[np.ndarray], o: BenchOptions, log) -> list[BenchRow]:
     """Inference-only rows of one backend: its frames preprocessed once, then each batch size timed."""
     from .data.transforms import Preprocessor
-
     from .limits import check_batch
 
     for bs in o.batch_sizes:

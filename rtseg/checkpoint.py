@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from .errors import RtsegError
-from .meta import CHECKPOINT_FORMAT as FORMAT, ModelMeta
-from .safe_io import atomic_write_bytes, write_json  # noqa: F401  (re-exported: rtseg.checkpoint.write_json)
+from .meta import CHECKPOINT_FORMAT as FORMAT
+from .meta import ModelMeta
+from .safe_io import atomic_write_bytes, write_json
 
 WEIGHTS = "model.safetensors"
 META = "model.json"

@@ -1,8 +1,8 @@
-"""rtseg's shipped default model and the cache of its engines (README "Default model").
+"""rtseg's shipped default model and the cache of its engines (docs/model-card.md).
 
 The default model is a checkpoint folder inside the package (``rtseg/weights/default``:
 ``model.safetensors`` + ``model.json``), trained by ``rtseg train --config default-rt`` (see the
-model card in the README). ``rtseg stream`` without ``--engine`` runs it: its engine is built on
+model card, docs/model-card.md). ``rtseg stream`` without ``--engine`` runs it: its engine is built on
 first use into the cache folder and reused afterwards (rebuilt when the weights or the backend
 version change).
 
@@ -46,7 +46,7 @@ def cache_dir() -> Path:
     return Path(base) / "rtseg"
 
 
-def default_engine_dir(backend: str = DEFAULT_BACKEND, precision: str = DEFAULT_PRECISION) -> Path:
+def default_model_engine_dir(backend: str = DEFAULT_BACKEND, precision: str = DEFAULT_PRECISION) -> Path:
     """Where the default model's ``backend``/``precision`` engine is cached (keyed by the weights and
     ``model.json``, so a recalibrated decision record gets an engine that carries it)."""
     import hashlib
@@ -72,7 +72,7 @@ def load_default_engine(backend: str = DEFAULT_BACKEND, precision: str = DEFAULT
     from .runtime import load_engine
 
     log = log or (lambda m: None)
-    folder = default_engine_dir(backend, precision)
+    folder = default_model_engine_dir(backend, precision)
     if (folder / "engine.json").is_file():
         try:
             return load_engine(folder, num_threads=num_threads)

@@ -29,3 +29,26 @@ class RtsegError(Exception):
     def __init__(self, message: str):
         message = redact(" ".join(str(message).split()))  # always one line, never a password
         super().__init__(message)
+
+
+def require(module: str, extra: str, what: str):
+    """Import an optional dependency, or raise the one-line error that names the extra to install.
+
+    Args:
+        module: the module to import (``"albumentations"``, ``"lion_pytorch"``, ``"nncf"``).
+        extra: the ``pyproject.toml`` extra that installs it (``"train"``, ``"nncf"``).
+        what: what needs it, for the message (``"training with augmentation"``).
+
+    Returns:
+        the imported module.
+
+    Raises:
+        RtsegError: ``module`` is not installed (``pip install 'rtseg[EXTRA]'``).
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise RtsegError(f"{what} needs {module.split('.')[0]}, which is not installed: "
+                         f"pip install 'rtseg[{extra}]'") from None

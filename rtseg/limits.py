@@ -6,8 +6,10 @@ allocated or thousands of threads started before anything fails.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
+import platform
 
 from .errors import RtsegError
 
@@ -16,6 +18,26 @@ from .errors import RtsegError
 BYTES_PER_PIXEL = 256
 #: inference threads allowed per core (oversubscription beyond this only slows a run down)
 THREADS_PER_CORE = 8
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """(CPU model name, ISA flags) of this machine: the one reader of ``/proc/cpuinfo`` (Linux; ``flags``
+    or ARM's ``Features``), :mod:`platform` elsewhere (no flags). Read once per process."""
+    name, flags = "", frozenset()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not name:
+                    name = val.strip()
+                elif key in ("flags", "Features"):
+                    flags = frozenset(val.split())
+                    break
+    except OSError:
+        pass
+    return name or platform.processor() or platform.machine(), flags
 
 
 def memory_bytes() -> int:

@@ -7,7 +7,6 @@ Medians, not means: the machines are shared and noisy.
 from __future__ import annotations
 
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,21 +34,13 @@ class BenchRow:
 
 def machine_info(threads: int | None) -> dict:
     """CPU model, cores, SIMD features, library versions: printed with every benchmark."""
-    flags: set[str] = set()
-    model = platform.processor() or ""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
     import onnxruntime
     import openvino
     import torch
 
+    from .limits import cpu_info
+
+    model, flags = cpu_info()
     return {"cpu": model, "cores": os.cpu_count(), "threads": threads,
             "simd": sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "avx_vnni", "fma")),
             "torch": torch.__version__, "openvino": openvino.__version__, "onnxruntime": onnxruntime.__version__}

@@ -42,7 +42,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .data.transforms import logits_to_frame

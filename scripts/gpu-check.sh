@@ -5,7 +5,7 @@
 #
 #   bash scripts/gpu-check.sh            # writes gpu-check/ (logs, engines, JSON), exits 1 if a check failed
 #
-# Every line it prints is "PASS|FAIL|INFO <check> ...", in this order (README "GPU acceptance check"):
+# Every line it prints is "PASS|FAIL|INFO <check> ...", in this order (docs/tensorrt.md "GPU acceptance check"):
 #   versions      GPU, driver, compute capability, CUDA, torch, TensorRT
 #   pytest-gpu    pytest -m gpu tests/test_tensorrt.py (small EUNet engines vs ONNX Runtime, CUDA graphs, batches)
 #   build-*       fp32/fp16/int8 TensorRT engines of eunet-s (tests/data/eunet-tiny-kvasir64) and the default model,

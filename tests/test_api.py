@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-import byom_models as bm
 import rtseg
 from rtseg.cli import main
 from rtseg.errors import RtsegError
+
+import byom_models as bm
 
 HW = (96, 96)
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_stream import tiny_engine  # noqa: F401  (fixture: a tiny checkpoint folder)
-
 import rtseg
 from rtseg.errors import RtsegError
 

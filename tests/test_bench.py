@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from rtseg.checkpoint import ModelMeta, save_checkpoint
+from rtseg.checkpoint import save_checkpoint
 from rtseg.cli import main
+from rtseg.meta import ModelMeta
 from rtseg.models import create_model
 
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 import yaml
 
-import byom_models as bm
 from rtseg.byom import ImportMeta, export_model, import_onnx
 from rtseg.cli import main
 from rtseg.errors import RtsegError
+
+import byom_models as bm
 
 HW = (96, 96)
 N_FRAMES = 8
@@ -68,6 +69,7 @@ def test_model_folder_matches_the_module(model_folder):
     assert np.max(np.abs(y - z)) < 1e-3 * max(1.0, np.abs(z).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
 def test_engines_fp32_int8_with_gate_stream_and_eval(model_folder, backend, tmp_path, capsys, clip, kvasir):
     folder, _ = model_folder

@@ -11,13 +11,19 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from rtseg.checkpoint import ModelMeta, save_checkpoint
+from rtseg.calib import calibrate as cal
+from rtseg.calib.images import preprocess_images, select_images
+from rtseg.calib.qdq import QUANT_OP_TYPES, qdq_summary
+from rtseg.calib.ranges import entropy_amax
+from rtseg.calib.record import CALIB_JSON, FP32_ONNX, QDQ_ONNX
+from rtseg.checkpoint import save_checkpoint
 from rtseg.errors import RtsegError
-from rtseg.export import calibrate as cal
 from rtseg.export.onnx import export_onnx
+from rtseg.meta import ModelMeta
+from rtseg.models import create_model
 from rtseg.runtime.child import run_guarded
 from rtseg.runtime.openvino_backend import verify_openvino
-from rtseg.models import create_model
+from rtseg.runtime.tensorrt.cache import activation_scales, read_tensorrt_cache, write_tensorrt_cache
 
 HW = (64, 64)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -45,15 +51,15 @@ def _sha(p):
 
 
 def test_selection_is_seeded_and_order_free(images, kvasir):
-    a = cal.select_images(images, 5, seed=0, root=kvasir)
-    b = cal.select_images(list(reversed(images)), 5, seed=0, root=kvasir)
-    c = cal.select_images(images, 5, seed=1, root=kvasir)
+    a = select_images(images, 5, seed=0, root=kvasir)
+    b = select_images(list(reversed(images)), 5, seed=0, root=kvasir)
+    c = select_images(images, 5, seed=1, root=kvasir)
     assert a == b and a != c and len(a) == 5
-    assert cal.select_images(images[:3], 10, seed=0) == sorted(images[:3], key=lambda p: p.name)
+    assert select_images(images[:3], 10, seed=0) == sorted(images[:3], key=lambda p: p.name)
 
 
 def test_same_inputs_give_bit_identical_qdq(tmp_path, fp32_onnx, images):
-    data = cal.preprocess_images(cal.select_images(images, 4, seed=0), HW, "stretch", MEAN, STD)
+    data = preprocess_images(select_images(images, 4, seed=0), HW, "stretch", MEAN, STD)
     for method in ("entropy", "minmax", "percentile"):
         cal.calibrate_onnx(fp32_onnx, tmp_path / f"a-{method}.onnx", data, method=method)
         cal.calibrate_onnx(fp32_onnx, tmp_path / f"b-{method}.onnx", data, method=method)
@@ -63,7 +69,7 @@ def test_same_inputs_give_bit_identical_qdq(tmp_path, fp32_onnx, images):
 
 
 def test_qdq_scheme_is_tensorrt_friendly(tmp_path, fp32_onnx, images):
-    data = cal.preprocess_images(cal.select_images(images, 3, seed=0), HW, "stretch", MEAN, STD)
+    data = preprocess_images(select_images(images, 3, seed=0), HW, "stretch", MEAN, STD)
     settings = cal.calibrate_onnx(fp32_onnx, tmp_path / "q.onnx", data)
     m = onnx.load(str(tmp_path / "q.onnx"))
     inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
@@ -76,7 +82,7 @@ def test_qdq_scheme_is_tensorrt_friendly(tmp_path, fp32_onnx, images):
             assert inits[n.input[0]].dtype == np.int8
     # the head Conv(Concat(up, skip)) stays float: OpenVINO 2026.4 mis-quantizes that pattern
     assert "/head/Conv" in settings["excluded_nodes"]
-    from rtseg.export.trt_onnx_check import qdq_placement_issues
+    from rtseg.runtime.tensorrt.onnx_check import qdq_placement_issues
 
     assert qdq_placement_issues(m) == []
     # 7-bit weights (no int16 saturation on AVX2 without VNNI): every int8 weight within ±64
@@ -105,8 +111,8 @@ def test_calibrate_checkpoint_writes_record_and_trt_cache(tmp_path, kvasir):
     lines = (folder / "calib.cache").read_text().splitlines()
     assert lines[0] == "TRT-8601-EntropyCalibration2"
     assert all(len(ln.rpartition(": ")[2]) == 8 for ln in lines[1:])
-    header, scales = cal.read_tensorrt_cache(folder / "calib.cache")
-    expected = cal.activation_scales(folder / "model.qdq.onnx")
+    header, scales = read_tensorrt_cache(folder / "calib.cache")
+    expected = activation_scales(folder / "model.qdq.onnx")
     assert "input" in scales and set(scales) == set(expected)
     assert all(np.float32(scales[k]) == np.float32(v) for k, v in expected.items())
     assert rec["folder"] == str(folder)
@@ -157,13 +163,13 @@ def test_no_calibration_data_is_an_error(tmp_path):
     with pytest.raises(RtsegError, match="no calibration data"):
         cal.calibrate_onnx(tmp_path / "x.onnx", tmp_path / "q.onnx", np.zeros((0, 3, 64, 64), np.float32))
     with pytest.raises(RtsegError, match="never"):
-        cal.select_images([], 10)
+        select_images([], 10)
     with pytest.raises(RtsegError, match="unknown calibration method 'kl'"):
         cal.calibrate_checkpoint(ckpt, cal.CalibOptions(method="kl", out=tmp_path / "c", verify=False))
 
 
 def test_bad_scheme_arguments_are_rtseg_errors(tmp_path, fp32_onnx, images):
-    data = cal.preprocess_images(cal.select_images(images, 1, seed=0), HW, "stretch", MEAN, STD)
+    data = preprocess_images(select_images(images, 1, seed=0), HW, "stretch", MEAN, STD)
     with pytest.raises(RtsegError, match="unknown activation type 'int4'"):
         cal.calibrate_onnx(fp32_onnx, tmp_path / "q.onnx", data, activation="int4")
     with pytest.raises(RtsegError, match="--weight-bits must be 7 or 8, got 6"):
@@ -173,18 +179,21 @@ def test_bad_scheme_arguments_are_rtseg_errors(tmp_path, fp32_onnx, images):
     assert not (tmp_path / "q.onnx").exists()
     (tmp_path / "x.cache").write_text("not a cache\n")
     with pytest.raises(RtsegError, match="not a TensorRT calibration cache"):
-        cal.read_tensorrt_cache(tmp_path / "x.cache")
+        read_tensorrt_cache(tmp_path / "x.cache")
 
 
-def test_calibrate_module_reexports_the_split_modules():
-    """build.py, gate.py and the CLI import these names from rtseg.export.calibrate."""
-    from rtseg.export import calib_constants, calib_images, qdq, ranges, trt_cache
+def test_calibration_names_have_one_home():
+    """Each calibration name is defined in one module and imported from there (no re-export facade)."""
+    import rtseg.calib.calibrate as calibrate_mod
 
-    assert cal.QUANT_OP_TYPES is calib_constants.QUANT_OP_TYPES == ("Conv", "ConvTranspose", "MatMul", "Gemm")
-    assert (cal.FP32_ONNX, cal.QDQ_ONNX, cal.CALIB_JSON) == ("model.onnx", "model.qdq.onnx", "calib.json")
-    assert cal.select_images is calib_images.select_images and cal.calib_source is calib_images.calib_source
-    assert cal.preprocess_images is calib_images.preprocess_images and cal.entropy_amax is ranges.entropy_amax
-    assert cal.qdq_summary is qdq.qdq_summary and cal.write_tensorrt_cache is trt_cache.write_tensorrt_cache
+    assert QUANT_OP_TYPES == ("Conv", "ConvTranspose", "MatMul", "Gemm")
+    assert (FP32_ONNX, QDQ_ONNX, CALIB_JSON) == ("model.onnx", "model.qdq.onnx", "calib.json")
+    assert not hasattr(calibrate_mod, "__all__")
+    for name in ("calibrate_onnx", "calibrate_checkpoint", "CalibOptions", "read_calib_record", "tool_versions"):
+        assert getattr(calibrate_mod, name).__module__ == "rtseg.calib.calibrate"
+    assert select_images.__module__ == "rtseg.calib.images" and entropy_amax.__module__ == "rtseg.calib.ranges"
+    assert qdq_summary.__module__ == "rtseg.calib.qdq"
+    assert write_tensorrt_cache.__module__ == "rtseg.runtime.tensorrt.cache"
     opts = cal.CalibOptions()  # the defaults of the former keyword arguments
     assert (opts.method, opts.num_images, opts.seed, opts.opset, opts.verify, opts.trt_cache) == \
         ("entropy", 100, 0, 17, True, False)
@@ -204,7 +213,7 @@ def test_onnxruntime_default_qdq_cannot_crash_rtseg(tmp_path, fp32_onnx, images)
     compiler (static batch); rtseg must turn that into an RtsegError in the child-process guard."""
     from rtseg.runtime.openvino_backend import openvino_version
 
-    data = cal.preprocess_images(cal.select_images(images, 2, seed=0), HW, "stretch", MEAN, STD)
+    data = preprocess_images(select_images(images, 2, seed=0), HW, "stretch", MEAN, STD)
     cal.calibrate_onnx(fp32_onnx, tmp_path / "ort-default.onnx", data, activation="uint8", symmetric=False,
                        op_types=None)
     try:
@@ -244,5 +253,5 @@ def test_entropy_amax_matches_the_reference_loop():
         bins[0] = bins[1]
         kls = np.array([kl_loop(bins, i) for i in range(128, 301)])
         expected = edges[128 + len(kls) - 1 - int(np.argmin(kls[::-1]))]
-        assert cal.entropy_amax(hist, edges) == pytest.approx(expected)
-        assert cal.entropy_amax(hist, edges) < x.max()  # the outliers are clipped
+        assert entropy_amax(hist, edges) == pytest.approx(expected)
+        assert entropy_amax(hist, edges) < x.max()  # the outliers are clipped

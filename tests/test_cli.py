@@ -5,17 +5,11 @@ import shutil
 
 import pytest
 
-from rtseg.checkpoint import ModelMeta, save_checkpoint
-from rtseg.cli import main
+from rtseg.checkpoint import save_checkpoint
+from rtseg.meta import ModelMeta
 from rtseg.models import create_model
 
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as e:
-        main(list(argv))
-        raise SystemExit(0)
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
+from helpers import run_cli
 
 
 def _one_line_error(err):
@@ -107,3 +101,46 @@ def test_credentials_are_redacted_in_every_line(capsys, tiny_ckpt):
     code, out, err = run_cli(capsys, "stream", "--engine", str(tiny_ckpt), "--source", "rtsp://admin:S3cretPass@127.0.0.1:1/cam",
                              "--output", "null", "--open-timeout", "1", "--stall-timeout", "1")
     assert code == 2 and "S3cretPass" not in out + err and "admin:***@" in _one_line_error(err), err
+
+
+# The option object each command builds (rtseg/commands): its fields own the defaults the click options show.
+OPTION_OBJECTS = {
+    "stream": ["rtseg.stream.pipeline:StreamOptions"],
+    "bench": ["rtseg.bench:BenchOptions"],
+    "calibrate": ["rtseg.calib.calibrate:CalibOptions"],
+    "build-engine": ["rtseg.export.build:BuildOptions", "rtseg.gate.check:GateOptions",
+                     "rtseg.runtime.tensorrt.build:TensorRTBuildOptions"],
+    "calibrate-decision": ["rtseg.decision_tuning:DecisionCalibOptions"],
+    "import-torch": ["rtseg.byom:ImportOptions"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTION_OBJECTS))
+def test_click_defaults_are_the_option_objects_defaults(name):
+    """A flag left out means the option object's own default (``None`` = not given, resolved by the library)."""
+    import dataclasses
+    import importlib
+
+    import click
+
+    from rtseg.cli import cli as group
+
+    cmd = group.get_command(None, name)
+    ctx = click.Context(cmd)
+    fields = {}
+    for spec in OPTION_OBJECTS[name]:
+        mod, cls = spec.split(":")
+        for f in dataclasses.fields(getattr(importlib.import_module(mod), cls)):
+            if f.default is not dataclasses.MISSING:
+                fields.setdefault(f.name, f.default)
+    checked = 0
+    for p in cmd.params:
+        key = next((k for k in (p.name, p.name.removeprefix("gate_")) if k in fields), None)
+        default = p.get_default(ctx)
+        if key is None or default is None:
+            continue
+        want = fields[key]
+        got = default if not isinstance(want, tuple) else tuple(int(v) for v in str(default).split(","))
+        assert got == want, f"rtseg {name} --{p.name.replace('_', '-')}: click default {default!r}, option object {want!r}"
+        checked += 1
+    assert checked > 0

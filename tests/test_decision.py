@@ -16,12 +16,9 @@ import pytest
 
 from rtseg.decision import Persistence, PresenceRule, apply_presence, resolve_presence
 from rtseg.errors import RtsegError
-from rtseg.runtime.base import Backend
 from rtseg.video_eval import clinical_figures
 
-import test_stream
-
-tiny_engine, backend = test_stream.tiny_engine, test_stream.backend  # fixtures
+from helpers import BrightBackend, square_frames
 
 HW = (64, 64)
 
@@ -101,30 +98,6 @@ def test_persistence_counts_missing_frames_and_restarts_on_reconnect():
 
 
 # -- through the stream: toy backend, two sources, K = 1 and K = 2 -------------------------------------------
-class BrightBackend(Backend):
-    """Logits +4 where the frame is bright, −4 elsewhere (NCHW float32 in, [N, 1, H, W] out)."""
-
-    name = "toy"
-
-    def __init__(self, meta=None):
-        super().__init__(precision="fp32", input_hw=HW, num_classes=1, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                         meta={"model": meta or {"class_names": ["background", "object"]}})
-
-    def infer(self, batch):
-        self.check_nchw(batch)
-        v = batch[:, 0] * self.std[0] + self.mean[0]
-        return np.where(v > 0.5, 4.0, -4.0).astype(np.float32)[:, None]
-
-
-def _frames(folder, pattern):
-    """PNG frames: a 16×16 white square (moving 2 px a frame) where ``pattern`` is 1, else black."""
-    folder.mkdir()
-    for i, v in enumerate(pattern):
-        img = np.zeros((*HW, 3), np.uint8)
-        if v:
-            img[16:32, 8 + 2 * i % 32:24 + 2 * i % 32] = 255
-        cv2.imwrite(str(folder / f"{i:03d}.png"), img)
-    return folder
 
 
 def _reference(pattern, n, m, k):
@@ -155,7 +128,7 @@ def test_stream_persistence_two_sources_save_masks(tmp_path, k):
     from rtseg.stream.pipeline import StreamOptions, StreamPipeline
 
     pats = [PATTERN, [1, 1, 1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1]]
-    srcs = [str(_frames(tmp_path / f"s{j}", p)) for j, p in enumerate(pats)]
+    srcs = [str(square_frames(tmp_path / f"s{j}", p)) for j, p in enumerate(pats)]
     opts = StreamOptions(batch_size=3, persist=3, hold=2, infer_every=k, save_masks=tmp_path / "masks", fps=25)
     report = StreamPipeline(BrightBackend(), srcs, [], opts).run()
     assert report.masks_saved == 32 and report.decision["on_frames"] == 3 and report.decision["hold_frames"] == 2
@@ -177,7 +150,7 @@ def test_stream_persistence_two_sources_save_masks(tmp_path, k):
 def test_save_masks_refuses_a_folder_with_files(tmp_path):
     from rtseg.stream.pipeline import StreamOptions, StreamPipeline
 
-    src = str(_frames(tmp_path / "s", [1, 0]))
+    src = str(square_frames(tmp_path / "s", [1, 0]))
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "keep.txt").write_text("mine")
     with pytest.raises(RtsegError, match="not empty"):
@@ -191,7 +164,7 @@ def test_presence_rule_withholds_small_detections_in_the_stream(tmp_path):
     from rtseg.stream.pipeline import StreamOptions, StreamPipeline
 
     meta = {"decision": {"presence": {"min_peak": 1.0, "min_area": 300}}}
-    src = str(_frames(tmp_path / "s", [1, 1, 0, 1]))
+    src = str(square_frames(tmp_path / "s", [1, 1, 0, 1]))
     rep = StreamPipeline(BrightBackend(meta), [src], [], StreamOptions(save_masks=tmp_path / "a")).run()
     assert rep.decision["withheld_presence"] == 3 and rep.decision["shown"] == 0
     assert not any(cv2.imread(str(f), 0).any() for f in (tmp_path / "a").iterdir())
@@ -236,11 +209,11 @@ def test_save_masks_on_the_real_colonoscopy_clip(tmp_path, shared_data, tiny_eng
     frame order: mask k agrees with what the stream draws on frame k (decoded independently)."""
     import av
 
-    from test_stream import expected_masks, run_cli
+    from helpers import expected_masks, run_cli_process
 
     clip = shared_data / "video" / "colonoscopy_polypgen_seq11.mp4"
     out = tmp_path / "masks"
-    r = run_cli("stream", "--engine", str(tiny_engine), "--source", str(clip), "--no-output", "--save-masks", str(out),
+    r = run_cli_process("stream", "--engine", str(tiny_engine), "--source", str(clip), "--no-output", "--save-masks", str(out),
                 "--batch-size", "4", "--json", "--threads", "1")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["masks_saved"] == 227
@@ -261,10 +234,10 @@ def test_save_masks_on_the_real_colonoscopy_clip(tmp_path, shared_data, tiny_eng
 def test_eval_video_without_masks_scores_false_alarms(tmp_path, shared_data, tiny_engine):
     """``--masks none``: a clip with no polyp is scored for false alarms only; the table, the JSON and the
     plot carry the clinical figures."""
-    from test_stream import run_cli
+    from helpers import run_cli_process
 
     clip = shared_data / "video" / "colonoscopy_polypgen_seq11.mp4"
-    r = run_cli("eval", "--engine", str(tiny_engine), "--video", str(clip), "--masks", "none", "--max-frames", "40",
+    r = run_cli_process("eval", "--engine", str(tiny_engine), "--video", str(clip), "--masks", "none", "--max-frames", "40",
                 "--out", str(tmp_path / "v.json"), "--threads", "1")
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "v.json").read_text())

@@ -18,7 +18,7 @@ import pytest
 from rtseg.decision import model_presence
 from rtseg.defaults import default_model_dir
 from rtseg.export.build import BuildOptions, build_engine
-from rtseg.export.gate import GateOptions
+from rtseg.gate.check import GateOptions
 from rtseg.runtime import load_engine
 
 NO_GATE = GateOptions(enabled=False)
@@ -59,7 +59,7 @@ def calib_folder(tmp_path_factory, shared_data):
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory, calib_folder):
-    from rtseg.export.calibrate import CalibOptions, calibrate_checkpoint
+    from rtseg.calib.calibrate import CalibOptions, calibrate_checkpoint
 
     work = tmp_path_factory.mktemp("presence-engines")
     ckpt = default_model_dir()
@@ -71,6 +71,7 @@ def engines(tmp_path_factory, calib_folder):
 
 @pytest.mark.parametrize("key", [("onnxruntime", "fp32"), ("openvino", "fp32"), ("onnxruntime", "int8"),
                                  ("openvino", "int8")])
+@pytest.mark.slow
 def test_presence_equals_pytorch(engines, frames, key):
     meta = json.loads((default_model_dir() / "model.json").read_text())
     rule = model_presence(meta, 1)

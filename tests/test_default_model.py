@@ -1,6 +1,6 @@
 """Issues 8, 14 and 21: the shipped default model — a guard against shipping broken or weaker weights.
 
-Floors are the model card's measurements (README "Default model") minus a margin, through the
+Floors are the model card's measurements (docs/model-card.md) minus a margin, through the
 OpenVINO fp32 engine the stream uses, scored as the stream shows them (the model's decision layer:
 presence rule and persistence).
 """
@@ -13,10 +13,9 @@ import av
 import pytest
 
 from rtseg.cli import main
-from rtseg.defaults import default_engine_dir, default_model_dir, load_default_engine
+from rtseg.defaults import default_model_dir, default_model_engine_dir, load_default_engine
 
-
-# measured (README model card) → floor
+# measured (docs/model-card.md) → floor
 KVASIR_TEST_FLOOR = 0.85  # 0.867
 POLYPGEN_TEST_FLOOR = 0.75  # 0.770
 NEGATIVES_HELD_OUT_FALSE_MAX = 5  # 0 of the 106 polyp-free frames of the held-out sequences (val + test)
@@ -38,7 +37,7 @@ def test_default_model_builds_its_engine_and_holds_its_kvasir_test_dice(cache, k
     assert meta["model"] == "visionfusenet-lite1-rt" and meta["num_classes"] == 1
     assert "pretrained_weights" not in meta["model_kwargs"]  # loads without the ImageNet weights package
     backend = load_default_engine(num_threads=2)
-    folder = default_engine_dir()
+    folder = default_model_engine_dir()
     assert backend.name == "openvino" and folder.is_relative_to(cache) and (folder / "engine.json").is_file()
     stamp = (folder / "engine.json").stat().st_mtime_ns
     fmt = get_format("polyp")
@@ -62,6 +61,7 @@ def test_stream_without_engine_uses_the_default_model(cache, clip, tmp_path, cap
         assert sum(1 for _ in c.decode(video=0)) == 8
 
 
+@pytest.mark.slow
 def test_default_model_on_unseen_centres_and_the_real_colonoscopy_video(cache, shared_data):
     """PolypGen test (150 full-resolution frames of 6 centres, never trained on) and every frame of the
     PolypGen sequence-11 clip (evaluation only), decoded as the stream decodes it."""

@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_robustness import cli, one_error_line
-from test_stream import tiny_engine  # noqa: F401  (fixture: a tiny checkpoint folder)
-
 from rtseg.errors import RtsegError
 from rtseg.runtime import load_engine
+
+from helpers import cli, one_error_line
 
 
 @pytest.fixture(scope="module")

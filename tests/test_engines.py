@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from rtseg.checkpoint import ModelMeta, save_checkpoint
+from rtseg.calib.images import preprocess_images, select_images
+from rtseg.checkpoint import save_checkpoint
 from rtseg.errors import RtsegError
 from rtseg.export.build import BuildOptions, build_engine
-from rtseg.export.gate import GateOptions
-from rtseg.export.calibrate import preprocess_images, select_images
+from rtseg.gate.check import GateOptions
+from rtseg.meta import ModelMeta
 from rtseg.models import create_model
 from rtseg.runtime import load_engine, logits_to_mask, seal_engine
 
@@ -62,7 +63,7 @@ def reference(frames):
 
 @pytest.fixture(scope="module")
 def calib_folder(work, ckpt, kvasir):
-    from rtseg.export.calibrate import CalibOptions, calibrate_checkpoint
+    from rtseg.calib.calibrate import CalibOptions, calibrate_checkpoint
 
     calibrate_checkpoint(ckpt, CalibOptions(calib_data=kvasir / "images", num_images=4, seed=0, out=work / "calib",
                                             verify=False))
@@ -187,7 +188,7 @@ def test_bad_backend_precision_combinations(ckpt, work):
 
 
 def test_tensorrt_dispatch_without_tensorrt(ckpt, work, monkeypatch):
-    import rtseg.export.tensorrt_build as trt_build
+    import rtseg.runtime.tensorrt.build as trt_build
 
     calls = {}
 
@@ -199,7 +200,7 @@ def test_tensorrt_dispatch_without_tensorrt(ckpt, work, monkeypatch):
                 "device": {"type": "cuda", "name": "fake"}, "engine_file": "model.engine",
                 "batch": {"min": 1, "opt": 2, "max": 4}, "build": {"strongly_typed": False}}
 
-    import rtseg.runtime.tensorrt_backend as trt_backend
+    import rtseg.runtime.tensorrt.backend as trt_backend
 
     def fake_run(folder, meta, x):  # the "engine" computes what its ONNX computes (no GPU here)
         return trt_build.onnx_reference(folder / "model.onnx", x)

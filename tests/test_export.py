@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from rtseg.calib.images import preprocess_images, select_images
 from rtseg.errors import RtsegError
-from rtseg.export.calibrate import preprocess_images, select_images
 from rtseg.export.onnx import export_onnx, parity_bound
 from rtseg.models import create_model
 
@@ -34,7 +34,8 @@ def _tiny():
 
 @pytest.fixture
 def tiny_ckpt(tmp_path, kvasir):
-    from rtseg.checkpoint import ModelMeta, save_checkpoint
+    from rtseg.checkpoint import save_checkpoint
+    from rtseg.meta import ModelMeta
 
     meta = ModelMeta(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, input_size=list(HW),
                      data={"root": str(kvasir)})

@@ -16,13 +16,13 @@ import av
 import numpy as np
 import pytest
 
-from test_gate import run_cli  # the CLI helper the gate tests use
-
 from rtseg.errors import RtsegError
 from rtseg.export.build import build_engine
 from rtseg.runtime import BackendSpec, LoadOptions, backend_names, load_engine, register_backend, unregister_backend
 from rtseg.runtime.base import Backend, check_engine_header, engine_settings
 from rtseg.runtime.onnxruntime_backend import cpu_device_info, make_session, onnxruntime_version
+
+from helpers import run_cli
 
 CKPT = Path(__file__).parent / "data" / "eunet-tiny-kvasir64"
 NAME = "toy-ort-noopt"

@@ -11,14 +11,6 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from test_model_contract import (
-    build_tiny,
-    check_attributes,
-    check_bad_input,
-    check_eval_logits,
-    check_onnx_parity,
-    check_train_outputs,
-)
 
 from rtseg.errors import RtsegError
 from rtseg.models import (
@@ -31,6 +23,15 @@ from rtseg.models import (
     model_test_config,
     register_model,
     unregister_model,
+)
+
+from test_model_contract import (
+    build_tiny,
+    check_attributes,
+    check_bad_input,
+    check_eval_logits,
+    check_onnx_parity,
+    check_train_outputs,
 )
 
 NAME = "toynet-test"

@@ -19,41 +19,11 @@ import cv2
 import numpy as np
 import pytest
 
-from test_stream import decode_video, video_pts_seconds
-from test_stream import backend, small_clip, tiny_engine  # noqa: F401  (fixtures)
-
 from rtseg.errors import RtsegError
-from rtseg.stream import Sink, Source, SourceSpecError, StreamOptions, StreamPipeline, open_source, run_stream
+from rtseg.stream import Source, SourceSpecError, StreamOptions, StreamPipeline, open_source, run_stream
 from rtseg.stream.sources import Item, VideoInfo
 
-
-class PtsRecorder(Sink):
-    """The recipe's toy sink: remembers every frame's timestamp (and, if asked, its RGB pixels)."""
-
-    name = "pts-recorder"
-
-    def __init__(self, keep_pixels: bool = False):
-        self.keep_pixels = keep_pixels
-        self.info: VideoInfo | None = None
-        self.pts: list[tuple[int, Fraction]] = []
-        self.sizes: set[tuple[int, int]] = set()
-        self.pixels: list[np.ndarray] = []
-        self.closed = False
-
-    def open(self, info, audio=None, *, live=False):
-        self.info = info
-
-    def write(self, frame):
-        self.pts.append((frame.pts, frame.time_base))
-        self.sizes.add((frame.width, frame.height))
-        if self.keep_pixels:
-            self.pixels.append(frame.to_ndarray(format="rgb24"))
-
-    def close(self):  # called at least once at the end (closing is idempotent)
-        self.closed = True
-
-    def seconds(self) -> list[float]:
-        return [float(p * tb) for p, tb in self.pts]
+from helpers import PtsRecorder, decode_video, video_pts_seconds
 
 
 class KvasirStills(Source):

@@ -15,8 +15,16 @@ import numpy as np
 import pytest
 
 from rtseg.data.folder import find_pairs, split_samples
-from rtseg.data.formats import (FORMATS, CamVidFormat, CityscapesFormat, CocoFormat, FsocoFormat, PolypFormat,
-                                detect_format, get_format)
+from rtseg.data.formats import (
+    FORMATS,
+    CamVidFormat,
+    CityscapesFormat,
+    CocoFormat,
+    FsocoFormat,
+    PolypFormat,
+    detect_format,
+    get_format,
+)
 from rtseg.errors import RtsegError
 
 

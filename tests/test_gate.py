@@ -15,12 +15,15 @@ import numpy as np
 import onnx
 import pytest
 
-from rtseg.cli import main
+from rtseg.calib import calibrate as cal
+from rtseg.calib.record import FP32_ONNX, QDQ_ONNX
 from rtseg.errors import RtsegError
-from rtseg.export import calibrate as cal
 from rtseg.export.build import BuildOptions, build_engine
-from rtseg.export.gate import GateOptions, keep_float, quantized_nodes
+from rtseg.gate.check import GateOptions
+from rtseg.gate.repair import keep_float, quantized_nodes
 from rtseg.runtime import load_engine
+
+from helpers import run_cli
 
 CKPT = Path(__file__).parent / "data" / "eunet-tiny-kvasir64"
 
@@ -41,14 +44,6 @@ def outlier_calib(tmp_path_factory, kvasir) -> Path:
     return d.parent
 
 
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in argv])
-        raise SystemExit(0)
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
-
-
 def _gate_kw(kvasir, **gate):
     return {"gate": GateOptions(data=kvasir, split="val", **gate), "threads": 1}
 
@@ -59,15 +54,15 @@ def _build(ckpt, backend, precision, out, **options):
 
 
 def test_keep_float_extremes_match_fp32_and_qdq(tmp_path, kvasir):
-    from rtseg.export.gate import _run_onnx
+    from rtseg.gate.repair import _run_onnx
 
     rec = cal.calibrate_checkpoint(CKPT, cal.CalibOptions(calib_data=kvasir, num_images=8, out=tmp_path / "c", verify=False))
-    fm = onnx.load(str(tmp_path / "c" / cal.FP32_ONNX))
-    qm = onnx.load(str(tmp_path / "c" / cal.QDQ_ONNX))
+    fm = onnx.load(str(tmp_path / "c" / FP32_ONNX))
+    qm = onnx.load(str(tmp_path / "c" / QDQ_ONNX))
     names = quantized_nodes(qm)
     assert len(names) > 20 and rec["num_images"] == 8
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
-    y_f = _run_onnx(tmp_path / "c" / cal.FP32_ONNX, x, tmp_path, 1)
+    y_f = _run_onnx(tmp_path / "c" / FP32_ONNX, x, tmp_path, 1)
     y_q = _run_onnx(qm, x, tmp_path, 1)
     all_float = keep_float(qm, fm, names)
     assert not [n for n in all_float.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
@@ -91,6 +86,7 @@ def test_gate_passes_on_a_good_calibration(tmp_path, kvasir):
     load_engine(out)  # a passed engine loads without flags
 
 
+@pytest.mark.slow
 def test_gate_fails_then_repairs_deterministically(tmp_path, kvasir, outlier_calib):
     """minmax on an outlier image: ONNX Runtime int8 loses > 0.5 pt Dice; the repair keeps the most
     sensitive layer(s) in float and passes; a second build makes the same decisions."""
@@ -106,7 +102,7 @@ def test_gate_fails_then_repairs_deterministically(tmp_path, kvasir, outlier_cal
     n_quant = len(quantized_nodes(onnx.load(str(tmp_path / "ort-0" / "model.qdq.calibrated.onnx"))))
     assert 1 <= len(g["excluded_layers"]) < n_quant
     # the published Q/DQ ONNX really has those layers in float
-    left = set(quantized_nodes(onnx.load(str(tmp_path / "ort-0" / cal.QDQ_ONNX))))
+    left = set(quantized_nodes(onnx.load(str(tmp_path / "ort-0" / QDQ_ONNX))))
     assert not left & {e["node"] for e in g["excluded_layers"]}
     assert meta["calibration"]["repaired_qdq_sha256"]
     assert g["sensitivity"]["backend"] == "onnxruntime" and meta["build"]["quantizer"]["tool"] == "rtseg"
@@ -115,9 +111,10 @@ def test_gate_fails_then_repairs_deterministically(tmp_path, kvasir, outlier_cal
         return gate["status"], strip(gate["before"]), strip(gate["after"]), gate["excluded_layers"]
 
     assert decisions(gates[0]) == decisions(gates[1])
-    assert (tmp_path / "ort-0" / cal.QDQ_ONNX).read_bytes() == (tmp_path / "ort-1" / cal.QDQ_ONNX).read_bytes()
+    assert (tmp_path / "ort-0" / QDQ_ONNX).read_bytes() == (tmp_path / "ort-1" / QDQ_ONNX).read_bytes()
 
 
+@pytest.mark.slow
 def test_gate_catches_a_silently_broken_engine_and_repairs_it(tmp_path, kvasir):
     """Entropy (KL) calibration on 32 images clips an activation this small model needs: the int8
     engine's masks still look plausible on two parity images, but its val Dice collapses (measured:
@@ -131,6 +128,7 @@ def test_gate_catches_a_silently_broken_engine_and_repairs_it(tmp_path, kvasir):
     assert [r["passed"] for r in gate["rounds"]][-1] is True and not any(r["passed"] for r in gate["rounds"][:-1])
 
 
+@pytest.mark.slow
 def test_failed_gate_is_never_used_silently(tmp_path, kvasir, clip, capsys):
     # an impossible tolerance (int8 must beat fp32 by 50 pt) makes the gate fail for sure
     out = _build(CKPT, "onnxruntime", "int8", tmp_path / "bad", calib_data=kvasir, num_calib=8,
@@ -162,6 +160,7 @@ def test_gate_without_labels_is_recorded_as_skipped(tmp_path, kvasir):
                gate=GateOptions(data=tmp_path / "gone"))
 
 
+@pytest.mark.slow
 def test_precision_auto_picks_the_fastest_passing_by_measurement(tmp_path, kvasir, capsys):
     code, out, err = run_cli(capsys, "build-engine", "--checkpoint", CKPT, "--backend", "openvino", "--precision", "auto",
                              "--out", tmp_path / "openvino-auto", "--calib-method", "minmax", "--calib-data", kvasir,
@@ -193,12 +192,13 @@ def test_ranking_backend_follows_the_engine():
     assert go.ranking_backend("openvino") == "openvino" and go.ranking_backend("onnxruntime") == "onnxruntime"
     assert go.ranking_backend("tensorrt") == "onnxruntime"  # no GPU needed to rank a TensorRT engine's layers
     assert GateOptions(rank_backend="onnxruntime").ranking_backend("openvino") == "onnxruntime"
-    from rtseg.export.gate import layer_sensitivity
+    from rtseg.gate.repair import layer_sensitivity
 
     with pytest.raises(RtsegError, match="runs in onnxruntime or openvino"):
         layer_sensitivity("a.onnx", "b.onnx", np.zeros((1, 3, 8, 8), np.float32), backend="tensorrt")
 
 
+@pytest.mark.slow
 def test_nncf_accuracy_controlled_int8_engine(tmp_path, kvasir):
     """--int8-quantizer nncf-ac: NNCF quantizes the OpenVINO model on rtseg's calibration images (the
     ones calib.json lists, SHA-256 checked) against the gate metric; the gate then checks the engine;

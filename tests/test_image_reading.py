@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from test_stream import backend, run_cli, tiny_engine  # noqa: F401  (fixtures: a tiny checkpoint folder, its backend)
-
 from rtseg.data.folder import read_image, read_mask
 from rtseg.errors import RtsegError
+
+from helpers import run_cli_process
 
 N_PAIRS = 4
 
@@ -100,7 +100,7 @@ def test_a_fifo_among_the_masks_of_eval_video_is_refused_not_waited_on(tmp_path,
         shutil.copy(f, masks / f.name)
     os.mkfifo(masks / "seq11_0004.jpg")
     t0 = time.monotonic()
-    r = run_cli("eval", "--checkpoint", str(tiny_engine), "--video", str(shared_data / "video" / "colonoscopy_polypgen_seq11.mp4"),
+    r = run_cli_process("eval", "--checkpoint", str(tiny_engine), "--video", str(shared_data / "video" / "colonoscopy_polypgen_seq11.mp4"),
                 "--masks", str(masks), "--max-frames", "4", "--out", str(tmp_path / "r.json"), timeout=120)
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and "seq11_0004.jpg is a FIFO" in last and r.stderr.count("error:") == 1, r.stderr
@@ -111,7 +111,7 @@ def test_a_fifo_in_an_image_folder_is_refused_not_waited_on(tmp_path, kvasir, ti
     data = _pair_folder(tmp_path / "d", kvasir, None)
     os.mkfifo(data / "images" / "zz.jpg")
     os.mkfifo(data / "masks" / "zz.png")
-    r = run_cli("eval", "--checkpoint", str(tiny_engine), "--data", str(data), "--split", "all", timeout=120)
+    r = run_cli_process("eval", "--checkpoint", str(tiny_engine), "--data", str(data), "--split", "all", timeout=120)
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and "zz.jpg is a FIFO" in last and r.stderr.count("error:") == 1, r.stderr
     with pytest.raises(RtsegError, match="zz.png is a FIFO, not a regular file"):

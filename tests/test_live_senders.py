@@ -27,8 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from test_stream import REPO, tiny_engine  # noqa: F401  (fixture)
-from test_stream_net import free_port
+from helpers import REPO, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 import byom_models as bm
-from test_robustness import cli, one_error_line
-from test_stream import tiny_engine  # noqa: F401  (fixture: a tiny checkpoint folder)
+from helpers import cli, one_error_line
 
 EDITS = {
     "data a number": (lambda d: {**d, "data": 5}, "'data' must be an object"),

@@ -19,8 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_robustness import cli, ort_engine, tiny_train_config  # noqa: F401  (fixtures)
-from test_stream import REPO, backend, small_clip, tiny_engine  # noqa: F401  (fixtures)
+from helpers import REPO, cli
 
 SCALARS = (st.none() | st.booleans() | st.integers(-5, 130) | st.sampled_from([0, 10**6, 2**63, -(2**31)])
            | st.floats(allow_nan=True, allow_infinity=True, width=32) | st.text(max_size=6)
@@ -107,7 +106,7 @@ def existing_run(work) -> Path:
 @given(data=st.data())
 @settings(FUZZ, max_examples=40)
 def test_train_survives_any_recipe(work, existing_run, kvasir, data):
-    doc = mutate(data, yaml.safe_load((REPO / "configs" / "eunet.yaml").read_text()))
+    doc = mutate(data, yaml.safe_load((REPO / "rtseg" / "configs" / "eunet.yaml").read_text()))
     recipe = work / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(doc))
     code, err = cli("train", "--config", recipe, "--data", kvasir, "--out", existing_run, "--quiet")

@@ -14,7 +14,7 @@ import torch
 
 from rtseg.models import SegModel, count_parameters, create_model, list_models, model_test_config
 
-# Trainable parameters of the full-size published variants (README table; docs/networks.md):
+# Trainable parameters of the full-size published variants (docs/networks.md "Parameters and compute"):
 # (registry name, C, extra kwargs, count). ContraFusionNet counts its deployed part (no contrastive branch).
 PUBLISHED_COUNTS = [
     ("eunet", 1, {}, 4_564_511),
@@ -23,7 +23,7 @@ PUBLISHED_COUNTS = [
     ("visionfusenet", 1, {}, 17_027_295),
     ("visionfusenet-densenet121", 1, {}, 18_483_777),
     ("visionfusenet-lite0-rt", 1, {}, 1_358_609),
-    ("visionfusenet-lite1-rt", 1, {}, 1_647_121),  # rtseg's own variants: the counts in README "Networks"
+    ("visionfusenet-lite1-rt", 1, {}, 1_647_121),  # rtseg's own variants: the counts in docs/networks.md
     ("visionfusenet-lite2-rt", 1, {}, 1_840_641),
     ("contrafusionnet", 20, {"contrastive": False}, 17_787_796),
     ("gmsrfnet", 1, {}, 47_043_853),

@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from rtseg.calib.images import default_calib_source
 from rtseg.checkpoint import load_checkpoint
 from rtseg.commands.train import train as train_cmd
 from rtseg.data.augment import SpecularHighlights, make_augmentation
@@ -16,7 +17,6 @@ from rtseg.data.folder import read_image, read_mask
 from rtseg.data.formats import get_format
 from rtseg.errors import RtsegError
 from rtseg.evaluation import resolve_samples
-from rtseg.export.calib_images import default_calib_source
 from rtseg.training.loop import TrainConfig, _datasets, _loader, _split_data, train
 
 

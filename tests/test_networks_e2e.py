@@ -9,8 +9,9 @@ One run per distinct tiny network: entries whose test build is identical (an ali
 import av
 import pytest
 
-from rtseg.checkpoint import ModelMeta, save_checkpoint
+from rtseg.checkpoint import save_checkpoint
 from rtseg.cli import main
+from rtseg.meta import ModelMeta
 from rtseg.models import create_model, list_models, model_entry, model_test_config
 
 
@@ -45,6 +46,7 @@ def test_distinct_networks_cover_every_builder():
     assert len(_distinct_tiny_networks()) < len(list_models())  # aliases are not run twice
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", _distinct_tiny_networks())
 def test_build_engine_and_stream(name, tmp_path, capsys, clip):
     ck = _tiny_checkpoint(name, tmp_path / "ckpt")

@@ -10,8 +10,7 @@ import sys
 
 import pytest
 
-from test_robustness import cli, one_error_line
-from test_stream import small_clip, tiny_engine  # noqa: F401  (fixtures)
+from helpers import cli, one_error_line
 
 
 def test_a_frame_rate_no_container_can_carry(tiny_engine, kvasir, tmp_path):  # noqa: F811
@@ -66,7 +65,7 @@ def test_results_that_cannot_reach_stdout_are_an_error(tiny_engine, kvasir, how)
     import os
     import subprocess
 
-    from test_stream import REPO
+    from helpers import REPO
 
     cmd = [sys.executable, "-m", "rtseg", "eval", "--engine", str(tiny_engine), "--data", str(kvasir), "--split", "test",
            "--limit", "2", "--json"]

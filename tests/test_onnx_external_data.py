@@ -17,11 +17,10 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-import byom_models as bm
-from test_robustness import cli, one_error_line
-from test_stream import tiny_engine  # noqa: F401  (fixture: a tiny checkpoint folder)
-
 from rtseg.errors import RtsegError
+
+import byom_models as bm
+from helpers import cli, one_error_line
 
 HW = (64, 64)
 
@@ -99,8 +98,8 @@ def test_external_data_inside_the_folder_is_read(tmp_path, ort_engine):
 
 @pytest.mark.parametrize("case", ["parent", "link out"])
 def test_a_model_folder_with_escaping_data_is_refused_by_every_reader(tmp_path, model_folder, ort_engine, kvasir, case):
+    from rtseg.calib.calibrate import CalibOptions, calibrate_checkpoint
     from rtseg.export.build import build_engine
-    from rtseg.export.calibrate import CalibOptions, calibrate_checkpoint
     from rtseg.runtime import load_engine
 
     folder = Path(shutil.copytree(model_folder, tmp_path / "mf"))

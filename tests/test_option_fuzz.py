@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_robustness import cli, one_error_line
-
 from rtseg.cli import cli as group
+
+from helpers import cli, one_error_line
 
 FUZZ = settings(deadline=None, derandomize=True, database=None, max_examples=300,
                 suppress_health_check=[HealthCheck.too_slow])

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from test_decision import BrightBackend, _frames
-
 from rtseg.errors import RtsegError
 from rtseg.stream.pipeline import StreamOptions, StreamPipeline
+
+from helpers import BrightBackend, square_frames
 
 
 def _sha(p):
@@ -32,7 +32,7 @@ def test_metrics_jsonl_onto_the_input_video_is_refused(tmp_path, shared_data):
 
 
 def test_two_sources_onto_one_output_file_are_refused(tmp_path):
-    a, b = _frames(tmp_path / "a", [1, 0]), _frames(tmp_path / "b", [0, 1])
+    a, b = square_frames(tmp_path / "a", [1, 0]), square_frames(tmp_path / "b", [0, 1])
     with pytest.raises(RtsegError, match="two sources would write the same output"):
         StreamPipeline(BrightBackend(), [str(a), str(b)], [str(tmp_path / "seg.mp4")] * 2,
                        StreamOptions(fps=25)).run()
@@ -40,22 +40,20 @@ def test_two_sources_onto_one_output_file_are_refused(tmp_path):
 
 
 def test_save_masks_inside_an_input_folder_is_refused(tmp_path):
-    a = _frames(tmp_path / "a", [1, 0])
+    a = square_frames(tmp_path / "a", [1, 0])
     with pytest.raises(RtsegError, match="--save-masks .* would overwrite the input"):
         StreamPipeline(BrightBackend(), [str(a)], [], StreamOptions(save_masks=a / "masks", fps=25)).run()
     assert not (a / "masks").exists()
 
 
-import test_stream  # noqa: E402
 
-tiny_engine = test_stream.tiny_engine  # fixture
 
 
 @pytest.mark.parametrize("case", ["plot-onto-clip", "out-into-masks", "overlays-into-data", "bench-out-onto-clip"])
 def test_eval_and_bench_outputs_never_replace_an_input(tmp_path, shared_data, tiny_engine, case):
     """``eval --video C --masks M --plot C``, ``--out M/first.jpg``, ``--save-overlays --overlays-path
     D/images/x.jpg``, ``bench --video C --out C``: one error line, exit 2, the inputs unchanged."""
-    from test_stream import run_cli
+    from helpers import run_cli_process
 
     clip = tmp_path / "c.mp4"
     shutil.copy(shared_data / "video" / "colonoscopy_polypgen_seq11.mp4", clip)
@@ -78,7 +76,7 @@ def test_eval_and_bench_outputs_never_replace_an_input(tmp_path, shared_data, ti
         "bench-out-onto-clip": (["bench", "--video", str(clip), "--out", str(clip), "--no-torch", "--seconds", "0.2"], clip),
     }[case]
     before = _sha(victim)
-    r = run_cli(*args, "--engine", str(tiny_engine))
+    r = run_cli_process(*args, "--engine", str(tiny_engine))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "would overwrite the input" in r.stderr, r.stderr
     assert _sha(victim) == before
 
@@ -113,11 +111,11 @@ def test_sizes_are_bounded_by_the_machine(tmp_path, shared_data, tiny_engine, ar
     large allocation (each of these ran for minutes or was killed by the kernel before)."""
     import time
 
-    from test_stream import run_cli
+    from helpers import run_cli_process
 
     subst = {"V": str(shared_data / "video" / "endo_laparoscopy.mp4"), "K": str(shared_data / "kvasir-seg-256")}
     t0 = time.monotonic()
-    r = run_cli(*[subst.get(a, a) for a in args], "--engine", str(tiny_engine))
+    r = run_cli_process(*[subst.get(a, a) for a in args], "--engine", str(tiny_engine))
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and last.startswith("error: ") and words in last and r.stderr.count("error") == 1, r.stderr
     assert time.monotonic() - t0 < 60

@@ -111,6 +111,7 @@ def test_grad_clip_value_is_applied(tmp_path, kvasir, monkeypatch):
     assert seen and set(seen) == {0.5}
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_metrics_equal_single_process(tmp_path, kvasir):
     out = tmp_path / "ddp"
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -15,10 +15,7 @@ Real data: the laparoscopy clip and Kvasir-SEG images (../shared/data). Mounts n
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import hashlib
-import io
 import json
 import os
 import shutil
@@ -34,65 +31,25 @@ import av
 import numpy as np
 import pytest
 
-from test_stream import backend, small_clip, tiny_engine  # noqa: F401  (fixtures)
-from test_stream import REPO, decode_video, video_pts_seconds
-from test_stream_net import free_port, net_clip, sender, start_sender, wait_for  # noqa: F401
-
 from rtseg.errors import RtsegError
 from rtseg.stream import StreamOptions, StreamPipeline, run_stream
 
+from helpers import (
+    REPO,
+    cli,
+    decode_video,
+    free_port,
+    one_error_line,
+    py,
+    sha,
+    start_sender,
+    tiny_train_config,
+    tmpfs,
+    video_pts_seconds,
+    wait_for,
+)
 
 # -- helpers ------------------------------------------------------------------------------------------
-def cli(*args) -> tuple[int, str]:
-    """``rtseg ARGS`` in this process → (exit status, stderr). Any exception but SystemExit propagates
-    (a traceback fails the test)."""
-    from rtseg.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-    return code, err.getvalue()
-
-
-def one_error_line(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def py(code: str, timeout: float, **kw) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=str(REPO), **kw)
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, options: str):
-    """A tmpfs mounted at ``path`` (root only), unmounted afterwards."""
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-@pytest.fixture(scope="module")
-def ort_engine(tmp_path_factory, tiny_engine):  # noqa: F811
-    """An ONNX Runtime fp32 engine folder of the tiny checkpoint."""
-    out = tmp_path_factory.mktemp("rob") / "ort"
-    code, err = cli("build-engine", "--checkpoint", tiny_engine, "--backend", "onnxruntime", "--precision", "fp32",
-                    "--out", out)
-    assert code == 0, err
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +60,6 @@ def images(tmp_path_factory, kvasir) -> Path:
     for p in sorted((kvasir / "images").iterdir())[:4]:
         shutil.copy(p, d / p.name)
     return d
-
-
-def tiny_train_config(out: Path, kvasir: Path, **kw):
-    from rtseg.training.loop import TrainConfig
-
-    return TrainConfig(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, data=str(kvasir), out=str(out),
-                       img_size=(32, 32), epochs=1, batch_size=4, max_images=20, threads=1, progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -294,6 +244,7 @@ def test_case5_batch_max_zero_is_refused(tmp_path, ort_engine):
 
 
 # -- 6. live UDP ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_case6_listener_waits_for_a_late_sender_and_keeps_its_first_frames(backend, sender, net_clip):  # noqa: F811
     """The sender starts 6.5 s after rtseg (past FFmpeg's old 5 s open timeout): rtseg says it waits,
     then takes every frame from the first one on, none counted as a drop (before: ~1 s of frames

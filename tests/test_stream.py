@@ -25,157 +25,22 @@ import pytest
 
 from rtseg.errors import RtsegError
 
+from helpers import cut_clip, decode_video, expected_masks, run_cli_process, video_pts_seconds
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 # -- helpers (also imported by test_stream_net.py) ------------------------------------------------------
-def make_tiny_engine(folder: Path, clip: Path) -> Path:
-    """Tiny EUNet-S checkpoint (64×64) with the head bias set to the median logit on ``clip``."""
-    import torch
-
-    from rtseg.checkpoint import ModelMeta, save_checkpoint
-    from rtseg.data.transforms import Preprocessor
-    from rtseg.models import create_model
-    from rtseg.runtime import load_engine
-
-    torch.manual_seed(0)
-    model = create_model("eunet-s", widths=[8, 16, 32, 64])
-    meta = ModelMeta(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, input_size=[64, 64])
-    save_checkpoint(folder, model, meta)
-    backend = load_engine(folder)
-    pre = Preprocessor(backend.input_hw)
-    with av.open(str(clip)) as c:
-        x = np.stack([pre(f.to_ndarray(format="rgb24"))[0] for _, f in zip(range(4), c.decode(video=0))])
-    med = float(np.median(backend.infer_u8(x)))
-    with torch.no_grad():
-        model.head.bias -= med
-    save_checkpoint(folder, model, meta)
-    return folder
-
-
-def cut_clip(src: Path, dst: Path, seconds: float, size: tuple[int, int] | None = None, *,
-             retime=None, audio: str | None = None, gop: int | None = None) -> Path:
-    """Re-encode the first ``seconds`` of ``src`` (optionally scaled to ``size`` = (w, h)) into ``dst``
-    with the same timestamps (or ``retime(i, pts) -> pts``). ``audio``: ``"copy"`` copies the source's
-    audio packets, ``"sine"`` adds a generated 440 Hz AAC track, ``None`` none. ``gop``: key-frame
-    interval in frames (x264's default otherwise)."""
-    with av.open(str(src)) as ic, av.open(str(dst), "w") as oc:
-        vs = ic.streams.video[0]
-        tb = vs.time_base
-        w, h = size or (vs.codec_context.width, vs.codec_context.height)
-        ov = oc.add_stream("libx264", rate=vs.average_rate)
-        ov.width, ov.height, ov.pix_fmt = w, h, "yuv420p"
-        ov.time_base = tb
-        ov.codec_context.time_base = tb
-        ov.options = {"preset": "ultrafast"}
-        if gop:
-            ov.codec_context.gop_size = gop
-        oa = None
-        ias = ic.streams.audio[0] if ic.streams.audio else None
-        if audio == "copy":
-            oa = oc.add_stream_from_template(ias)
-        elif audio == "sine":
-            oa = oc.add_stream("aac", rate=48000)
-            oa.layout = "mono"
-        streams = [vs] + ([ias] if audio == "copy" else [])
-        i = 0
-        for pkt in ic.demux(*streams):
-            if pkt.stream.type == "audio":
-                if pkt.pts is not None and pkt.size and pkt.pts * pkt.time_base < seconds:
-                    pkt.stream = oa
-                    oc.mux(pkt)
-                continue
-            for f in pkt.decode():
-                if f.pts * tb >= seconds:
-                    continue
-                g = f.reformat(width=w, height=h, format="yuv420p")
-                g.pts = retime(i, f.pts) if retime else f.pts
-                g.time_base = tb
-                g.pict_type = 0
-                oc.mux(ov.encode(g))
-                i += 1
-        oc.mux(ov.encode(None))
-        if audio == "sine":
-            sr, n = 48000, 1024
-            for k in range(int(seconds * sr) // n):
-                t = (np.arange(n) + k * n) / sr
-                a = av.AudioFrame.from_ndarray((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None], format="fltp",
-                                               layout="mono")
-                a.sample_rate, a.pts, a.time_base = sr, k * n, Fraction(1, sr)
-                oc.mux(oa.encode(a))
-            oc.mux(oa.encode(None))
-    return dst
-
-
-def decode_video(path: Path, fmt: str = "rgb24"):
-    """(list of pts, list of frames as ndarray, stream info dict)."""
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        info = {"rate": s.average_rate, "time_base": s.time_base, "width": s.codec_context.width,
-                "height": s.codec_context.height, "codec": s.codec_context.name}
-        pts, frames = [], []
-        for f in c.decode(s):
-            pts.append(f.pts)
-            frames.append(f.to_ndarray(format=fmt) if fmt else None)
-    return pts, frames, info
-
-
-def video_pts_seconds(path: Path) -> list[float]:
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        return [float(f.pts * s.time_base) for f in c.decode(s)]
-
-
-def run_cli(*args: str, timeout: float = 240):
-    """``python -m rtseg ARGS`` → CompletedProcess (text)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", "rtseg", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=str(REPO))
 
 
 # -- fixtures -----------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def tiny_engine(tmp_path_factory, clip) -> Path:
-    return make_tiny_engine(tmp_path_factory.mktemp("stream") / "tiny-ckpt", clip)
-
-
-@pytest.fixture(scope="session")
-def backend(tiny_engine):
-    from rtseg.runtime import load_engine
-
-    return load_engine(tiny_engine, num_threads=1)
-
-
-@pytest.fixture(scope="session")
-def small_clip(tmp_path_factory, clip) -> Path:
-    """2 s (50 frames, 25 FPS) of the real laparoscopy clip at 320×180."""
-    return cut_clip(clip, tmp_path_factory.mktemp("clips") / "endo_2s_320.mp4", 2.0, (320, 180))
-
-
-@pytest.fixture(scope="session")
-def small_bikes(tmp_path_factory, shared_data) -> Path:
-    """2 s (50 frames, 25 FPS) of the real street clip at 320×136."""
-    return cut_clip(shared_data / "video" / "bikes_street.mp4", tmp_path_factory.mktemp("clips") / "bikes_2s.mp4", 2.0,
-                    (320, 136))
-
-
-def expected_masks(backend, frames_rgb: list[np.ndarray]) -> list[np.ndarray]:
-    """What the stream should draw: Preprocessor → predict_u8 → unplace, per frame (uint8[h, w])."""
-    from rtseg.data.transforms import Preprocessor, unplace
-
-    pre = Preprocessor(backend.input_hw, backend.meta["model"].get("resize", "stretch"))
-    out = []
-    for f in frames_rgb:
-        x, g = pre(f)
-        out.append(unplace(backend.predict_u8(x[None])[0], g))
-    return out
 
 
 # -- A: the issue-2 stream ----------------------------------------------------------------------------
 def test_cli_stream_real_clip_720p(tmp_path, clip, tiny_engine, backend):
     """2 s of the real 1280×720 clip: frame count, size, rate and timestamps kept; overlay where the mask is."""
     out = tmp_path / "out.mp4"
-    r = run_cli("stream", "--engine", str(tiny_engine), "--source", str(clip), "--output", str(out),
+    r = run_cli_process("stream", "--engine", str(tiny_engine), "--source", str(clip), "--output", str(out),
                 "--max-frames", "50", "--json", "--threads", "1")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
@@ -237,7 +102,7 @@ def test_cli_bad_input_one_line_error(tmp_path, tiny_engine, small_clip, capsys,
 def test_cli_error_exit_code_in_a_real_process(tmp_path, tiny_engine):
     p = tmp_path / "renamed.mp4"
     p.write_text("hello\n")
-    r = run_cli("stream", "--engine", str(tiny_engine), "--source", str(p), "--output", str(tmp_path / "o.mp4"), "-q")
+    r = run_cli_process("stream", "--engine", str(tiny_engine), "--source", str(p), "--output", str(tmp_path / "o.mp4"), "-q")
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "not a readable video" in lines[0], r.stderr

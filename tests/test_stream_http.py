@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_stream import backend, small_clip, tiny_engine  # noqa: F401 - fixtures
-from test_stream_net import free_port, net_clip, wait_for  # noqa: F401 - fixtures
 
 from rtseg.errors import RtsegError
 from rtseg.stream.http import HttpServer, parse_http_address
 from rtseg.stream.pipeline import StreamOptions, StreamPipeline
+
+from helpers import free_port, wait_for
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -159,6 +159,7 @@ def test_many_idle_connections_are_bounded(backend, small_clip):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_stalled_viewer_does_not_stall_the_stream(backend, small_clip):
     with serving(backend, [str(small_clip)], loop=0, http_preview_fps=25) as (pipe, url, res):
         wait_for(lambda: frames(pipe) > 5, 30, "frames")
@@ -240,6 +241,7 @@ def test_readyz_follows_a_udp_source(backend, net_clip):
 
 
 # -- a real Prometheus server ----------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.slow
 def test_real_prometheus_scrapes_the_stream(tmp_path, backend, clip):
     if not Path(PROMETHEUS).exists():

@@ -20,45 +20,12 @@ import av
 import numpy as np
 import pytest
 
-from test_stream import cut_clip, decode_video, video_pts_seconds  # noqa: F401  (fixtures below)
-from test_stream import backend, small_bikes, small_clip, tiny_engine  # noqa: F401
-
 from rtseg.stream import Sink, StreamOptions, run_stream
+
+from helpers import cut_clip, decode_video, free_port, port_bound, start_sender, video_pts_seconds, wait_for
 
 # Remux a clip (video + first audio stream) as MPEG-TS over UDP (or RTP / RTSP publish), paced in
 # real time; loops < 0 = forever.
-SENDER = r'''
-import av, sys, time
-url, clip, loops = sys.argv[1], sys.argv[2], int(sys.argv[3])
-fmt = "rtp_mpegts" if url.startswith("rtp") else ("rtsp" if url.startswith("rtsp") else "mpegts")
-if url.startswith("udp"):
-    url += "?pkt_size=1316"
-inp = av.open(clip)
-streams = [inp.streams.video[0]] + list(inp.streams.audio[:1])
-out = av.open(url, "w", format=fmt)
-outs = {s.index: out.add_stream_from_template(s) for s in streams}
-t0 = time.monotonic()
-offset = k = 0.0  # offset in seconds
-while loops < 0 or k < loops:
-    inp.seek(0)
-    end = 0.0
-    for pkt in inp.demux(*streams):
-        if pkt.dts is None:
-            continue
-        tb = pkt.time_base
-        d = t0 + float(pkt.dts * tb) + offset - time.monotonic()
-        if d > 0:
-            time.sleep(d)
-        end = max(end, float((pkt.pts + (pkt.duration or 0)) * tb))
-        shift = round(offset / tb)
-        pkt.pts += shift
-        pkt.dts += shift
-        pkt.stream = outs[pkt.stream.index]
-        out.mux(pkt)
-    offset += end
-    k += 1
-out.close()
-'''
 
 
 # Decode every frame of a network stream until it ends or goes silent for 3 s; print JSON
@@ -83,60 +50,6 @@ def client_script(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("net") / "client.py"
     p.write_text(CLIENT)
     return p
-
-
-@pytest.fixture(scope="module")
-def sender(tmp_path_factory) -> Path:
-    p = tmp_path_factory.mktemp("net") / "sender.py"
-    p.write_text(SENDER)
-    return p
-
-
-@pytest.fixture(scope="module")
-def net_clip(tmp_path_factory, clip) -> Path:
-    """2 s of the real clip at 320×180 with a key frame every 10 frames (like a camera stream)."""
-    return cut_clip(clip, tmp_path_factory.mktemp("net") / "endo_gop10.mp4", 2.0, (320, 180), gop=10)
-
-
-def free_port(kind=socket.SOCK_DGRAM, pair: bool = False) -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if pair:  # RTP uses port and port+1 (RTCP)
-            if port % 2 or port > 65000:
-                continue
-            try:
-                with socket.socket(socket.AF_INET, kind) as s2:
-                    s2.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port")
-
-
-def port_bound(port: int, proto: str = "udp") -> bool:
-    """Is a local socket bound to ``port`` (UDP) / listening on it (TCP)? Read from /proc/net."""
-    want = f":{port:04X}"
-    for line in Path(f"/proc/net/{proto}").read_text().splitlines()[1:]:
-        f = line.split()
-        if f[1].endswith(want) and (proto == "udp" or f[3] == "0A"):
-            return True
-    return False
-
-
-def wait_for(pred, timeout: float, what: str) -> None:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def start_sender(sender: Path, url: str, clip: Path, loops: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(sender), url, str(clip), str(loops)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 class Recorder(Sink):
@@ -214,6 +127,7 @@ def test_udp_mpegts_source_from_a_real_sender(tmp_path, backend, sender, net_cli
         assert np.allclose(np.diff(t), 0.04, atol=1e-3)  # the sender's 25 FPS timing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["udp", "rtp", "rtsp"])
 def test_network_output_decoded_by_a_client(tmp_path, backend, net_clip, client_script, scheme):
     """rtseg streams a file as MPEG-TS over UDP / RTP, or publishes RTSP; an FFmpeg client decodes every frame."""

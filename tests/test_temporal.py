@@ -18,18 +18,12 @@ import cv2
 import numpy as np
 import pytest
 
-import test_stream
-from test_extending_stream import PtsRecorder
-from test_stream import run_cli, video_pts_seconds
-
-# the fixtures of tests/test_stream.py (tiny engine, 2 s real clips)
-tiny_engine, backend = test_stream.tiny_engine, test_stream.backend
-small_clip, small_bikes = test_stream.small_clip, test_stream.small_bikes
-
 from rtseg.errors import RtsegError
 from rtseg.stream import Source, StreamOptions, StreamPipeline
 from rtseg.stream.sources import Item, VideoInfo
 from rtseg.stream.temporal import Temporal, make_temporal
+
+from helpers import PtsRecorder, run_cli_process, video_pts_seconds
 
 
 class Recording(StreamPipeline):
@@ -164,13 +158,13 @@ def test_bad_options_one_line_error(tiny_engine, small_clip):
                       ({"ema": 1.0}, "--ema")]:
         with pytest.raises(RtsegError, match=words):
             StreamOptions(**kw)
-    r = run_cli("stream", "--engine", str(tiny_engine), "--source", str(small_clip), "--no-output",
+    r = run_cli_process("stream", "--engine", str(tiny_engine), "--source", str(small_clip), "--no-output",
                 "--infer-every", "0", "-q")
     assert r.returncode == 2 and "--infer-every" in r.stderr
 
 
 def test_cli_stream_flow_prints_flicker(tiny_engine, small_clip):
-    r = run_cli("stream", "--engine", str(tiny_engine), "--source", str(small_clip), "--no-output", "--json",
+    r = run_cli_process("stream", "--engine", str(tiny_engine), "--source", str(small_clip), "--no-output", "--json",
                 "--temporal", "flow", "--infer-every", "2", "--batch-size", "2", "--threads", "1")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)

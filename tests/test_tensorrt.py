@@ -29,8 +29,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from rtseg.errors import RtsegError
-from rtseg.export.tensorrt_build import TRT_MISSING, TensorRTBuildOptions, build_tensorrt_engine, fp16_onnx
-from rtseg.export.trt_onnx_check import (
+from rtseg.models import create_model, list_models
+from rtseg.runtime.tensorrt.backend import check_engine_meta
+from rtseg.runtime.tensorrt.build import TRT_MISSING, TensorRTBuildOptions, build_tensorrt_engine, fp16_onnx
+from rtseg.runtime.tensorrt.onnx_check import (
     TRT_SUPPORTED_OPS,
     TRT_UNSUPPORTED_OPS,
     non_batch_dynamic_dims,
@@ -38,8 +40,6 @@ from rtseg.export.trt_onnx_check import (
     qdq_summary,
     unsupported_ops,
 )
-from rtseg.models import create_model, list_models
-from rtseg.runtime.tensorrt_backend import check_engine_meta
 
 HW = (64, 64)
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -101,6 +101,7 @@ def exported(tmp_path_factory):
 
 
 # -- 1. operators and shapes of all registered networks -------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_onnx_uses_only_tensorrt_supported_ops(exported, name):
     path, _ = exported(name)
@@ -199,7 +200,7 @@ class _Reader:
 
 def _ort_quantize(src: Path, dst: Path, trt_friendly: bool = True) -> Path:
     """Q/DQ ONNX with ONNX Runtime's quantize_static. ``trt_friendly`` applies the options
-    TensorRT needs (see rtseg.export.trt_onnx_check): INT8 symmetric activations and weights,
+    TensorRT needs (see rtseg.runtime.tensorrt.onnx_check): INT8 symmetric activations and weights,
     per-channel weights, float biases, ConvTranspose weights on axis 0, only weighted ops."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -220,11 +221,11 @@ def _ort_quantize(src: Path, dst: Path, trt_friendly: bool = True) -> Path:
 
 
 def make_qdq(src: Path, dst: Path) -> Path:
-    """The project's Q/DQ ONNX (``rtseg.export.calibrate.calibrate_onnx``, the graph every backend
+    """The project's Q/DQ ONNX (``rtseg.calib.calibrate.calibrate_onnx``, the graph every backend
     builds INT8 from), calibrated here on seeded noise; before that module existed the same recipe
     ran through ONNX Runtime directly (:func:`_ort_quantize`)."""
     try:
-        from rtseg.export.calibrate import calibrate_onnx
+        from rtseg.calib.calibrate import calibrate_onnx
     except ImportError:  # pragma: no cover
         return _ort_quantize(src, dst)
     data = np.random.default_rng(0).standard_normal((4, 3, *HW)).astype(np.float32)
@@ -253,9 +254,10 @@ QDQ_SLOW = {"gmsrfnet"}  # ~1 min of ONNX Runtime calibration on 2 shared cores
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in QDQ_SLOW else n
                                   for n in list_models() if n not in QDQ_SAME_AS])
+@pytest.mark.slow
 def test_qdq_onnx_of_every_network_follows_tensorrt_rules(exported, name, tmp_path):
     path, hw = exported(name)
-    from rtseg.export.calibrate import calibrate_onnx
+    from rtseg.calib.calibrate import calibrate_onnx
 
     calibrate_onnx(path, tmp_path / "model.qdq.onnx", np.random.default_rng(0).standard_normal((1, 3, *hw)).astype(np.float32))
     assert qdq_placement_issues(tmp_path / "model.qdq.onnx") == []
@@ -435,8 +437,9 @@ def test_build_validates_options_before_anything_else(eunet_onnx, tmp_path):
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
 def test_cli_build_engine_tensorrt_exits_2(tmp_path, capsys):
-    from rtseg.checkpoint import ModelMeta, save_checkpoint
+    from rtseg.checkpoint import save_checkpoint
     from rtseg.cli import main
+    from rtseg.meta import ModelMeta
 
     ckpt = save_checkpoint(tmp_path / "ckpt", _small_model("eunet-s", num_classes=1),
                            ModelMeta(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, input_size=list(HW)))
@@ -662,7 +665,7 @@ def test_fake_signatures_are_the_real_ones(version):
 def fake_trt(monkeypatch):
     import sys
 
-    import rtseg.export.tensorrt_build as tb
+    import rtseg.runtime.tensorrt.build as tb
 
     def install(version: str, **kw):
         trt = _fake_tensorrt(version, **kw)
@@ -787,7 +790,7 @@ def test_same_compute_capability_needs_tensorrt_10_9(fake_trt, eunet_onnx, tmp_p
     assert res["build"]["hardware_compatibility_level"] == "same_compute_capability"
 
 def test_timing_cache_file_names_carry_version_and_compute_capability(tmp_path):
-    from rtseg.export.tensorrt_build import timing_cache_file
+    from rtseg.runtime.tensorrt.build import timing_cache_file
 
     assert timing_cache_file(tmp_path / "timing.cache", "10.3.0", "8.6") == tmp_path / "timing.trt10.3.0.sm86.cache"
     assert timing_cache_file(tmp_path, "11.4.0.106", "9.0") == tmp_path / "timing.trt11.4.0.106.sm90.cache"
@@ -824,9 +827,9 @@ def test_fp32_fp16_engines_are_checked_against_the_onnx_at_build(fake_trt, monke
     """build-engine --backend tensorrt runs the new engine on two real images and compares it with its
     ONNX (ONNX Runtime): engine.json verify.onnx records it; an fp32/fp16 engine outside the bounds is
     refused and no folder is published."""
-    import rtseg.runtime.tensorrt_backend as tbe
+    import rtseg.runtime.tensorrt.backend as tbe
     from rtseg.export.build import BuildOptions, build_engine
-    from rtseg.export.gate import GateOptions
+    from rtseg.gate.check import GateOptions
 
     fake_trt("10.3.0")
     monkeypatch.setattr(tbe, "TensorRTBackend", _FakeEngine)
@@ -849,7 +852,7 @@ def test_fp32_fp16_engines_are_checked_against_the_onnx_at_build(fake_trt, monke
 
 
 def test_int8_engine_parity_is_recorded_not_enforced():
-    from rtseg.export.tensorrt_build import check_onnx_parity
+    from rtseg.runtime.tensorrt.build import check_onnx_parity
 
     ref = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
     rec = check_onnx_parity(ref + 0.5, ref, "int8")

@@ -16,14 +16,11 @@ import cv2
 import numpy as np
 import pytest
 
-import test_stream
-from test_stream import cut_clip, run_cli, video_pts_seconds
-
 from rtseg.errors import RtsegError
 from rtseg.metrics import FlickerMeter, class_pair_iou, pair_iou
 from rtseg.video_eval import ClassSeries, VideoEvalOptions, VideoScorer, evaluate_video, list_masks
 
-tiny_engine, backend = test_stream.tiny_engine, test_stream.backend  # fixtures
+from helpers import cut_clip, run_cli_process, video_pts_seconds
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +123,7 @@ def test_evaluate_video_real_clip_frames_and_truth(backend, colon_clip, colon_ma
     assert 0 < r["truth_frames"] < 50  # the polyp leaves the view within these 2 s
 
 
+@pytest.mark.slow
 def test_default_model_on_the_colonoscopy_clip_temporal_modes(seq11):
     """The shipped model (PyTorch reference) on the first 50 frames of the full-resolution clip:
     a real polyp is found, and flow with K = 1 scores exactly like off."""
@@ -147,7 +145,7 @@ def test_default_model_on_the_colonoscopy_clip_temporal_modes(seq11):
 
 def test_cli_video_eval_table_json_plot(tmp_path, tiny_engine, colon_clip, colon_masks):
     out = tmp_path / "res.json"
-    r = run_cli("eval", "--engine", str(tiny_engine), "--video", str(colon_clip), "--masks", str(colon_masks),
+    r = run_cli_process("eval", "--engine", str(tiny_engine), "--video", str(colon_clip), "--masks", str(colon_masks),
                 "--temporal", "flow", "--infer-every", "2", "--batch-size", "4", "--threads", "1", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert "false det." in r.stdout and "flicker" in r.stdout and "flow, K=2" in r.stdout
@@ -163,7 +161,7 @@ def test_count_mismatch_one_line_error(tmp_path, tiny_engine, colon_clip, seq11,
     decoding; Matroska does not, and the count is checked after the run)."""
     clip = colon_clip if container == "mp4" else cut_clip(colon_clip, tmp_path / "c.mkv", 2.0)
     masks = _mask_dir(tmp_path / "m49", seq11, 49)
-    r = run_cli("eval", "--engine", str(tiny_engine), "--video", str(clip), "--masks", str(masks), "--threads", "1")
+    r = run_cli_process("eval", "--engine", str(tiny_engine), "--video", str(clip), "--masks", str(masks), "--threads", "1")
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "has 50 frames but" in lines[0], r.stderr
@@ -175,6 +173,6 @@ def test_bad_video_arguments(tmp_path, backend, tiny_engine, colon_clip, colon_m
         evaluate_video(backend, colon_clip, tmp_path)
     with pytest.raises(RtsegError, match="does not exist"):
         evaluate_video(backend, tmp_path / "none.mp4", colon_masks)
-    r = run_cli("eval", "--engine", str(tiny_engine), "--video", str(colon_clip))
+    r = run_cli_process("eval", "--engine", str(tiny_engine), "--video", str(colon_clip))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: --video and --masks go together; pass the clip and the folder of its per-frame masks"]

@@ -324,9 +324,9 @@ def _expect(rec: Recorder, what: str, fn, error=None) -> None:
 
 
 def run_builder_flows(trt, tmp: Path) -> Recorder:
-    """Every TensorRT call of rtseg.export.tensorrt_build, with rtseg's own argument forms."""
+    """Every TensorRT call of rtseg.runtime.tensorrt.build, with rtseg's own argument forms."""
     from rtseg.errors import RtsegError
-    from rtseg.export import tensorrt_build as tb
+    from rtseg.runtime.tensorrt import build as tb
 
     hw = (64, 64)
     major = tb.trt_major(trt.__version__)
@@ -361,8 +361,8 @@ def run_builder_flows(trt, tmp: Path) -> Recorder:
 
 
 def run_backend_flows(trt) -> Recorder:
-    """Every TensorRT call of rtseg.runtime.tensorrt_backend (engine loading, I/O, binding, enqueue)."""
-    from rtseg.runtime import tensorrt_backend as tbe
+    """Every TensorRT call of rtseg.runtime.tensorrt.backend (engine loading, I/O, binding, enqueue)."""
+    from rtseg.runtime.tensorrt import backend as tbe
 
     hw = (64, 64)
     rec = Recorder(trt, _canned(trt, hw))
@@ -412,9 +412,9 @@ def main(argv: list[str]) -> None:
         if "--wrong" in argv:
             print(json.dumps({"version": trt.__version__, **run_wrong(trt, tmp)}))
             return
-        from rtseg.export.tensorrt_build import HARDWARE_LEVEL_SINCE
+        from rtseg.runtime.tensorrt.build import HARDWARE_LEVEL_SINCE
 
-        files = [repo / "rtseg" / "export" / "tensorrt_build.py", repo / "rtseg" / "runtime" / "tensorrt_backend.py"]
+        files = [repo / "rtseg" / "runtime" / "tensorrt" / "build.py", repo / "rtseg" / "runtime" / "tensorrt" / "backend.py"]
         names = check_names(trt, files)
         builder, backend = run_builder_flows(trt, tmp), run_backend_flows(trt)
         enums = {name: {k: int(v) for k, v in getattr(trt, name).__members__.items()}

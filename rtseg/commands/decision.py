@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..decision_tuning import DecisionCalibOptions
 from ..errors import RtsegError
 from ..safe_io import nan_to_none, write_error, write_json
 from .common import FiniteFloatRange
@@ -18,13 +19,13 @@ from .common import FiniteFloatRange
               help="Checkpoint or model folder (its model.json gets the decision record).")
 @click.option("--data", "data", multiple=True, type=click.Path(),
               help="Folder whose val split is used (repeatable; default: the model's training folders).")
-@click.option("--max-false-rate", default=0.05, show_default=True, type=FiniteFloatRange(0, 1),
+@click.option("--max-false-rate", default=DecisionCalibOptions.max_false_rate, show_default=True, type=FiniteFloatRange(0, 1),
               help="Largest share of polyp-free validation images the presence rule may show something on.")
-@click.option("--max-delay-s", default=0.5, show_default=True, type=FiniteFloatRange(min=0),
+@click.option("--max-delay-s", default=DecisionCalibOptions.max_delay_s, show_default=True, type=FiniteFloatRange(min=0),
               help="Largest detection delay persistence may cause on a validation sequence (s).")
-@click.option("--fps", default=25.0, show_default=True, type=FiniteFloatRange(min=0.1),
+@click.option("--fps", default=DecisionCalibOptions.fps, show_default=True, type=FiniteFloatRange(min=0.1),
               help="Frame rate the validation sequences are replayed at.")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 256))
+@click.option("--batch-size", default=DecisionCalibOptions.batch_size, show_default=True, type=click.IntRange(1, 256))
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="Inference threads.")
 @click.option("--dry-run", is_flag=True, help="Print the choice; do not write model.json.")
 @click.option("--out", "out_json", default=None, type=click.Path(dir_okay=False),

@@ -10,8 +10,9 @@ import click
 import cv2
 
 from ..errors import RtsegError
-from ..safe_io import atomic_write_bytes, check_outputs, nan_to_none, write_error, write_json
 from ..evaluation import evaluate_backend, format_table, overlay_grid, resolve_samples
+from ..safe_io import atomic_write_bytes, check_outputs, nan_to_none, write_error, write_json
+from ..video_eval import VideoEvalOptions
 from .common import FiniteFloatRange, decision_options
 
 
@@ -35,11 +36,11 @@ from .common import FiniteFloatRange, decision_options
 @click.option("--video", type=click.Path(), help="Evaluate on a video clip (decoded as the stream does) against --masks.")
 @click.option("--masks", type=click.Path(), help="With --video: folder of per-frame masks (frame k ↔ k-th file in sorted order), "
                                                  "or 'none' for a clip without the class in any frame.")
-@click.option("--temporal", default="off", show_default=True, type=click.Choice(["off", "ema", "flow"]),
+@click.option("--temporal", default=VideoEvalOptions.temporal, show_default=True, type=click.Choice(["off", "ema", "flow"]),
               help="With --video: the stream's temporal mode (see rtseg stream --help).")
-@click.option("--infer-every", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--infer-every", default=VideoEvalOptions.infer_every, show_default=True, type=click.IntRange(min=1),
               help="With --video: run the network on every K-th frame, propagate to the others.")
-@click.option("--ema", "ema", default=0.3, show_default=True, type=FiniteFloatRange(0, 1, max_open=True),
+@click.option("--ema", "ema", default=VideoEvalOptions.ema, show_default=True, type=FiniteFloatRange(0, 1, max_open=True),
               help="With --video: weight of the previous logits in --temporal ema.")
 @click.option("--max-frames", default=None, type=click.IntRange(min=1), help="With --video: score the first N frames.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(),

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import click
 
+from ..calib.calibrate import CalibOptions
 from ..errors import RtsegError
+from ..export.build import BuildOptions
 from ..safe_io import check_writable
 from .common import FINITE_FLOAT, backend_choice, precision_choice
 
@@ -56,7 +58,7 @@ def _ckpt_option(f):
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="Output .onnx file (default: <checkpoint>/model.onnx).")
 @_img_size_option
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (≥ 17).")
+@click.option("--opset", type=int, default=BuildOptions.opset, show_default=True, help="ONNX opset (≥ 17).")
 def export_command(checkpoint: Path, out: Path | None, img_size, opset: int) -> None:
     """Export a checkpoint to ONNX (dynamic batch, fixed H×W), checked against PyTorch with ONNX Runtime."""
     from ..checkpoint import load_checkpoint
@@ -78,24 +80,25 @@ def export_command(checkpoint: Path, out: Path | None, img_size, opset: int) -> 
 @_ckpt_option
 @click.option("--calib-data", "calib_data", type=click.Path(path_type=Path), default=None,
               help="Folder of representative images (or with images/); default: the checkpoint's training split.")
-@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy", show_default=True,
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default=CalibOptions.method, show_default=True,
               help="Range estimator for the activations.")
 @click.option("--num-images", type=int, default=None, help="Images to use (default 100; all when fewer).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Image-selection seed.")
+@click.option("--seed", type=int, default=CalibOptions.seed, show_default=True, help="Image-selection seed.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="Calibration folder (default calib/<model>-<method>-n<N>-s<seed>).")
 @_img_size_option
-@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--opset", type=int, default=CalibOptions.opset, show_default=True)
 @click.option("--weight-bits", type=click.Choice(["7", "8"]), default=None,
               help="Weight range: 8 (default) or 7 (avoids int16 saturation on AVX2-only CPUs).")
-@click.option("--percentile", type=FINITE_FLOAT, default=99.999, show_default=True, help="For --method percentile.")
+@click.option("--percentile", type=FINITE_FLOAT, default=CalibOptions.percentile, show_default=True, help="For --method percentile.")
 @click.option("--trt-cache", is_flag=True, help="Also write calib.cache (TensorRT ≤ 10 calibration cache).")
 @click.option("--no-verify", is_flag=True, help="Skip the OpenVINO compile check (child process).")
 def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img_size, opset, weight_bits, percentile,
                       trt_cache, no_verify) -> None:
     """Calibrate INT8: write one Q/DQ ONNX for every backend and its calibration record."""
+    from ..calib.calibrate import CalibOptions, calibrate_checkpoint
+    from ..calib.images import DEFAULT_NUM_IMAGES
     from ..export.build import parse_img_size
-    from ..export.calibrate import DEFAULT_NUM_IMAGES, CalibOptions, calibrate_checkpoint
 
     kw = {"weight_bits": int(weight_bits)} if weight_bits else {}
     options = CalibOptions(calib_data=calib_data, method=method, num_images=num_images or DEFAULT_NUM_IMAGES, seed=seed,
@@ -113,12 +116,12 @@ def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="Engine folder (default engines/<model>/<backend>-<precision>).")
 @_img_size_option
-@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--opset", type=int, default=BuildOptions.opset, show_default=True)
 @click.option("--calib-data", "calib_data", type=click.Path(path_type=Path), default=None,
               help="int8: folder of representative images; default the checkpoint's training split.")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="entropy", show_default=True)
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=BuildOptions.calib_method, show_default=True)
 @click.option("--num-calib", type=int, default=None, help="int8: calibration images (default 100).")
-@click.option("--seed", type=int, default=0, show_default=True, help="int8: image-selection seed.")
+@click.option("--seed", type=int, default=BuildOptions.seed, show_default=True, help="int8: image-selection seed.")
 @click.option("--weight-bits", type=click.Choice(["7", "8"]), default=None, help="int8: weight range (default 8).")
 @click.option("--qdq-from", type=click.Path(path_type=Path), default=None,
               help="int8: reuse the Q/DQ ONNX of a 'rtseg calibrate' folder instead of calibrating again.")
@@ -131,8 +134,8 @@ def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img
               help="Allowed drop vs fp32 in points (default 0.5 Dice for binary, 1.0 mIoU for multi-class).")
 @click.option("--gate-max-rounds", type=int, default=None, help="int8 repair rounds (each keeps 2x more layers in float; default 5).")
 @click.option("--threads", type=int, default=None, help="Inference threads for the gate and the auto-precision timing.")
-@click.option("--bench-batch", type=int, default=1, show_default=True, help="auto: batch size of the latency measurement.")
-@click.option("--bench-seconds", type=FINITE_FLOAT, default=3.0, show_default=True, help="auto: timed seconds per candidate.")
+@click.option("--bench-batch", type=int, default=BuildOptions.bench_batch, show_default=True, help="auto: batch size of the latency measurement.")
+@click.option("--bench-seconds", type=FINITE_FLOAT, default=BuildOptions.bench_seconds, show_default=True, help="auto: timed seconds per candidate.")
 @click.option("--min-batch", type=int, default=None, help="TensorRT profile: smallest batch.")
 @click.option("--opt-batch", type=int, default=None, help="TensorRT profile: batch to optimise for.")
 @click.option("--max-batch", type=int, default=None, help="TensorRT profile: largest batch.")
@@ -143,7 +146,7 @@ def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img
 @click.option("--version-compatible", is_flag=True, default=None, help="TensorRT: version-compatible engine.")
 @click.option("--hardware-compatibility-level", type=click.Choice(["none", "ampere_plus", "same_compute_capability"]),
               default=None, help="TensorRT hardware compatibility (same_compute_capability needs TensorRT >= 10.9).")
-@click.option("--int8-quantizer", type=click.Choice(["rtseg", "nncf", "nncf-ac"]), default="rtseg", show_default=True,
+@click.option("--int8-quantizer", type=click.Choice(["rtseg", "nncf", "nncf-ac"]), default=BuildOptions.int8_quantizer, show_default=True,
               help="OpenVINO int8: rtseg's Q/DQ ONNX + gate repair, NNCF post-training quantization, or NNCF with "
                    "accuracy control against the gate metric (same calibration images; engine.json build.quantizer).")
 def build_engine_command(checkpoint, backend, precision, out, img_size, opset, calib_data, calib_method, num_calib, seed,
@@ -159,8 +162,8 @@ def build_engine_command(checkpoint, backend, precision, out, img_size, opset, c
 
     Example: rtseg build-engine --checkpoint runs/eunet-s --backend openvino --precision auto --threads 2
     """
-    from ..export.build import BuildOptions, build_auto, build_engine
-    from ..export.gate import DEFAULT_MAX_ROUNDS, GateOptions
+    from ..export.build import BuildOptions, build_engine
+    from ..gate.check import DEFAULT_MAX_ROUNDS, GateOptions
 
     backend_options = {"min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch,
                        "workspace_mb": workspace_mb, "timing_cache": timing_cache,
@@ -174,19 +177,14 @@ def build_engine_command(checkpoint, backend, precision, out, img_size, opset, c
                            bench_batch=bench_batch, bench_seconds=bench_seconds, int8_quantizer=int8_quantizer)
     if out is not None:
         check_writable(out, "--out")
-    if precision == "auto":
-        if no_gate:
-            raise RtsegError("--precision auto needs the accuracy gate; drop --no-gate")
-        folder = build_auto(checkpoint, backend, out, options, log=_log)
-    else:
-        folder = build_engine(checkpoint, backend, precision, out, options, log=_log)
+    folder = build_engine(checkpoint, backend, precision, out, options, log=_log)
     _report(folder)
 
 
 def _report(folder: Path) -> None:
     """Print the built engine's summary (auto table, parity with PyTorch, gate) and fail on a failed gate."""
     from ..export.build import format_selection
-    from ..export.gate import describe_gate
+    from ..gate.check import describe_gate
 
     meta = json.loads((folder / "engine.json").read_text())
     if meta.get("selection"):

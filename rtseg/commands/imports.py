@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from ..byom import ImportOptions
+
 _META_HELP = ("Metadata file (YAML/JSON): name, task (binary|multiclass), classes, input {size [H, W], layout NCHW|NHWC, "
               "mean, std, resize}, output {kind logits|probabilities|indices, layout, stride, name}, data {root, format}.")
 
@@ -56,7 +58,7 @@ def import_onnx_command(onnx_file, meta, out, no_openvino_check) -> None:
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Model folder to write (model.onnx + model.json).")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               help="Optional state_dict (.safetensors, or .pt/.pth loaded with weights_only) loaded into the module.")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset of the export.")
+@click.option("--opset", type=int, default=ImportOptions.opset, show_default=True, help="ONNX opset of the export.")
 @click.option("--no-openvino-check", is_flag=True, help="Check the graph with ONNX Runtime only (not OpenVINO's reader).")
 def import_torch_command(factory, meta, out, weights, opset, no_openvino_check) -> None:
     """Export the nn.Module that FACTORY ('module.path:function' or 'module.path:attribute') gives through

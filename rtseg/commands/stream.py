@@ -9,6 +9,7 @@ import threading
 import click
 
 from ..errors import RtsegError
+from ..stream.pipeline import StreamOptions
 from .common import FiniteFloatRange, decision_options
 
 _EPILOG = """\b
@@ -41,36 +42,36 @@ Examples:
 @click.option("--source", "sources", multiple=True, required=True, help="Input (repeatable): file, cameraN, URL, image folder/glob, lavfi:GRAPH.")
 @click.option("--output", "outputs", multiple=True, help="Output (repeatable): file, URL, image folder, null.")
 @click.option("--no-output", is_flag=True, help="Write nothing (measure the pipeline).")
-@click.option("--batch-size", default=1, show_default=True, type=click.IntRange(min=1), help="Frames per inference call, batched across sources.")
-@click.option("--batch-timeout-ms", default=10.0, show_default=True, type=FiniteFloatRange(min=0), help="Max wait to fill a batch (ms).")
-@click.option("--alpha", default=0.5, show_default=True, type=FiniteFloatRange(0, 1), help="Overlay opacity of the class colour.")
-@click.option("--contour/--no-contour", default=False, show_default=True, help="Also outline each class region.")
-@click.option("--codec", default="libx264", show_default=True, help="Video encoder: libx264, libx265, h264_nvenc, ... or auto (hardware if present).")
-@click.option("--preset", default="ultrafast", show_default=True,
+@click.option("--batch-size", default=StreamOptions.batch_size, show_default=True, type=click.IntRange(min=1), help="Frames per inference call, batched across sources.")
+@click.option("--batch-timeout-ms", default=StreamOptions.batch_timeout_ms, show_default=True, type=FiniteFloatRange(min=0), help="Max wait to fill a batch (ms).")
+@click.option("--alpha", default=StreamOptions.alpha, show_default=True, type=FiniteFloatRange(0, 1), help="Overlay opacity of the class colour.")
+@click.option("--contour/--no-contour", default=StreamOptions.contour, show_default=True, help="Also outline each class region.")
+@click.option("--codec", default=StreamOptions.codec, show_default=True, help="Video encoder: libx264, libx265, h264_nvenc, ... or auto (hardware if present).")
+@click.option("--preset", default=StreamOptions.preset, show_default=True,
               help="x264/x265 preset: ultrafast keeps 720p real time on 2 cores; superfast/veryfast give smaller files.")
-@click.option("--crf", default=23, show_default=True, type=click.IntRange(0, 51), help="x264/x265 constant rate factor (lower = better quality).")
+@click.option("--crf", default=StreamOptions.crf, show_default=True, type=click.IntRange(0, 51), help="x264/x265 constant rate factor (lower = better quality).")
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="Inference threads (default: the backend's choice).")
-@click.option("--loop", default=1, show_default=True, type=click.IntRange(min=0),
+@click.option("--loop", default=StreamOptions.loop, show_default=True, type=click.IntRange(min=0),
               help="Passes over each video-file source (0 = until stopped); timestamps continue, audio is dropped.")
 @click.option("--max-frames", default=None, type=click.IntRange(min=1), help="Stop after N frames per source.")
 @click.option("--max-latency-ms", default=None, type=FiniteFloatRange(min=1), help="Drop live frames that waited longer than this before inference.")
-@click.option("--reconnect/--no-reconnect", default=False, show_default=True, help="Reopen failed or stalled network sources with backoff.")
-@click.option("--stall-timeout", default=5.0, show_default=True, type=FiniteFloatRange(min=0.1), help="A network source silent this long (s) has failed.")
+@click.option("--reconnect/--no-reconnect", default=StreamOptions.reconnect, show_default=True, help="Reopen failed or stalled network sources with backoff.")
+@click.option("--stall-timeout", default=StreamOptions.stall_timeout, show_default=True, type=FiniteFloatRange(min=0.1), help="A network source silent this long (s) has failed.")
 @click.option("--open-timeout", default=None, type=FiniteFloatRange(min=0.1),
               help="Give up on a network source that does not open within this many seconds (default: udp:// and "
                    "rtp:// wait for their sender, other URLs use --stall-timeout).")
-@click.option("--rtsp-transport", default="tcp", show_default=True, type=click.Choice(["tcp", "udp"]),
+@click.option("--rtsp-transport", default=StreamOptions.rtsp_transport, show_default=True, type=click.Choice(["tcp", "udp"]),
               help="How RTP comes from an rtsp:// source: tcp (in the RTSP connection: no loss, passes firewalls) or "
                    "udp (lower latency on a clean network).")
 @click.option("--fps", default=None, type=FiniteFloatRange(min=0.01, min_open=False), help="Frame rate of image-folder sources (default 25) / asked of cameras.")
 @click.option("--show", is_flag=True, help="Show the overlaid video in a window (needs a display).")
 @click.option("--metrics-jsonl", default=None, type=click.Path(dir_okay=False), help="Write metrics once per second as JSON lines.")
-@click.option("--temporal", default="off", show_default=True, type=click.Choice(["off", "ema", "flow"]),
+@click.option("--temporal", default=StreamOptions.temporal, show_default=True, type=click.Choice(["off", "ema", "flow"]),
               help="Use the time axis: ema smooths the logits over frames; flow carries the last keyframe's logits "
                    "to the frames in between by optical flow (with --infer-every).")
-@click.option("--infer-every", default=1, show_default=True, type=click.IntRange(min=1),
+@click.option("--infer-every", default=StreamOptions.infer_every, show_default=True, type=click.IntRange(min=1),
               help="Run the network on every K-th frame (keyframes); the others get propagated logits.")
-@click.option("--ema", "ema", default=0.3, show_default=True, type=FiniteFloatRange(0, 1, max_open=True),
+@click.option("--ema", "ema", default=StreamOptions.ema, show_default=True, type=FiniteFloatRange(0, 1, max_open=True),
               help="Weight of the previous logits in --temporal ema.")
 @decision_options()
 @click.option("--save-masks", "save_masks", default=None, type=click.Path(file_okay=False),
@@ -81,7 +82,7 @@ Examples:
                    "(PORT alone: 127.0.0.1); nothing listens without it.")
 @click.option("--http-token", default=None, envvar="RTSEG_HTTP_TOKEN", show_envvar=True,
               help="Require 'Authorization: Bearer TOKEN' on every --http endpoint.")
-@click.option("--http-preview-fps", default=10.0, show_default=True, type=FiniteFloatRange(min=0.1),
+@click.option("--http-preview-fps", default=StreamOptions.http_preview_fps, show_default=True, type=FiniteFloatRange(min=0.1),
               help="Max frames per second of the live view, per viewer.")
 @click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")
 @click.option("--allow-unsealed", is_flag=True, help="Use an engine whose engine.json has no seal (an older rtseg's; refused otherwise).")

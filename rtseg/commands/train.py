@@ -1,4 +1,4 @@
-"""``rtseg train``: train a network from a recipe (``configs/*.yaml``) and/or flags (see :mod:`rtseg.training.loop`).
+"""``rtseg train``: train a network from a recipe (``rtseg/configs/*.yaml``) and/or flags (see :mod:`rtseg.training.loop`).
 
 Flags override the recipe; the recipe overrides the defaults of :class:`rtseg.training.loop.TrainConfig`.
 Under ``torchrun --nproc_per_node N -m rtseg train ...`` the same command trains with DDP.
@@ -45,7 +45,7 @@ FORMAT_NAMES = ["polyp", "kvasir", "kvasir-instrument", "cvc", "polypgen", "city
 
 
 @click.command("train")
-@click.option("--config", "config", default=None, help="Recipe: a YAML file or a name in configs/ (eunet, visionfusenet, contrafusionnet, gmsrfnet, ...).")
+@click.option("--config", "config", default=None, help="Recipe: a YAML file or a shipped recipe name (eunet, visionfusenet, contrafusionnet, gmsrfnet, ...).")
 @click.option("--model", default=None, help=f"Registry name ({', '.join(list_models())}). [default: eunet-s]")
 @click.option("--data", default=None, multiple=True, type=click.Path(),
               help="Dataset root; repeat it to train on several folders (each split by its own rule, train parts concatenated).")

@@ -22,9 +22,9 @@ AUGMENT_PRESETS = ("true (default)", "robust", "false (none)")
 
 
 def _albumentations():
-    import albumentations as A
+    from ..errors import require
 
-    return A
+    return require("albumentations", "train", "training augmentation")
 
 
 class SpecularHighlights(_albumentations().ImageOnlyTransform):

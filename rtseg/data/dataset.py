@@ -24,7 +24,9 @@ from .transforms import compute_geometry, normalize, place
 def default_augmentation(ignore_value: int = 0, square: bool = True):
     """Flips, 90° rotations (square inputs only: they would swap H and W), a mild affine and
     colour jitter (albumentations)."""
-    import albumentations as A
+    from ..errors import require
+
+    A = require("albumentations", "train", "training augmentation")
 
     return A.Compose([
         A.HorizontalFlip(p=0.5),

@@ -241,7 +241,7 @@ def split_record(root: str | Path, parts: dict[str, list[Sample]], rule: str) ->
 def write_split(path: str | Path, root: str | Path, parts: dict[str, list[Sample]],
                 rule: str = GROUPED_RULE) -> None:
     """Record the split (:func:`split_record`) as JSON."""
-    from ..checkpoint import write_json
+    from ..safe_io import write_json
 
     write_json(path, split_record(root, parts, rule))
 

@@ -30,8 +30,6 @@ All user-facing problems (missing folders, unpaired files, unreadable labels) ra
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import base64
 import contextlib
 import io
@@ -39,6 +37,7 @@ import json
 import os
 import warnings
 import zlib
+from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +46,20 @@ import cv2
 import numpy as np
 
 from ..errors import RtsegError
-from .folder import (GROUPED_RULE, IMAGE_EXTS, MASK_SUFFIXES, Sample, find_pairs, grouped_split, imread,
-                     pair_folder, read_image, read_mask, split_samples, stem_key)
+from .folder import (
+    GROUPED_RULE,
+    IMAGE_EXTS,
+    MASK_SUFFIXES,
+    Sample,
+    find_pairs,
+    grouped_split,
+    imread,
+    pair_folder,
+    read_image,
+    read_mask,
+    split_samples,
+    stem_key,
+)
 
 __all__ = ["LabelSpec", "DataFormat", "PolypFormat", "CityscapesFormat", "CocoFormat", "FsocoFormat", "CamVidFormat",
            "FORMATS", "get_format", "detect_format", "CITYSCAPES_LABELID_TO_TRAINID", "CITYSCAPES_LUT", "CAMVID_LUT"]

@@ -2,7 +2,7 @@
 
 * :func:`rtseg.export.onnx.export_onnx` — PyTorch module → ONNX (opset 17, dynamic batch, static
   H×W), checked with ``onnx.checker`` and against PyTorch with ONNX Runtime.
-* :func:`rtseg.export.calibrate.calibrate_checkpoint` / :func:`~rtseg.export.calibrate.calibrate_onnx` —
+* :func:`rtseg.calib.calibrate.calibrate_checkpoint` / :func:`~rtseg.calib.calibrate.calibrate_onnx` —
   FP32 ONNX + real images → one Q/DQ ONNX for every
   backend, plus its calibration record (``calib.json``).
 * :func:`rtseg.export.build.build_engine` — checkpoint → ``engines/<model>/<backend>-<precision>/``.
@@ -21,7 +21,7 @@ def __getattr__(name: str):
 
         return export_onnx
     if name in ("calibrate_checkpoint", "calibrate_onnx"):
-        from .calibrate import calibrate_checkpoint, calibrate_onnx
+        from ..calib.calibrate import calibrate_checkpoint, calibrate_onnx
 
         return calibrate_checkpoint if name == "calibrate_checkpoint" else calibrate_onnx
     if name == "build_engine":

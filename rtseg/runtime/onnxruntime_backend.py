@@ -7,7 +7,6 @@ across x86 CPUs; the hardware-specific layout optimisations run at load time, le
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +31,9 @@ def onnxruntime_version() -> str:
 def cpu_device_info() -> dict[str, Any]:
     """``{"type": "cpu", "name": model name, "capabilities": [ISA flags relevant to inference]}``
     read from ``/proc/cpuinfo`` (Linux) or :mod:`platform` elsewhere."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, val = line.partition(":")
-            key = key.strip()
-            if key == "model name" and name in ("", platform.machine(), platform.processor()):
-                name = val.strip()
-            elif key in ("flags", "Features"):
-                flags = set(val.split())
-                break
-    except OSError:
-        pass
+    from ..limits import cpu_info
+
+    name, flags = cpu_info()
     return {"type": "cpu", "name": name, "capabilities": sorted(f for f in _CPU_FLAGS if f in flags)}
 
 

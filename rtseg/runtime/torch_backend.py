@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import ModelMeta, load_checkpoint
+from ..checkpoint import load_checkpoint
+from ..meta import ModelMeta
 from .base import Backend
 
 

@@ -18,8 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..decision import (DEFAULT_HOLD_FRAMES, DEFAULT_ON_FRAMES, Persistence, PresenceRule, apply_presence,
-                        resolve_presence)
+from ..decision import (
+    DEFAULT_HOLD_FRAMES,
+    DEFAULT_ON_FRAMES,
+    Persistence,
+    PresenceRule,
+    apply_presence,
+    resolve_presence,
+)
 
 
 def persistence_counts(model_meta: dict | None, persist: int | None, hold: int | None) -> tuple[int, int]:

@@ -56,14 +56,22 @@ import numpy as np
 from ..data.transforms import Geometry, Preprocessor, place
 from ..errors import RtsegError, redact
 from ..limits import check_field_types
-from ..safe_io import write_error
 from ..metrics import FlickerMeter
-from .metrics import DROP_CAUSES, STAGES, Latency, LatencyRecorder, MetricsWriter, SourceReport, StreamReport
-from .overlay import Overlay, palette_from_meta
-from .sinks import DisplaySink, NetworkSink, NullSink, Sink, make_sink, refuse_output_collisions, refuse_overwriting_inputs
-from .sources import NETWORK_SCHEMES, RTSP_TRANSPORTS, Item, Source, SourceSpecError, open_source
+from ..safe_io import write_error
 from .decide import StreamDecision
 from .mask_writer import MaskWriter
+from .metrics import DROP_CAUSES, STAGES, Latency, LatencyRecorder, MetricsWriter, SourceReport, StreamReport
+from .overlay import Overlay, palette_from_meta
+from .sinks import (
+    DisplaySink,
+    NetworkSink,
+    NullSink,
+    Sink,
+    make_sink,
+    refuse_output_collisions,
+    refuse_overwriting_inputs,
+)
+from .sources import NETWORK_SCHEMES, RTSP_TRANSPORTS, Item, Source, SourceSpecError, open_source
 from .temporal import check_temporal, describe_temporal, make_temporal
 
 _EOS = object()

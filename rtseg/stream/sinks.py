@@ -27,12 +27,11 @@ To add an output, subclass :class:`Sink`, implement :meth:`Sink.write` (optional
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import os
 import queue
 import threading
 import time
+from abc import ABC, abstractmethod
 from fractions import Fraction
 from pathlib import Path
 from urllib.parse import urlparse

@@ -32,14 +32,13 @@ replay itself), fill ``info`` in :meth:`Source.open` and yield :class:`Item` s f
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import glob
 import math
 import os
 import re
 import threading
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path

@@ -36,7 +36,7 @@ from ..runtime.base import logits_to_mask
 TEMPORAL_MODES = ("off", "ema", "flow")
 #: OpenCV DIS preset of ``flow``: ULTRAFAST costs 0.24 ms a 192² pair on one core (FAST 0.5 ms,
 #: MEDIUM 6.6 ms); on the colonoscopy clip FAST and MEDIUM moved the per-frame Dice of ``flow`` with
-#: K = 2 / 3 by +0.4 / 0.0 pt, within the clip's noise (README, "Video: per-frame evaluation ...").
+#: K = 2 / 3 by +0.4 / 0.0 pt, within the clip's noise (docs/benchmarks.md, "temporal modes on the colonoscopy clip").
 DIS_PRESET = cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST
 
 

@@ -41,20 +41,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..checkpoint import ModelMeta, load_checkpoint, save_checkpoint, write_json
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data.dataset import SegmentationDataset
 from ..data.folder import fingerprint, split_record, write_split
 from ..errors import RtsegError
-from ..meta import MAX_INPUT_SIDE
-from ..safe_io import atomic_write_bytes, save_figure, write_error
+from ..meta import MAX_INPUT_SIDE, ModelMeta
 from ..metrics import BinaryMetrics, MulticlassMetrics
 from ..models import create_model
+from ..safe_io import atomic_write_bytes, save_figure, write_error, write_json
 from .objectives import main_logits, make_loss, make_optimizer, make_scheduler
 
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run: a recipe (``configs/*.yaml``) overridden by CLI flags."""
+    """Settings of one training run: a recipe (``rtseg/configs/*.yaml``) overridden by CLI flags."""
 
     model: str = "eunet-s"
     data: str | list[str] = ""  # one dataset root, or several (trained on the concatenation of their train parts)
@@ -157,7 +157,8 @@ def data_roots(cfg: TrainConfig) -> list[str]:
 
 
 def load_recipe(name_or_path: str) -> dict:
-    """Read a recipe YAML: a path, or a name in the repository's ``configs/`` (``eunet`` → configs/eunet.yaml).
+    """Read a recipe YAML: a path, or a name of a shipped recipe (``eunet`` → ``rtseg/configs/eunet.yaml``,
+    package data, so it works from an installed wheel).
 
     Raises:
         RtsegError: not found or not a mapping.
@@ -166,7 +167,7 @@ def load_recipe(name_or_path: str) -> dict:
 
     p = Path(name_or_path)
     if not p.is_file():
-        cand = Path(__file__).resolve().parents[2] / "configs" / f"{name_or_path}.yaml"
+        cand = Path(__file__).resolve().parents[1] / "configs" / f"{name_or_path}.yaml"  # package data
         if not cand.is_file():
             known = sorted(q.stem for q in cand.parent.glob("*.yaml")) if cand.parent.is_dir() else []
             raise RtsegError(f"recipe {name_or_path!r} not found; pass a YAML file or one of: {', '.join(known) or '(none)'}")
@@ -183,14 +184,9 @@ def load_recipe(name_or_path: str) -> dict:
 
 def cpu_has_bf16() -> bool:
     """True if this CPU has native bf16 (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return False
+    from ..limits import cpu_info
+
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_info()[1])
 
 
 # --- distributed helpers -------------------------------------------------------------------------
@@ -254,7 +250,7 @@ def evaluate_model(model: torch.nn.Module, ds: SegmentationDataset, num_classes:
             else:
                 metrics.update(y.argmax(1).numpy(), t.numpy(), v[:, 0].numpy() > 0.5)
     metrics = _gather_metrics(metrics, world)
-    tot = np.array([sum(l * n for l, n in losses), sum(n for _, n in losses)], dtype=np.float64)
+    tot = np.array([sum(v * n for v, n in losses), sum(n for _, n in losses)], dtype=np.float64)
     if world > 1:
         tt = torch.from_numpy(tot)
         dist.all_reduce(tt)

@@ -1,4 +1,4 @@
-"""Losses, optimisers and schedules selectable by name from a recipe (``configs/*.yaml``).
+"""Losses, optimisers and schedules selectable by name from a recipe (``rtseg/configs/*.yaml``).
 
 Losses take the model's train-mode output — a logits tensor ``float32[N, C, H, W]``, or a dict with
 ``"logits"`` plus auxiliary entries (GMSRF-Net: ``ds2/ds4/ds8`` deep-supervision logits;
@@ -91,8 +91,9 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float, betas=(0.9
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, betas=betas)
     if name == "lion":
-        from lion_pytorch import Lion
+        from ..errors import require
 
+        Lion = require("lion_pytorch", "train", "the lion optimizer").Lion
         return Lion(params, lr=lr, weight_decay=weight_decay, betas=betas)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)

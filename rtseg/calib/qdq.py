@@ -1,6 +1,6 @@
 """Writing the Q/DQ ONNX: ONNX Runtime's ``quantize_static`` (QDQ format) with given ranges.
 
-rtseg's scheme (:data:`rtseg.export.calibrate.QDQ_SCHEME`, :class:`QdqScheme` defaults):
+rtseg's scheme (:data:`rtseg.calib.calibrate.QDQ_SCHEME`, :class:`QdqScheme` defaults):
 
 * weights: signed int8, symmetric (zero point 0), per output channel (ConvTranspose on axis 0:
   TensorRT's deconvolution kernels take per-channel scales on axis 0 only, NVIDIA/TensorRT#2380);
@@ -36,9 +36,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import RtsegError
-from .calib_constants import DEFAULT_WEIGHT_BITS, QUANT_OP_TYPES
 from .ranges import ort_calibration_method
 
+#: The compute ops that get Q/DQ pairs on their inputs; every other op stays float.
+QUANT_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+DEFAULT_WEIGHT_BITS = 8
 ACTIVATION_TYPES = ("int8", "uint8")
 
 
@@ -96,7 +98,7 @@ def _extra_options(model, scheme: QdqScheme) -> dict[str, Any]:
     }
     if scheme.op_types:
         # ORT quantizes ConvTranspose weights per output channel (axis 1); TensorRT's deconvolution
-        # kernels take per-channel scales on axis 0 only (NVIDIA/TensorRT#2380) — rtseg.export.trt_onnx_check
+        # kernels take per-channel scales on axis 0 only (NVIDIA/TensorRT#2380) — rtseg.runtime.tensorrt.onnx_check
         inits = {t.name for t in model.graph.initializer}
         overrides = {n.input[1]: [{"axis": 0}] for n in model.graph.node
                      if n.op_type == "ConvTranspose" and len(n.input) > 1 and n.input[1] in inits}
@@ -107,7 +109,7 @@ def _extra_options(model, scheme: QdqScheme) -> dict[str, Any]:
 
 def write_qdq(onnx_path: str | Path, model, ranges: Path, method: str, scheme: QdqScheme,
               excluded: dict[str, str]) -> Path:
-    """Quantize the FP32 ONNX with the ranges of :func:`rtseg.export.ranges.estimate_ranges`.
+    """Quantize the FP32 ONNX with the ranges of :func:`rtseg.calib.ranges.estimate_ranges`.
 
     Args:
         onnx_path: FP32 ONNX; ``model`` is it loaded (``onnx.ModelProto``).

@@ -25,7 +25,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import RtsegError
-from .calib_constants import ENTROPY_BINS, METHODS
+
+#: The activation-range estimators; ``entropy`` (TensorRT's KL calibration) is the default.
+METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_METHOD = "entropy"
+DEFAULT_PERCENTILE = 99.999
+ENTROPY_BINS = 2048  # |x| histogram bins (TensorRT's entropy calibrator: 2048 bins, 128 int8 levels)
 
 
 def check_method(method: str) -> None:
@@ -113,7 +118,7 @@ def entropy_amax(hist: np.ndarray, edges: np.ndarray, num_bits: int = 8, start_b
     NZ = np.concatenate([zero, np.cumsum(bins > 0)])
     PL = np.concatenate([zero, np.cumsum(_xlogx(bins))])
     T = P[-1]
-    I = np.arange(start_bin, n + 1)
+    I = np.arange(start_bin, n + 1)  # noqa: E741  (the candidate thresholds, as in the paper notation)
     g = np.arange(nq + 1)
     B = (g[None, :] * I[:, None] + nq - 1) // nq  # first bin of each level; B[:, nq] == I
     S = P[B[:, 1:]] - P[B[:, :-1]]

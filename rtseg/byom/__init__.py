@@ -10,7 +10,7 @@ Model folder (``rtseg import-onnx``, ``rtseg import-torch``, :func:`import_onnx`
   ``float32[batch, 3, H, W]`` (normalised RGB, NCHW) and one output ``logits: float32[batch, C, H, W]``
   (C = 1: sigmoid logit; C > 1: argmax). A graph that differs in a declared way (NHWC input or
   output, probabilities, class indices, output at a stride) is edited into the contract with
-  standard ONNX nodes at import (:mod:`rtseg.export.onnx_adapt`); the batch axis is made dynamic when
+  standard ONNX nodes at import (:mod:`rtseg.byom.adapt`); the batch axis is made dynamic when
   the graph allows it (checked: a batch of 2 gives the per-image results), else kept fixed at 1
   (``source.batch`` = ``"fixed"``: engines are built with max batch 1, the stream batches by 1).
 * ``model.json`` is a :class:`rtseg.meta.ModelMeta` with ``format`` = ``rtseg-imported/1``
@@ -59,8 +59,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import RtsegError
-from .meta import BINARY_PALETTE, IMPORTED_FORMAT, MAX_INPUT_SIDE, ModelMeta
+from ..errors import RtsegError
+from ..meta import BINARY_PALETTE, IMPORTED_FORMAT, MAX_INPUT_SIDE, ModelMeta
 
 Log = Callable[[str], None]
 KINDS = ("logits", "probabilities", "indices")
@@ -285,7 +285,7 @@ class ImportOptions:
 def probe_images(meta: ImportMeta, n: int = 2) -> tuple[np.ndarray, str]:
     """``float32[n, 3, H, W]``: ``n`` real images of ``meta.data`` preprocessed like the runtime, or
     seeded Gaussian noise when the metadata names no data. Returns (batch, description)."""
-    from .export.calibrate import calib_source, preprocess_images, select_images
+    from ..calib.images import calib_source, preprocess_images, select_images
 
     hw = tuple(meta.input_size)
     if meta.data.get("root"):
@@ -300,8 +300,8 @@ def probe_images(meta: ImportMeta, n: int = 2) -> tuple[np.ndarray, str]:
 
 def _make_batch_dynamic(model, in_name: str, x: np.ndarray) -> bool:
     """Try the graph at batch 2 against two batch-1 runs; True when the batch axis can be dynamic."""
-    from .export.onnx import parity_bound
-    from .export.onnx_adapt import ort_run
+    from ..export.onnx import parity_bound
+    from .adapt import ort_run
 
     data = model.SerializeToString()
     try:
@@ -316,7 +316,7 @@ def _adapt(model, meta: ImportMeta, name: str, x: np.ndarray, log: Log) -> dict[
     """Edit ``model`` in place into rtseg's contract; returns the ``source`` record entries."""
     import copy
 
-    from .export import onnx_adapt as oa
+    from . import adapt as oa
 
     opset = oa.check_opset_and_operators(model, name)
     info = oa.image_input(model, name, meta.input_layout, meta.input_size)
@@ -348,7 +348,7 @@ def _check_backends(path: Path, x: np.ndarray, backends: tuple[str, ...], meta: 
     OpenVINO's frontend reads it. Returns the backends checked."""
     import onnx
 
-    from .export.onnx_adapt import ort_run
+    from .adapt import ort_run
 
     try:
         onnx.checker.check_model(str(path))
@@ -379,7 +379,7 @@ MODEL_FOLDER_FILES = {"model.onnx", "model.json"}
 def _replaceable(out: Path) -> str | None:
     """Why ``out`` must not be replaced by a model folder (``None``: it is an imported model folder
     holding nothing else: ``model.onnx`` + ``model.json`` of format ``rtseg-imported/1``)."""
-    from .meta import IMPORTED_FORMAT
+    from ..meta import IMPORTED_FORMAT
 
     if not out.is_dir():
         return "it is not a folder"
@@ -435,12 +435,11 @@ def import_onnx(onnx_path: str | Path, meta: "ImportMeta | dict | str | Path", o
     """
     import onnx
 
-    from .checkpoint import write_json
-    from .safe_io import file_sha256
+    from ..safe_io import file_sha256, write_json
 
     m, o, log = as_import_meta(meta), options or ImportOptions(), log or (lambda msg: None)
     src, out = Path(onnx_path), Path(out)
-    from .onnx_files import load_onnx
+    from ..onnx_files import load_onnx
 
     model = load_onnx(src)
     x, x_desc = probe_images(m)
@@ -503,7 +502,7 @@ def export_model(module, meta: "ImportMeta | dict | str | Path", out: str | Path
         RtsegError: bad metadata, an NHWC ``input.layout`` (PyTorch modules take NCHW), ``indices``
             outputs (export logits instead), an export or parity failure, or :func:`import_onnx`'s checks.
     """
-    from .export.onnx import export_onnx
+    from ..export.onnx import export_onnx
 
     m, o = as_import_meta(meta), options or ImportOptions()
     if m.input_layout != "NCHW":
@@ -518,7 +517,7 @@ def export_model(module, meta: "ImportMeta | dict | str | Path", out: str | Path
         raw = Path(td) / f"{m.name}.onnx"
         info = export_onnx(wrapped, raw, m.input_size, opset=o.opset, sample=x)
         folder = import_onnx(raw, m, out, o, log)
-    from .checkpoint import write_json
+    from ..safe_io import write_json
 
     mj = json.loads((folder / "model.json").read_text())
     mj["source"].update(kind="torch", file=None, sha256=None, module=f"{type(module).__module__}.{type(module).__qualname__}",

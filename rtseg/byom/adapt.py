@@ -26,7 +26,6 @@ output size other than the metadata's, a channel count other than the class coun
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 

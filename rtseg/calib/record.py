@@ -16,6 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..errors import RtsegError
 from ..meta import MAX_INPUT_SIDE
 
+#: The files of a calibration folder and the record's format.
+CALIB_FORMAT = "rtseg-calib/1"
+CALIB_JSON = "calib.json"  # the record
+FP32_ONNX = "model.onnx"  # the FP32 ONNX it was calibrated from
+QDQ_ONNX = "model.qdq.onnx"  # the INT8 Q/DQ ONNX every backend builds from
+TRT_CACHE = "calib.cache"  # TensorRT <= 10 calibration cache (on request)
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")

@@ -46,9 +46,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import RtsegError
-from .base import Backend
-from .registry import BackendSpec, BuildRequest, LoadOptions
+from ...errors import RtsegError
+from ..base import Backend
+from ..registry import BackendSpec, BuildRequest, LoadOptions
+from .build import PRECISIONS
 
 HARDWARE_LEVELS = ("none", "ampere_plus", "same_compute_capability")
 
@@ -253,7 +254,7 @@ class TensorRTBackend(Backend):
 
     def __init__(self, folder: str | Path, meta: dict, *, device: int | None = None, cuda_graph: bool = False,
                  strict_device: bool = True, verbose: bool = False, num_threads: int | None = None, **_ignored: Any):
-        from ..export.tensorrt_build import import_tensorrt
+        from .build import import_tensorrt
 
         trt = import_tensorrt()
         import torch
@@ -591,9 +592,9 @@ def run_sample(folder: Path, meta: dict, sample: np.ndarray) -> np.ndarray:
 
 
 def build_tensorrt(req: BuildRequest) -> dict[str, Any]:
-    """Build ``model.engine`` with :func:`rtseg.export.tensorrt_build.build_tensorrt_engine` (options from
+    """Build ``model.engine`` with :func:`rtseg.runtime.tensorrt.build.build_tensorrt_engine` (options from
     ``req.options``, keys :data:`BUILD_OPTIONS`), run it on ``req.sample`` and check it against the
-    ONNX it came from (:func:`~rtseg.export.tensorrt_build.check_onnx_parity`, ONNX Runtime on the
+    ONNX it came from (:func:`~rtseg.runtime.tensorrt.build.check_onnx_parity`, ONNX Runtime on the
     CPU: fp32 and fp16 must match, int8 is recorded for the gate). Returns the ``engine.json``
     entries, ``output_sample`` (compared with PyTorch by the builder: ``verify``) and
     ``verify_onnx`` (the ONNX parity record).
@@ -603,7 +604,7 @@ def build_tensorrt(req: BuildRequest) -> dict[str, Any]:
             does not match its ONNX.
     """
     try:
-        from ..export.tensorrt_build import TensorRTBuildOptions, build_tensorrt_engine, check_onnx_parity, onnx_reference
+        from .build import TensorRTBuildOptions, build_tensorrt_engine, check_onnx_parity, onnx_reference
     except ImportError as e:
         raise RtsegError(f"the TensorRT builder is unavailable ({e}); install 'rtseg[tensorrt]' on a machine with an "
                          f"NVIDIA GPU, or use --backend openvino") from None
@@ -622,13 +623,13 @@ def build_tensorrt(req: BuildRequest) -> dict[str, Any]:
 
 
 def _version() -> str:
-    from ..export.tensorrt_build import import_tensorrt
+    from .build import import_tensorrt
 
     return str(import_tensorrt().__version__)
 
 
 def _device_info() -> dict[str, Any]:
-    from ..export.tensorrt_build import cuda_device_info
+    from .build import cuda_device_info
 
     return cuda_device_info()
 
@@ -638,7 +639,7 @@ def _load(folder: Path, meta: dict, opts: LoadOptions) -> TensorRTBackend:
 
 
 SPEC = BackendSpec(
-    name="tensorrt", label="TensorRT", precisions=("fp32", "fp16", "int8"), engine_file="model.engine",
+    name="tensorrt", label="TensorRT", precisions=PRECISIONS, engine_file="model.engine",
     version=_version, device_info=_device_info, build=build_tensorrt, load=_load, build_options=BUILD_OPTIONS,
     description="TensorRT on an NVIDIA GPU: fp32, fp16, int8 (explicit Q/DQ)")
 

@@ -66,7 +66,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import RtsegError
+from ...errors import RtsegError
 
 ENGINE_FILE = "model.engine"
 FP16_ONNX_FILE = "model.fp16.onnx"
@@ -180,8 +180,8 @@ def fp16_onnx(onnx_in: str | Path, onnx_out: str | Path, *, keep_io_types: bool 
     """
     import onnx
 
-    from ..onnx_files import load_onnx
-    from .trt_onnx_check import has_qdq
+    from ...onnx_files import load_onnx
+    from .onnx_check import has_qdq
 
     try:
         model = load_onnx(onnx_in)
@@ -199,7 +199,7 @@ def fp16_onnx(onnx_in: str | Path, onnx_out: str | Path, *, keep_io_types: bool 
     onnx.checker.check_model(m16)
     out = Path(onnx_out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from ..safe_io import atomic_write_bytes
+    from ...safe_io import atomic_write_bytes
 
     atomic_write_bytes(out, m16.SerializeToString(), fsync=False)
     return out
@@ -332,7 +332,7 @@ def _preflight(onnx_path: Path, precision: str, hw: tuple[int, int], batches: tu
     """TensorRT-free checks of the ONNX (operators, static dims, Q/DQ layout) → the input name."""
     import onnx
 
-    from .trt_onnx_check import non_batch_dynamic_dims, unsupported_ops
+    from .onnx_check import non_batch_dynamic_dims, unsupported_ops
 
     if not onnx_path.is_file():
         raise RtsegError(f"ONNX file {onnx_path} does not exist; run 'rtseg export' (or 'rtseg calibrate' for int8) first")
@@ -360,7 +360,7 @@ def _preflight(onnx_path: Path, precision: str, hw: tuple[int, int], batches: tu
 
 def _check_quantization(model, name: str, precision: str) -> None:
     """int8 needs a Q/DQ graph laid out for TensorRT; fp32/fp16 need a graph without Q/DQ nodes."""
-    from .trt_onnx_check import has_qdq, qdq_placement_issues
+    from .onnx_check import has_qdq, qdq_placement_issues
 
     qdq = has_qdq(model)
     if precision == "int8":
@@ -377,7 +377,7 @@ def _check_quantization(model, name: str, precision: str) -> None:
 
 
 def _atomic_write(path: Path, data) -> None:
-    from ..checkpoint import atomic_write_bytes
+    from ...safe_io import atomic_write_bytes
 
     atomic_write_bytes(path, data)
 
@@ -413,7 +413,7 @@ def _parse_network(trt, builder, logger, net: _Network, major: int):
     Raises:
         RtsegError: a parser error (the first one, on one line), or not exactly one input.
     """
-    from ..onnx_files import check_external_data
+    from ...onnx_files import check_external_data
 
     check_external_data(net.onnx)
     flags = 0
@@ -425,7 +425,7 @@ def _parse_network(trt, builder, logger, net: _Network, major: int):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         first = " ".join(errors[0].split()) if errors else "no parser error recorded"
         raise RtsegError(f"TensorRT {trt.__version__} could not parse {net.onnx.name}: {first}; "
-                         f"check the operator list (rtseg.export.trt_onnx_check) or use --backend onnxruntime")
+                         f"check the operator list (rtseg.runtime.tensorrt.onnx_check) or use --backend onnxruntime")
     if network.num_inputs != 1:
         raise RtsegError(f"{net.onnx.name} parsed to {network.num_inputs} inputs; rtseg engines take one image tensor")
     return network, parser

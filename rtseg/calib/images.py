@@ -20,6 +20,8 @@ import numpy as np
 
 from ..errors import RtsegError
 
+DEFAULT_NUM_IMAGES = 100  # calibration images chosen by default
+
 
 def _selection_key(seed: int, name: str) -> str:
     return hashlib.sha256(f"{int(seed)}:{name}".encode("utf-8")).hexdigest()

@@ -7,7 +7,7 @@ model folder instead of a checkpoint:
   engine folder (no export) and run by ONNX Runtime (fp32, no graph optimisation) on the parity
   images; those logits are the reference every engine is compared with (``engine.json`` ``verify``),
   as the accuracy gate already uses the engine folder's ``model.onnx`` in ONNX Runtime.
-* INT8 calibration of that ONNX is :func:`rtseg.export.calibrate.calibrate_checkpoint`'s, which takes
+* INT8 calibration of that ONNX is :func:`rtseg.calib.calibrate.calibrate_checkpoint`'s, which takes
   a model folder too (``calib.json`` ``checkpoint.sha256`` is then the SHA-256 of ``model.onnx``).
 """
 
@@ -33,7 +33,7 @@ def imported_fp32(folder: Path, meta, dst: Path, hw: tuple[int, int], sample: np
     """
     from ..checkpoint import MODEL_ONNX
     from ..onnx_files import check_external_data
-    from .onnx_adapt import ort_run
+    from .adapt import ort_run
 
     if tuple(hw) != tuple(meta.input_hw):
         raise RtsegError(f"model folder {folder} is fixed at {meta.input_hw[1]}x{meta.input_hw[0]}; drop --img-size "

@@ -1,8 +1,8 @@
 """OpenVINO INT8 by NNCF, OpenVINO's own quantizer — the alternative to rtseg's Q/DQ + gate repair.
 
-rtseg's int8 path writes one Q/DQ ONNX (``rtseg.export.calibrate``) and repairs an engine that fails
+rtseg's int8 path writes one Q/DQ ONNX (``rtseg.calib.calibrate``) and repairs an engine that fails
 the accuracy gate by keeping layers in float, ranked in the engine's own backend
-(``rtseg.export.gate``). NNCF quantizes the OpenVINO model itself:
+(``rtseg.gate.check``). NNCF quantizes the OpenVINO model itself:
 
 * :func:`quantize_nncf` with ``accuracy_control=False``: ``nncf.quantize`` (post-training
   quantization, its default "performance" preset: symmetric int8 weights and activations, fast
@@ -10,7 +10,7 @@ the accuracy gate by keeping layers in float, ranked in the engine's own backend
 * with ``accuracy_control=True``: ``nncf.quantize_with_accuracy_control``, which reverts the layers
   that cost most of the task metric back to float until the drop is at most ``max_drop_pt`` — what
   rtseg's gate repair does for OpenVINO. Its validation function is rtseg's gate metric
-  (:func:`rtseg.export.gate.task_score`: per-image Dice ×100 / mIoU ×100, predictions mapped back to
+  (:func:`rtseg.gate.check.task_score`: per-image Dice ×100 / mIoU ×100, predictions mapped back to
   each image's resolution) on the gate images.
 
 :func:`layer_precisions` reads from the compiled model which compute layers OpenVINO runs in int8
@@ -37,14 +37,11 @@ def nncf_version() -> str:
     """The installed NNCF version.
 
     Raises:
-        RtsegError: NNCF is not installed (``pip install nncf``).
+        RtsegError: NNCF is not installed (``pip install 'rtseg[nncf]'``).
     """
-    try:
-        import nncf
-    except ImportError:
-        raise RtsegError("NNCF is not installed: pip install nncf (or pip install -e '.[dev]'), "
-                         "or use rtseg's own int8 path (the default)") from None
-    return str(nncf.__version__)
+    from ..errors import require
+
+    return str(require("nncf", "nncf", "--int8-quantizer nncf (or use rtseg's own int8 path, the default)").__version__)
 
 
 class CompiledBackend(Backend):
@@ -117,7 +114,7 @@ def quantize_nncf(fp32_onnx: str | Path, out_xml: str | Path, calib_x: np.ndarra
         out_xml: where to save the IR (``model.xml`` + ``.bin``, float weights kept uncompressed).
         calib_x: ``float32[n, 3, H, W]``: rtseg's calibration images, preprocessed (the same
             selection, seed and preprocessing as ``rtseg calibrate``).
-        gate: a :class:`rtseg.export.gate.GateSet` (labelled held-out images) with ``model_meta``
+        gate: a :class:`rtseg.gate.check.GateSet` (labelled held-out images) with ``model_meta``
             attached as ``gate.model_meta`` — required with ``accuracy_control``.
         options: :class:`NNCFOptions`.
 
@@ -168,7 +165,7 @@ def _config(threads: int | None) -> dict[str, str]:
 
 def _with_accuracy_control(nncf, model, calib, n_calib: int, gate, o: NNCFOptions, log):
     """``nncf.quantize_with_accuracy_control`` with rtseg's gate metric (points → NNCF's fraction)."""
-    from .gate import GateSet, task_score
+    from .check import GateSet, task_score
 
     hw = tuple(int(v) for v in gate.model_meta["input_size"])
     indices = list(range(len(gate.samples)))
@@ -197,7 +194,7 @@ def calibration_images(folder: Path, meta) -> np.ndarray:
     """
     import json
 
-    from .calib_images import preprocess_images, sha256_file
+    from ..calib.images import preprocess_images, sha256_file
 
     rec = json.loads((folder / "calib.json").read_text())
     root = Path(rec["source"]["root"])
@@ -219,7 +216,7 @@ def build_openvino_nncf(folder: Path, meta, sample: np.ndarray, mode: str, gate_
     ``folder`` already holds ``model.onnx`` (FP32) and the calibration (``calib.json``, with the Q/DQ
     ONNX other backends use); NNCF quantizes the FP32 model on the same calibration images
     (:func:`calibration_images`), ``nncf-ac`` against the gate metric on the gate images
-    (``gate_options``: :class:`rtseg.export.gate.GateOptions`). The IR is compiled once in a child
+    (``gate_options``: :class:`rtseg.gate.check.GateOptions`). The IR is compiled once in a child
     process, as every OpenVINO engine (:func:`rtseg.runtime.openvino_backend.verify_openvino`).
 
     Args:
@@ -234,7 +231,7 @@ def build_openvino_nncf(folder: Path, meta, sample: np.ndarray, mode: str, gate_
             images, or OpenVINO failing on the result.
     """
     from ..runtime.openvino_backend import openvino_device_info, openvino_version, verify_openvino
-    from . import gate as g
+    from . import check as g
 
     log = log or (lambda m: None)
     gs = None

@@ -1,25 +1,25 @@
 """INT8 calibration: FP32 ONNX + real images → one Q/DQ ONNX for every backend (issue 5).
 
 docs/architecture.md "Why one quantized ONNX". This module runs the steps; each concern lives in
-its own module (all names below stay importable from here):
+its own module, imported from there (this module re-exports nothing):
 
-* :mod:`rtseg.export.calib_images` — calibration source, deterministic image selection, the
+* :mod:`rtseg.calib.images` — calibration source, deterministic image selection, the
   runtime's preprocessing (:func:`calib_source`, :func:`select_images`, :func:`preprocess_images`);
-* :mod:`rtseg.export.ranges` — activation ranges: ``minmax``, ``percentile``, ``entropy``
+* :mod:`rtseg.calib.ranges` — activation ranges: ``minmax``, ``percentile``, ``entropy``
   (TensorRT's KL calibration, :func:`entropy_amax`, the default);
-* :mod:`rtseg.export.qdq` — the Q/DQ ONNX written by ONNX Runtime's ``quantize_static`` with the
+* :mod:`rtseg.calib.qdq` — the Q/DQ ONNX written by ONNX Runtime's ``quantize_static`` with the
   scheme :data:`QDQ_SCHEME`, canonicalised; :func:`openvino_unsafe_nodes`, :func:`qdq_summary`;
-* :mod:`rtseg.export.trt_cache` — TensorRT ≤ 10 calibration cache (:func:`write_tensorrt_cache`);
-* :mod:`rtseg.export.calib_constants` — file names and defaults.
+* :mod:`rtseg.runtime.tensorrt.cache` — TensorRT ≤ 10 calibration cache (:func:`write_tensorrt_cache`);
+* :mod:`rtseg.calib.record` — the calibration folder's file names and its record (``calib.json``).
 
 The scheme (:data:`QDQ_SCHEME`): weights signed int8, symmetric, per output channel; activations
 signed int8, symmetric, per tensor; Q/DQ pairs only on the inputs of the compute ops
 (:data:`QUANT_OP_TYPES`: Conv, ConvTranspose, MatMul, Gemm); biases stay float. That is the layout
-TensorRT's explicit-quantization mode expects (:func:`rtseg.export.trt_onnx_check.qdq_placement_issues`
+TensorRT's explicit-quantization mode expects (:func:`rtseg.runtime.tensorrt.onnx_check.qdq_placement_issues`
 finds nothing) and OpenVINO's low-precision transformations turn into int8 convolutions.
 
 Crash guard: ONNX Runtime's default scheme segfaults OpenVINO 2026.4.1's compiler (static batch;
-see :mod:`rtseg.export.qdq`), so every Q/DQ ONNX is compiled by OpenVINO in a child process,
+see :mod:`rtseg.calib.qdq`), so every Q/DQ ONNX is compiled by OpenVINO in a child process,
 dynamic and static batch (``verify_openvino``, ``CalibOptions.verify``): a native crash becomes an
 :class:`~rtseg.errors.RtsegError`, never a dead ``rtseg``.
 
@@ -48,24 +48,21 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import RtsegError
-from .calib_constants import (CALIB_FORMAT, CALIB_JSON, DEFAULT_METHOD, DEFAULT_NUM_IMAGES, DEFAULT_PERCENTILE,
-                              DEFAULT_WEIGHT_BITS, ENTROPY_BINS, FP32_ONNX, METHODS, QDQ_ONNX, QUANT_OP_TYPES,
-                              TRT_CACHE)
-from .calib_images import (calib_source, default_calib_source, preprocess_images, relative_name, select_images,
-                           sha256_file)
-from .qdq import (ACTIVATION_TYPES, QdqScheme, openvino_unsafe_nodes, ort_quantization, qdq_summary, save_canonical,
-                  write_qdq)
-from .ranges import check_method, entropy_amax, estimate_ranges, histogram_options
-from .trt_cache import activation_scales, read_tensorrt_cache, write_tensorrt_cache
-
-__all__ = [
-    "CALIB_FORMAT", "CALIB_JSON", "DEFAULT_METHOD", "DEFAULT_NUM_IMAGES", "DEFAULT_PERCENTILE", "DEFAULT_WEIGHT_BITS",
-    "ENTROPY_BINS", "FP32_ONNX", "METHODS", "QDQ_ONNX", "QDQ_SCHEME", "QUANT_OP_TYPES", "TRT_CACHE",
-    "CalibOptions", "QdqScheme", "activation_scales", "calib_source", "calibrate_checkpoint", "calibrate_onnx",
-    "default_calib_dir", "default_calib_source", "entropy_amax", "openvino_unsafe_nodes", "preprocess_images",
-    "qdq_summary", "read_calib_record", "read_tensorrt_cache", "select_images", "sha256_file", "tool_versions",
-    "write_tensorrt_cache",
-]
+from ..runtime.tensorrt.cache import write_tensorrt_cache
+from .images import DEFAULT_NUM_IMAGES, calib_source, preprocess_images, relative_name, select_images, sha256_file
+from .qdq import (
+    ACTIVATION_TYPES,
+    DEFAULT_WEIGHT_BITS,
+    QUANT_OP_TYPES,
+    QdqScheme,
+    openvino_unsafe_nodes,
+    ort_quantization,
+    qdq_summary,
+    save_canonical,
+    write_qdq,
+)
+from .ranges import DEFAULT_METHOD, DEFAULT_PERCENTILE, check_method, estimate_ranges, histogram_options
+from .record import CALIB_FORMAT, CALIB_JSON, FP32_ONNX, QDQ_ONNX, TRT_CACHE
 
 #: The quantization scheme every rtseg Q/DQ ONNX uses (recorded in ``calib.json``).
 QDQ_SCHEME: dict[str, Any] = {
@@ -234,7 +231,7 @@ def _select(opts: CalibOptions, meta) -> _Selection:
 def _fp32_onnx(model, fp32: Path, hw: tuple[int, int], data: np.ndarray, opts: CalibOptions) -> dict[str, Any]:
     """Put the FP32 ONNX at ``fp32``: a copy of ``opts.onnx_path`` or a fresh export; its export info."""
     if opts.onnx_path is None:
-        from .onnx import export_onnx
+        from ..export.onnx import export_onnx
 
         return export_onnx(model, fp32, hw, opset=opts.opset, sample=data[:2])
     if Path(opts.onnx_path).resolve() != fp32.resolve():
@@ -357,7 +354,8 @@ def calibrate_checkpoint(checkpoint: str | Path, options: CalibOptions | None = 
         RtsegError: unknown method, bad checkpoint, no calibration data, unreadable images, or a Q/DQ
             graph that OpenVINO cannot compile.
     """
-    from ..checkpoint import resolve_checkpoint, write_json
+    from ..checkpoint import resolve_checkpoint
+    from ..safe_io import write_json
 
     opts = options if options is not None else CalibOptions()
     log = log or _no_log
@@ -392,7 +390,7 @@ def read_calib_record(folder: str | Path) -> dict[str, Any]:
     Raises:
         RtsegError: not a calibration folder (no ``calib.json`` or no ``model.qdq.onnx``), or a record
             whose fields are of the wrong type, out of bounds or point outside the data folder
-            (:mod:`rtseg.export.calib_record`).
+            (:mod:`rtseg.calib.record`).
     """
     folder = Path(folder)
     f = folder / CALIB_JSON
@@ -405,6 +403,6 @@ def read_calib_record(folder: str | Path) -> dict[str, Any]:
         raise RtsegError(f"{f} is unreadable ({e}); re-run 'rtseg calibrate'") from None
     if isinstance(rec, dict) and rec.get("format") != CALIB_FORMAT:
         raise RtsegError(f"{f} has format {rec.get('format')!r}, expected {CALIB_FORMAT!r}; re-run 'rtseg calibrate'")
-    from .calib_record import check_calib_record
+    from .record import check_calib_record
 
     return check_calib_record(rec, str(f))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from ..errors import RtsegError
-from ..safe_io import atomic_write_bytes
+from ...errors import RtsegError
+from ...safe_io import atomic_write_bytes
 
 
 def activation_scales(qdq_path: str | Path) -> dict[str, float]:
@@ -20,7 +20,7 @@ def activation_scales(qdq_path: str | Path) -> dict[str, float]:
     feeds each activation ``QuantizeLinear``; scale = amax / 127 for rtseg's symmetric int8)."""
     from onnx import numpy_helper
 
-    from ..onnx_files import load_onnx
+    from ...onnx_files import load_onnx
 
     m = load_onnx(qdq_path)
     inits = {t.name: t for t in m.graph.initializer}
