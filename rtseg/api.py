@@ -36,9 +36,8 @@ class Segmenter:
         self.backend = backend
         self.input_hw = backend.input_hw
         self.num_classes = backend.num_classes
-        model = backend.meta.get("model", {})
-        self.class_names = list(model.get("class_names") or [])
-        self._resize = model.get("resize", "stretch")
+        self.class_names = list(backend.model_info.get("class_names") or [])
+        self._resize = backend.resize
 
     def __repr__(self) -> str:
         return f"Segmenter({self.backend.describe()}, folder={self.backend.folder})"
@@ -72,7 +71,7 @@ class Segmenter:
         single, seq = _image_list(images)
         bs = min(batch_size, self.backend.max_batch) if self.backend.max_batch else batch_size
         pre, h, w = Preprocessor(self.input_hw, self._resize), *self.input_hw
-        rule = None if output == "logits" else resolve_presence(self.backend.meta.get("model", {}), self.num_classes,
+        rule = None if output == "logits" else resolve_presence(self.backend.model_info, self.num_classes,
                                                                 raw=raw)
         out: list[np.ndarray] = []
         for i in range(0, len(seq), bs):
@@ -151,7 +150,7 @@ class Segmenter:
             raise RtsegError(f"limit={limit!r} must be an integer ≥ 0 (0 = every image)")
 
         samples, reader, _ = resolve_samples(str(data) if data is not None else None, split,
-                                             self.backend.meta.get("model", {}), data_format)
+                                             self.backend.model_info, data_format)
         bs = min(batch_size, self.backend.max_batch) if self.backend.max_batch else batch_size
         return evaluate_backend(self.backend, samples, batch_size=bs, limit=limit, reader=reader,
                                 presence=None if raw else "model")

@@ -308,7 +308,7 @@ def _infer_rows(b, frames: list[np.ndarray], o: BenchOptions, log) -> list[Bench
 
     for bs in o.batch_sizes:
         check_batch(bs, b.input_hw, "--batch-sizes")
-    pre = Preprocessor(b.input_hw, b.meta.get("model", {}).get("resize", "stretch"))
+    pre = Preprocessor(b.input_hw, b.resize)
     net = np.stack([pre(f)[0] for f in frames])
     rows = []
     for bs in o.batch_sizes:

@@ -82,7 +82,7 @@ def collect_records(backend, folders: list[tuple[str, list, object]], batch_size
     """Run ``backend`` once over every image of ``folders`` (``[(name, samples, reader)]``)."""
     from .data.transforms import Preprocessor
 
-    pre = Preprocessor(backend.input_hw, backend.meta.get("model", {}).get("resize", "stretch"))
+    pre = Preprocessor(backend.input_hw, backend.resize)
     H, W = backend.input_hw
     out: list[ImageRecord] = []
     for name, samples, reader in folders:

@@ -119,7 +119,7 @@ def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, prog
     from .limits import check_batch
 
     check_batch(batch_size, backend.input_hw)
-    mm = backend.meta.get("model", {})
+    mm = backend.model_info
     binary = backend.num_classes == 1
     rule = model_presence(mm, backend.num_classes) if presence == "model" else (presence if binary else None)
     shown = _Shown()

@@ -363,7 +363,7 @@ def evaluate_video(backend, clip: str | Path, masks: str | Path, options: VideoE
     """
     o = options or VideoEvalOptions()
     files = _truth_files(clip, masks, o.max_frames)
-    mm = backend.meta.get("model", {}) if isinstance(backend.meta, dict) else {}
+    mm = backend.model_info
     scorer = VideoScorer(files, backend.num_classes, mm.get("class_names"), mm.get("ignore_index"), o.threshold)
     sopts = StreamOptions(batch_size=o.batch_size, max_frames=o.max_frames, overlay=False, temporal=o.temporal,
                           infer_every=o.infer_every, ema=o.ema, raw=o.raw, presence_threshold=o.presence_threshold,

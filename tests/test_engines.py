@@ -215,3 +215,18 @@ def test_tensorrt_dispatch_without_tensorrt(ckpt, work, monkeypatch):
     meta = json.loads((folder / "engine.json").read_text())
     assert meta["backend"] == "tensorrt" and meta["batch"]["max"] == 4 and meta["build"]["strongly_typed"] is False
     assert meta["verify"]["mask_agreement"] == 1.0  # the build ran the engine and compared it
+
+
+def test_backends_hold_the_typed_metadata(engines, ckpt):
+    """Issue 25 item 3: a loaded backend carries engine.json / model.json as EngineMeta / ModelMeta, and
+    the dict that readers use (``model_info``) is the typed one's, not a second parse."""
+    from rtseg.meta import EngineMeta
+    from rtseg.runtime.torch_backend import TorchBackend
+
+    for key in [("openvino", "fp32"), ("onnxruntime", "int8")]:
+        b = load_engine(engines[key])
+        assert isinstance(b.engine_meta, EngineMeta) and isinstance(b.model_meta, ModelMeta)
+        assert (b.engine_meta.backend, b.engine_meta.precision) == key
+        assert b.model_info == json.loads((ckpt / "model.json").read_text()) and b.resize == "stretch"
+    ref = TorchBackend.from_checkpoint(ckpt)
+    assert ref.engine_meta is None and isinstance(ref.model_meta, ModelMeta) and ref.model_meta.input_hw == HW

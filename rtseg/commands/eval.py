@@ -82,9 +82,9 @@ def eval_command(target, checkpoint, engine, data, data_format, split, batch_siz
 
     if persist is not None or hold is not None:
         raise RtsegError("--persist/--hold apply to video (--video); drop them for images")
-    rule = resolve_presence(backend.meta.get("model", {}), backend.num_classes, raw=raw, min_peak=presence_threshold,
+    rule = resolve_presence(backend.model_info, backend.num_classes, raw=raw, min_peak=presence_threshold,
                             min_area=presence_min_area)
-    samples, reader, where = resolve_samples(data, split, backend.meta.get("model", {}), data_format)
+    samples, reader, where = resolve_samples(data, split, backend.model_info, data_format)
     check_outputs([("--out", out_json), ("--overlays-path", overlays_path if save_overlays else None)],
                   sorted({s.image.parent for s in samples} | {s.mask.parent for s in samples if s.mask is not None}))
     if limit and limit < len(samples):
@@ -94,7 +94,7 @@ def eval_command(target, checkpoint, engine, data, data_format, split, batch_siz
     kept = res.pop("_kept", None)
     if kept:
         res["overlays"] = _write_overlays(backend, kept, overlays_path)
-    res["class_names"] = backend.meta.get("model", {}).get("class_names")
+    res["class_names"] = backend.model_info.get("class_names")
     res |= {"target": str(path), "backend": backend.name, "precision": backend.precision, "data": where}
     _report(res, backend, where, batch_size, as_json, out_json)
 
@@ -114,7 +114,7 @@ def _backend(path, threads, allow_failed_gate: bool, allow_unsealed: bool, as_js
 
 def _write_overlays(backend, kept, overlays_path) -> str:
     """The image | truth | prediction grid PNG/JPEG of ``--save-overlays``; returns its path."""
-    mm = backend.meta.get("model", {})
+    mm = backend.model_info
     grid = overlay_grid(kept, mm.get("palette", [[0, 0, 0], [0, 255, 0]]), mm.get("ignore_index"))
     ok, png = cv2.imencode(Path(overlays_path).suffix or ".png", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
     if not ok:

@@ -116,7 +116,7 @@ def gate_frames(backend, gs: GateSet, n: int = 16) -> np.ndarray:
     for the latency measurements)."""
     from ..data.transforms import Preprocessor
 
-    pre = Preprocessor(backend.input_hw, backend.meta.get("model", {}).get("resize", "stretch"))
+    pre = Preprocessor(backend.input_hw, backend.resize)
     return np.stack([pre(gs.reader(s)[0])[0] for s in gs.samples[:n]])
 
 

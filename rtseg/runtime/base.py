@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RtsegError
-from ..meta import ENGINE_FORMAT, EngineMeta
+from ..meta import ENGINE_FORMAT, EngineMeta, ModelMeta
 
 
 class Backend(ABC):
@@ -37,25 +37,48 @@ class Backend(ABC):
         num_classes: C, channels of the logits.
         mean, std: per-channel normalisation of RGB scaled to [0, 1].
         max_batch: largest batch accepted (``None`` = unbounded).
-        meta: the engine folder's ``engine.json`` as a dict (``{}`` for the torch reference).
+        meta: the engine folder's ``engine.json`` as written (a dict; ``{"model": ...}`` for the torch
+            and model-folder references), for records and reports.
+        engine_meta: the same ``engine.json`` typed and checked (:class:`rtseg.meta.EngineMeta`), or
+            ``None`` for a backend without an engine folder (torch reference, model folder, toy backends).
+        model_meta: the model's ``model.json`` typed and checked (:class:`rtseg.meta.ModelMeta`), or
+            ``None`` for a backend built by hand without one.
     """
 
     name: str = "base"
 
     def __init__(self, *, precision: str, input_hw: tuple[int, int], num_classes: int,
                  mean: tuple[float, float, float], std: tuple[float, float, float],
-                 meta: dict[str, Any] | None = None, folder: Path | None = None, max_batch: int | None = None):
+                 meta: dict[str, Any] | None = None, folder: Path | None = None, max_batch: int | None = None,
+                 engine_meta: EngineMeta | None = None, model_meta: ModelMeta | None = None):
         self.precision = precision
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
         self.num_classes = int(num_classes)
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
         self.meta = dict(meta or {})
+        if engine_meta is None and self.meta.get("format") == ENGINE_FORMAT:
+            engine_meta = EngineMeta.from_dict(self.meta, Path(folder or ".") / "engine.json")
+        self.engine_meta = engine_meta
+        self.model_meta = model_meta if model_meta is not None else (engine_meta.model_meta if engine_meta else None)
         self.folder = folder
         self.max_batch = max_batch
         # (x/255 - mean)/std == x*scale + shift, folded once
         self._scale = (1.0 / (255.0 * self.std)).astype(np.float32)
         self._shift = (-self.mean / self.std).astype(np.float32)
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """The model's ``model.json`` fields as a dict: :attr:`model_meta`'s, or for a backend built by hand
+        without one, ``meta["model"]`` as given (possibly partial: readers use ``.get`` with a default)."""
+        if self.model_meta is not None:
+            return self.model_meta.to_dict()
+        return dict(self.meta.get("model") or {})
+
+    @property
+    def resize(self) -> str:
+        """How frames are fitted to :attr:`input_hw`: ``"stretch"`` or ``"letterbox"`` (model.json ``resize``)."""
+        return self.model_meta.resize if self.model_meta is not None else self.model_info.get("resize", "stretch")
 
     # -- the contract ---------------------------------------------------------------------------
     @abstractmethod
@@ -174,4 +197,4 @@ def engine_settings(folder: Path, meta: dict) -> dict[str, Any]:
     mm = em.model
     return {"precision": em.precision, "input_hw": em.input_hw, "num_classes": em.num_classes,
             "mean": tuple(mm.get("mean", (0.485, 0.456, 0.406))), "std": tuple(mm.get("std", (0.229, 0.224, 0.225))),
-            "meta": meta, "folder": Path(folder), "max_batch": em.max_batch}
+            "meta": meta, "folder": Path(folder), "max_batch": em.max_batch, "engine_meta": em}

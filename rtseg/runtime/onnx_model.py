@@ -41,8 +41,7 @@ class OnnxModelBackend(Backend):
         fixed = (meta.source or {}).get("batch") == "fixed"
         super().__init__(precision="fp32", input_hw=meta.input_hw, num_classes=meta.num_classes, mean=tuple(meta.mean),
                          std=tuple(meta.std), meta={"model": meta.to_dict(), "checkpoint": {"path": str(folder.resolve())}},
-                         folder=folder, max_batch=1 if fixed else None)
-        self.model_meta = meta
+                         folder=folder, max_batch=1 if fixed else None, model_meta=meta)
         try:
             self._session = make_session(folder / MODEL_ONNX, num_threads, level="all")
         except RtsegError:  # the external-data rule's own line

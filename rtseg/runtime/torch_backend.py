@@ -27,9 +27,8 @@ class TorchBackend(Backend):
     def __init__(self, model: torch.nn.Module, meta: ModelMeta, precision: str = "fp32",
                  folder: Path | None = None, channels_last: bool = False):
         super().__init__(precision=precision, input_hw=meta.input_hw, num_classes=meta.num_classes,
-                         mean=tuple(meta.mean), std=tuple(meta.std), meta={"model": meta.to_dict()}, folder=folder)
+                         mean=tuple(meta.mean), std=tuple(meta.std), meta={"model": meta.to_dict()}, folder=folder, model_meta=meta)
         self.model = model.eval()
-        self.model_meta = meta
         self.channels_last = channels_last
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -171,7 +171,7 @@ class PipelineCollector:
             states = list(p.states)
             names = source_labels(states)
             info = InfoMetricFamily("rtseg_engine", "The engine that runs the stream.")
-            meta = p.backend.meta.get("model", {}) if isinstance(p.backend.meta, dict) else {}
+            meta = p.backend.model_info
             info.add_metric([], {"backend": str(p.backend.describe()),
                                  "model": str(meta.get("model") or meta.get("name") or "unknown")})
             yield info

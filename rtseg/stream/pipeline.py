@@ -746,13 +746,12 @@ class StreamPipeline:
                                       force=self.keep_logits)
         #: frames per batcher round: with K > 1 about ``batch_size`` of them are keyframes
         self._take_n = self.batch_size * (opts.infer_every if self.temporal is not None else 1)
-        model_meta = backend.meta.get("model", {}) if isinstance(backend.meta, dict) else {}
-        self.drawer = Overlay(palette_from_meta(model_meta, backend.num_classes), alpha=self.options.alpha,
+        self.drawer = Overlay(palette_from_meta(backend.model_info, backend.num_classes), alpha=self.options.alpha,
                               contour=self.options.contour)
-        self._prep = _Prep(backend.input_hw, model_meta.get("resize", "stretch"))
+        self._prep = _Prep(backend.input_hw, backend.resize)
         #: the decision layer (``None``: the network's own mask: ``--raw`` or a multi-class model)
         self.decision = StreamDecision.for_run(
-            model_meta, backend.num_classes, raw=opts.raw, min_peak=opts.presence_threshold,
+            backend.model_info, backend.num_classes, raw=opts.raw, min_peak=opts.presence_threshold,
             min_area=opts.presence_min_area, persist=opts.persist, hold=opts.hold)
         self.mask_writer: MaskWriter | None = None
         self.warmup_ms = 0.0
