@@ -24,6 +24,8 @@ _COMMANDS = {
     "export": ("rtseg.commands.export", "export_command", "Export a checkpoint to ONNX (dynamic batch), checked against PyTorch."),
     "calibrate": ("rtseg.commands.export", "calibrate_command", "Calibrate INT8: write a Q/DQ ONNX and its calibration record."),
     "build-engine": ("rtseg.commands.export", "build_engine_command", "Build an inference engine folder from a checkpoint or model folder."),
+    "export-triton": ("rtseg.commands.export", "export_triton_command",
+                      "Write a Triton Inference Server model repository from engine or checkpoint folders."),
     "calibrate-decision": ("rtseg.commands.decision", "calibrate_decision_command",
                            "Choose a binary model's presence rule and persistence on validation data (model.json)."),
     "stream": ("rtseg.commands.stream", "stream_command", "Segment a video/camera/network stream and write the overlaid output."),

@@ -31,6 +31,12 @@ class RtsegError(Exception):
         super().__init__(message)
 
 
+class BackendUnavailable(RtsegError):
+    """The inference backend cannot be reached right now (an inference server that is down, restarting or
+    timing out). A live stream drops the frames of that moment and retries with backoff; a file stream,
+    an eval or a bench fails with this one line."""
+
+
 def require(module: str, extra: str, what: str):
     """Import an optional dependency, or raise the one-line error that names the extra to install.
 

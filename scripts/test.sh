@@ -18,4 +18,5 @@ python -m pip install -q --upgrade pip
 # torch/torchvision first, pinned to the builds the project is tested with (CPU use; CUDA build on x86_64)
 python -m pip install -q torch==2.14.1 torchvision==0.29.1
 python -m pip install -q -e '.[dev]'
+bash scripts/triton-venv.sh  # the Triton server of tests/test_kserve.py, in its own virtualenv
 python -m pytest -q "$@"

@@ -21,7 +21,7 @@ def _ints(s: str) -> list[int]:
 
 
 @click.command("bench")
-@click.option("--engine", "engines", multiple=True, type=click.Path(), help="Engine, checkpoint or model folder (repeatable).")
+@click.option("--engine", "engines", multiple=True, type=click.Path(), help="Engine, checkpoint or model folder, or kserve://HOST:PORT/MODEL (repeatable).")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(),
               help="Checkpoint (PyTorch eager) or model folder (its model.onnx in ONNX Runtime fp32).")
 @click.option("--video", required=True, type=click.Path(), help="Real video whose frames are used (and streamed).")

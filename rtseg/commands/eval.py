@@ -19,7 +19,7 @@ from .common import FiniteFloatRange, decision_options
 @click.command("eval")
 @click.argument("target", required=False, type=click.Path())
 @click.option("--checkpoint", "checkpoint", type=click.Path(), help="Checkpoint or model folder (PyTorch reference; a model folder runs its model.onnx in ONNX Runtime).")
-@click.option("--engine", "engine", type=click.Path(), help="Engine folder (engine.json).")
+@click.option("--engine", "engine", type=click.Path(), help="Engine folder (engine.json), or a model on a Triton/KServe v2 server (kserve://HOST:PORT/MODEL, http://…).")
 @click.option("--data", type=click.Path(), help="Labelled folder (images/ + masks/); default: the model's training data.")
 @click.option("--data-format", default=None, help="Dataset layout (polyp, camvid, cityscapes, coco, fsoco); default: detected.")
 @click.option("--split", default=None, help="train/val/test/all; default: test if --data is the training data, else all.")

@@ -1,4 +1,4 @@
-"""``rtseg export``, ``rtseg calibrate`` and ``rtseg build-engine`` (click commands).
+"""``rtseg export``, ``rtseg calibrate``, ``rtseg build-engine`` and ``rtseg export-triton`` (click commands).
 
 User errors are :class:`~rtseg.errors.RtsegError` (one line; ``rtseg.cli.main`` prints
 ``error: ...`` and exits 2). Progress goes to stderr, results (paths, numbers) to stdout.
@@ -14,6 +14,7 @@ import click
 from ..calib.calibrate import CalibOptions
 from ..errors import RtsegError
 from ..export.build import BuildOptions
+from ..export.triton import TritonExportOptions
 from ..safe_io import check_writable
 from .common import FINITE_FLOAT, backend_choice, precision_choice
 
@@ -201,3 +202,27 @@ def _report(folder: Path) -> None:
         raise RtsegError(f"{folder} failed the accuracy gate; it is marked failed in engine.json and refused without "
                          f"--allow-failed-gate — try more --num-calib, --calib-method entropy, more --gate-max-rounds, "
                          f"or --precision fp32")
+
+
+@click.command("export-triton")
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--repo", type=click.Path(path_type=Path), required=True,
+              help="Triton model repository folder (created if missing); each model goes to REPO/<name>/.")
+@click.option("--name", "names", multiple=True,
+              help="Model name in the repository, one per model (default: <model>-<backend>-<precision>).")
+@click.option("--max-batch-size", type=click.IntRange(1, 1024), default=TritonExportOptions.max_batch_size,
+              show_default=True, help="max_batch_size for engines without a batch profile (OpenVINO, ONNX Runtime).")
+@click.option("--max-queue-delay-us", type=click.IntRange(0, 10_000_000), default=TritonExportOptions.max_queue_delay_us,
+              show_default=True, help="Dynamic batcher: how long Triton waits to fill a batch (µs).")
+@click.option("--instances", type=click.IntRange(1, 64), default=TritonExportOptions.instances, show_default=True,
+              help="Model instances (instance_group count; KIND_GPU for TensorRT, KIND_CPU otherwise).")
+def export_triton_command(models, repo: Path, names, max_batch_size: int, max_queue_delay_us: int, instances: int) -> None:
+    """Write a Triton Inference Server model repository from engine, checkpoint or model folders.
+
+    Example: rtseg export-triton engines/eunet-s/openvino-fp32 --repo triton-models
+    """
+    from ..export.triton import export_triton
+
+    options = TritonExportOptions(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us, instances=instances)
+    for folder in export_triton(list(models), repo, list(names) or None, options, log=_log):
+        click.echo(folder)

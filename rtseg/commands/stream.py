@@ -37,7 +37,8 @@ Examples:
 
 @click.command("stream", epilog=_EPILOG, context_settings={"max_content_width": 100})
 @click.option("--engine", "engine", default=None, type=click.Path(),
-              help="Engine folder (engine.json), checkpoint or model folder (reference: PyTorch / the imported model.onnx in ONNX Runtime); default: rtseg's shipped "
+              help="Engine folder (engine.json), checkpoint or model folder (reference: PyTorch / the imported model.onnx in ONNX Runtime), or a model on a "
+                   "Triton/KServe v2 server (kserve://HOST:PORT/MODEL gRPC, http://HOST:PORT/MODEL); default: rtseg's shipped "
                    "polyp model (its OpenVINO engine is built into the cache on first use).")
 @click.option("--source", "sources", multiple=True, required=True, help="Input (repeatable): file, cameraN, URL, image folder/glob, lavfi:GRAPH.")
 @click.option("--output", "outputs", multiple=True, help="Output (repeatable): file, URL, image folder, null.")

@@ -22,6 +22,8 @@ from .registry import (
     backend_names,
     get_backend,
     register_backend,
+    register_server,
+    server_opener,
     unregister_backend,
 )
 from .seal import check_seal, seal_engine
@@ -29,6 +31,8 @@ from .seal import check_seal, seal_engine
 register_backend("openvino", "rtseg.runtime.openvino_backend:SPEC")
 register_backend("onnxruntime", "rtseg.runtime.onnxruntime_backend:SPEC")
 register_backend("tensorrt", "rtseg.runtime.tensorrt.backend:SPEC")
+for _scheme in ("kserve", "grpc", "http"):  # KServe v2 / Open Inference Protocol servers (Triton)
+    register_server(_scheme, "rtseg.runtime.kserve:open_server")
 
 ENGINE_JSON = "engine.json"
 
@@ -61,8 +65,10 @@ def load_engine(path: str | Path, backend: str | None = None, num_threads: int |
     """Open ``path`` for inference.
 
     Args:
-        path: an engine folder (``engine.json``), a checkpoint folder (PyTorch reference) or an imported
-            model folder (``model.onnx`` in ONNX Runtime fp32, :class:`rtseg.runtime.onnx_model.OnnxModelBackend`).
+        path: an engine folder (``engine.json``), a checkpoint folder (PyTorch reference), an imported
+            model folder (``model.onnx`` in ONNX Runtime fp32, :class:`rtseg.runtime.onnx_model.OnnxModelBackend`)
+            or a model on an inference server, ``kserve://HOST:PORT/MODEL`` (gRPC) or ``http://HOST:PORT/MODEL``
+            (:class:`rtseg.runtime.kserve.KServeBackend`).
         backend: if given, the backend the caller expects; a folder built for another backend is
             refused (``RtsegError``).
         num_threads: CPU inference threads (OpenVINO/ONNX Runtime/torch); ``None`` = backend default.
@@ -81,6 +87,11 @@ def load_engine(path: str | Path, backend: str | None = None, num_threads: int |
     from ..limits import check_threads
 
     check_threads(num_threads)
+    opener = server_opener(path)
+    if opener is not None:  # a model on an inference server (kserve://…: rtseg.runtime.kserve)
+        if backend not in (None, "kserve"):
+            raise RtsegError(f"{path} is a model on an inference server, not a {backend} engine; drop --backend")
+        return opener(path, num_threads=num_threads, **kwargs)
     if not isinstance(path, (str, os.PathLike)):
         raise RtsegError(f"the model to load must be a folder path (str or pathlib.Path), not {type(path).__name__}; "
                          f"pass an engine, checkpoint or model folder")
@@ -159,4 +170,4 @@ def backend_from_meta(folder: str | Path, meta: dict, num_threads: int | None = 
 
 __all__ = ["Backend", "BackendSpec", "BuildRequest", "ENGINE_JSON", "LoadOptions", "all_precisions", "backend_from_meta",
            "backend_names", "check_accuracy_gate", "check_seal", "get_backend", "load_engine", "logits_to_mask", "read_engine_json",
-           "register_backend", "seal_engine", "unregister_backend"]
+           "register_backend", "register_server", "seal_engine", "server_opener", "unregister_backend"]

@@ -46,6 +46,9 @@ class Backend(ABC):
     """
 
     name: str = "base"
+    #: requests :meth:`submit_u8` keeps running at once (a local engine: 1, the call runs at once; an
+    #: inference server: several, so that the network round trip overlaps decode and encode)
+    in_flight: int = 1
 
     def __init__(self, *, precision: str, input_hw: tuple[int, int], num_classes: int,
                  mean: tuple[float, float, float], std: tuple[float, float, float],
@@ -96,6 +99,14 @@ class Backend(ABC):
     def predict_u8(self, frames: np.ndarray) -> np.ndarray:
         """``uint8[N, H, W, 3]`` RGB → class mask ``uint8[N, H, W]`` (binary: 1 = foreground)."""
         return logits_to_mask(self.infer_u8(frames))
+
+    def submit_u8(self, frames: np.ndarray, logits: bool = False):
+        """Start inference on ``uint8[N, H, W, 3]`` RGB frames and return a function that waits for the
+        result: logits ``float32[N, C, H, W]`` (``logits``) or the class mask ``uint8[N, H, W]``. The
+        caller may reuse ``frames`` once this returns. Here it runs at once; a backend with
+        :attr:`in_flight` > 1 (:class:`rtseg.runtime.kserve.KServeBackend`) overlaps requests."""
+        out = self.infer_u8(frames) if logits else self.predict_u8(frames)
+        return lambda: out
 
     def close(self) -> None:
         """Release the engine (optional)."""

@@ -9,6 +9,10 @@ registration line in :mod:`rtseg.runtime` (docs/extending.md, "Add a backend")::
     register_backend("openvino", "rtseg.runtime.openvino_backend:SPEC")   # imported on first use
     register_backend(MY_SPEC)                                             # or a spec object
 
+A server backend (a model on an inference server: nothing to build) registers its URL schemes instead::
+
+    register_server("kserve", "rtseg.runtime.kserve:open_server")        # --engine kserve://HOST:PORT/MODEL
+
 Specs named by ``"module:attribute"`` are imported on first use, so ``rtseg --help`` does not import
 OpenVINO or TensorRT, and a backend whose library is missing only fails when it is used.
 """
@@ -157,5 +161,40 @@ def all_precisions() -> list[str]:
     return seen
 
 
+#: engine URL scheme → ``"module:function"`` opening a model on an inference server (``open(url, num_threads,
+#: **kwargs) -> Backend``): the server backends, which build nothing (their server serves the engine)
+_SERVERS: dict[str, str] = {}
+
+
+def register_server(scheme: str, target: str) -> None:
+    """Add a server backend: ``--engine SCHEME://...`` opens with ``target`` (``"module:function"``).
+
+    Raises:
+        ValueError: the scheme is already registered, or ``target`` is not ``"module:function"``.
+    """
+    if ":" not in target:
+        raise ValueError(f"register_server({scheme!r}, target) needs target='module:function'")
+    if scheme in _SERVERS:
+        raise ValueError(f"server scheme {scheme!r} is already registered")
+    _SERVERS[scheme] = target
+
+
+def server_opener(path: Any) -> Callable[..., Any] | None:
+    """The opener of a registered engine URL (``kserve://HOST:PORT/MODEL``), or ``None`` for anything else
+    (a folder path)."""
+    if not isinstance(path, str) or "://" not in path:
+        return None
+    target = _SERVERS.get(path.split("://", 1)[0].lower())
+    if target is None:
+        return None
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def server_schemes() -> list[str]:
+    """Registered engine URL schemes (``kserve``, ``grpc``, ``http``)."""
+    return list(_SERVERS)
+
+
 __all__ = ["BackendSpec", "BuildRequest", "LoadOptions", "all_precisions", "backend_names", "get_backend",
-           "register_backend", "unregister_backend"]
+           "register_backend", "register_server", "server_opener", "server_schemes", "unregister_backend"]

@@ -29,7 +29,7 @@ from ..safe_io import nan_to_none
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "encode", "e2e")
 #: why a live frame was not written (keys of ``SourceReport.drop_causes``)
-DROP_CAUSES = ("backpressure", "max_latency", "slow_receiver")
+DROP_CAUSES = ("backpressure", "max_latency", "slow_receiver", "server_unavailable")
 
 
 class LatencyRecorder:
@@ -95,7 +95,8 @@ class SourceReport:
     ``frames``: frames written to its sinks; ``fps``: frames / seconds of the run;
     ``drops``: live frames not written, ``drop_causes`` by cause (``backpressure``: the pipeline was
     slower than the source; ``max_latency``: waited longer than ``max_latency_ms``; ``slow_receiver``:
-    a network output's receiver did not take them — counted once per frame and output);
+    a network output's receiver did not take them — counted once per frame and output;
+    ``server_unavailable``: the inference server did not answer, :class:`~rtseg.errors.BackendUnavailable`);
     ``decode_errors``: packets the decoder rejected (skipped); ``skipped_before_keyframe``: video
     packets of a live stream joined between keyframes, before its first decodable one (every
     connection); ``reconnects``: successful reopens;

@@ -54,7 +54,7 @@ import av
 import numpy as np
 
 from ..data.transforms import Geometry, Preprocessor, place
-from ..errors import RtsegError, redact
+from ..errors import BackendUnavailable, RtsegError, redact
 from ..limits import check_field_types
 from ..metrics import FlickerMeter
 from ..safe_io import write_error
@@ -757,6 +757,9 @@ class StreamPipeline:
         self.warmup_ms = 0.0
         self.states: list[_SourceState] = []
         self.inq: _InQueues | None = None
+        #: per source, live frames dropped while the inference server did not answer; since when (monotonic s)
+        self.unserved: list[int] = []
+        self._server_down_since: float | None = None
         self.infer_lat = LatencyRecorder()
         self.batch_sizes: list[int] = []
         self._opened: list[Source] = []
@@ -935,6 +938,7 @@ class StreamPipeline:
     def _make_queues(self) -> None:
         bs = self._take_n
         live = [st.src.live for st in self.states]
+        self.unserved = [0] * len(self.states)
         self.inq = _InQueues([max(LIVE_QUEUE_FRAMES, 2 * bs) if lv else max(4, 2 * bs) for lv in live], live)
 
     def _make_threads(self) -> tuple[list[threading.Thread], threading.Thread, list[threading.Thread]]:
@@ -1001,8 +1005,12 @@ class StreamPipeline:
         self.states[item.src].release(item)
 
     def _infer_worker(self) -> None:
-        """Round-robin batches across sources → :meth:`infer` → each source's out-queue (EOS at the end)."""
+        """Round-robin batches across sources → :meth:`infer` → each source's out-queue (EOS at the end).
+        Up to ``backend.in_flight`` batches are on their way at once (an inference server); they are
+        delivered in the order they were taken, and all of them before a source's EOS."""
         done = [False] * len(self.states)
+        pending: collections.deque = collections.deque()
+        depth = max(1, int(getattr(self.backend, "in_flight", 1))) if self.temporal is None else 1
         try:
             h, w = self.backend.input_hw
             batch = np.empty((self.batch_size, h, w, 3), dtype=np.uint8)
@@ -1012,7 +1020,9 @@ class StreamPipeline:
                 items, finished = self.inq.take(self._take_n, timeout, self.stop, self.abort, max_age,
                                                 self._release)
                 if items:
-                    self._infer_batch(batch, items)
+                    pending.append(self._start_batch(batch, items, depth))
+                while pending and (len(pending) >= depth or not items or finished):
+                    self._finish_batch(pending.popleft())
                 for i in finished:
                     if not done[i]:
                         done[i] = True
@@ -1023,27 +1033,62 @@ class StreamPipeline:
                 if not d:
                     self.states[i].put_out(_EOS, None, self.abort)
 
-    def _infer_batch(self, batch: np.ndarray, items: list[StreamFrame]) -> None:
+    def _start_batch(self, batch: np.ndarray, items: list[StreamFrame], depth: int):
+        """Start one batch: ``(wait, items, t0, logit_path)`` for :meth:`_finish_batch` (``wait`` ``None``:
+        the temporal path already delivered it, or the inference server was unavailable)."""
+        t0 = time.perf_counter()
         if self.temporal is not None:
             self._infer_keyframes(batch, items)
-            return
+            return None, [], t0, False
         k = len(items)
         for j, it in enumerate(items):
             batch[j] = it.net
             self.states[it.src].release(it)
-        t0 = time.perf_counter()
         logit_path = self.decision is not None and self.decision.needs_logits
+        try:
+            if depth > 1:
+                return self.backend.submit_u8(batch[:k], logits=logit_path), items, t0, logit_path
+            out = self.infer_logits(batch[:k]) if logit_path else self.infer(batch[:k])
+        except BackendUnavailable as e:
+            return self._unserved(items, e)
+        return (lambda: out), items, t0, logit_path
+
+    def _finish_batch(self, started) -> None:
+        wait, items, t0, logit_path = started
+        if wait is None:
+            return
+        try:
+            out = wait()
+        except BackendUnavailable as e:
+            self._unserved(items, e)
+            return
+        if self._server_down_since is not None:
+            self.log(f"the inference server answers again after {time.monotonic() - self._server_down_since:.1f} s")
+            self._server_down_since = None
         if logit_path:
-            masks, present, raw_any = self.decision.batch(self.infer_logits(batch[:k]))
+            masks, present, raw_any = self.decision.batch(out)
         else:
-            masks = self.infer(batch[:k])
+            masks = out
         self.infer_lat.add((time.perf_counter() - t0) * 1000.0)
-        self.batch_sizes.append(k)
+        self.batch_sizes.append(len(items))
         for j, it in enumerate(items):
             it.mask = masks[j]
             if logit_path:
                 it.present, it.raw_any = bool(present[j]), bool(raw_any[j])
             self.states[it.src].put_out(it, self._out_cap, self.abort)
+
+    def _unserved(self, items: list[StreamFrame], e: BackendUnavailable):
+        """The inference server did not answer: a run of live sources only drops these frames (counted,
+        ``server_unavailable``) and goes on — the backend retries with backoff on the next batch; any
+        file source makes it the run's error (one line; the sinks finish, the files stay playable)."""
+        if not all(st.src.live for st in self.states):
+            raise e
+        if self._server_down_since is None:
+            self._server_down_since = time.monotonic()
+            self.log(f"{e}; dropping live frames until it answers")
+        for it in items:
+            self.unserved[it.src] += 1
+        return None, [], 0.0, False
 
     def _infer_keyframes(self, batch: np.ndarray, items: list[StreamFrame]) -> None:
         """Temporal modes: only the keyframes go to the engine (:meth:`infer_logits`, ≤ ``batch_size`` a
@@ -1164,13 +1209,14 @@ class StreamPipeline:
         report.drops = sum(s.drops for s in report.sources)
         return report
 
-    def drop_causes(self) -> list[tuple[int, int, int]]:
+    def drop_causes(self) -> list[tuple[int, int, int, int]]:
         """Per source, frames dropped by cause (:data:`DROP_CAUSES`): backpressure (the pipeline is
-        slower than the live source), ``max_latency_ms`` exceeded, a network output's receiver too slow."""
-        return [(self.inq.drops[i], self.inq.late[i], sum(getattr(k, "dropped", 0) for k in st.sinks))
+        slower than the live source), ``max_latency_ms`` exceeded, a network output's receiver too slow, the
+        inference server not answering."""
+        return [(self.inq.drops[i], self.inq.late[i], sum(getattr(k, "dropped", 0) for k in st.sinks), self.unserved[i])
                 for i, st in enumerate(self.states)]
 
-    def _source_report(self, s: _SourceState, seconds: float, causes: tuple[int, int, int]) -> SourceReport:
+    def _source_report(self, s: _SourceState, seconds: float, causes: tuple[int, ...]) -> SourceReport:
         return SourceReport(
             name=s.src.name, outputs=[k.name for k in s.sinks if k.writes_frames and k.reported],
             width=s.src.info.width, height=s.src.info.height, live=s.src.live, frames=s.written,
