@@ -48,6 +48,7 @@ from .data.transforms import logits_to_frame
 from .decision import describe_decision
 from .errors import RtsegError
 from .metrics import binary_confusion, binary_scores, pair_iou
+from .runtime.base import model_info_of
 from .stream.pipeline import StreamOptions, StreamPipeline
 from .stream.temporal import describe_temporal
 
@@ -363,7 +364,7 @@ def evaluate_video(backend, clip: str | Path, masks: str | Path, options: VideoE
     """
     o = options or VideoEvalOptions()
     files = _truth_files(clip, masks, o.max_frames)
-    mm = backend.model_info
+    mm = model_info_of(backend)
     scorer = VideoScorer(files, backend.num_classes, mm.get("class_names"), mm.get("ignore_index"), o.threshold)
     sopts = StreamOptions(batch_size=o.batch_size, max_frames=o.max_frames, overlay=False, temporal=o.temporal,
                           infer_every=o.infer_every, ema=o.ema, raw=o.raw, presence_threshold=o.presence_threshold,

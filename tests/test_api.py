@@ -15,6 +15,7 @@ from rtseg.cli import main
 from rtseg.errors import RtsegError
 
 import byom_models as bm
+from helpers import TINY_WIDTHS
 
 HW = (96, 96)
 
@@ -95,7 +96,7 @@ def test_build_engine_and_load_it(folder, tmp_path, kvasir):
 def test_train_then_predict(tmp_path, kvasir):
     summary = rtseg.train({"model": "eunet-s", "data": str(kvasir), "out": str(tmp_path / "run"), "epochs": 1,
                            "img_size": [64, 64], "batch_size": 4, "max_images": 24, "progress": False,
-                           "model_kwargs": {"widths": [8, 16, 32, 64]}})
+                           "model_kwargs": {"widths": list(TINY_WIDTHS)}})
     assert summary["epochs_run"] == 1 and (tmp_path / "run" / "model.safetensors").is_file()
     seg = rtseg.load(tmp_path / "run")
     assert seg.backend.name == "torch" and seg.predict(_images(kvasir, 1)[0]).shape == (256, 256)

@@ -9,14 +9,16 @@ from rtseg.cli import main
 from rtseg.meta import ModelMeta
 from rtseg.models import create_model
 
+from helpers import TINY_WIDTHS
+
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory, kvasir):
     from rtseg.export.build import build_engine
 
     d = tmp_path_factory.mktemp("bench")
-    ck = save_checkpoint(d / "ckpt", create_model("eunet-s", widths=[8, 16, 32, 64]),
-                         ModelMeta(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, input_size=[64, 64],
+    ck = save_checkpoint(d / "ckpt", create_model("eunet-s", widths=list(TINY_WIDTHS)),
+                         ModelMeta(model="eunet-s", model_kwargs={"widths": list(TINY_WIDTHS)}, input_size=[64, 64],
                                    data={"root": str(kvasir), "format": "polyp"}))
     return build_engine(ck, backend="openvino", precision="fp32", out=d / "ov"), ck
 

@@ -25,13 +25,15 @@ from rtseg.runtime.child import run_guarded
 from rtseg.runtime.openvino_backend import verify_openvino
 from rtseg.runtime.tensorrt.cache import activation_scales, read_tensorrt_cache, write_tensorrt_cache
 
+from helpers import TINY_WIDTHS
+
 HW = (64, 64)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _tiny():
     torch.manual_seed(0)
-    return create_model("eunet-s", widths=[8, 16, 32, 64]).eval()
+    return create_model("eunet-s", widths=list(TINY_WIDTHS)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,7 @@ def test_qdq_scheme_is_tensorrt_friendly(tmp_path, fp32_onnx, images):
 
 
 def test_calibrate_checkpoint_writes_record_and_trt_cache(tmp_path, kvasir):
-    meta = ModelMeta(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, input_size=list(HW), data={})
+    meta = ModelMeta(model="eunet-s", model_kwargs={"widths": list(TINY_WIDTHS)}, input_size=list(HW), data={})
     ckpt = save_checkpoint(tmp_path / "ckpt", _tiny(), meta)
     opts = cal.CalibOptions(calib_data=kvasir / "images", method="minmax", num_images=3, seed=7,
                             out=tmp_path / "calib", verify=True, trt_cache=True)
@@ -150,7 +152,7 @@ def _edited_records_are_one_line_errors(folder):
 
 
 def test_no_calibration_data_is_an_error(tmp_path):
-    meta = ModelMeta(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, input_size=list(HW), data={})
+    meta = ModelMeta(model="eunet-s", model_kwargs={"widths": list(TINY_WIDTHS)}, input_size=list(HW), data={})
     ckpt = save_checkpoint(tmp_path / "ckpt", _tiny(), meta)
     with pytest.raises(RtsegError, match="no calibration data"):
         cal.calibrate_checkpoint(ckpt, cal.CalibOptions(out=tmp_path / "c", verify=False))

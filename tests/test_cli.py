@@ -9,7 +9,7 @@ from rtseg.checkpoint import save_checkpoint
 from rtseg.meta import ModelMeta
 from rtseg.models import create_model
 
-from helpers import run_cli
+from helpers import TINY_WIDTHS, run_cli
 
 
 def _one_line_error(err):
@@ -21,8 +21,8 @@ def _one_line_error(err):
 
 @pytest.fixture()
 def tiny_ckpt(tmp_path, kvasir):
-    m = create_model("eunet-s", widths=[8, 16, 32, 64])
-    meta = ModelMeta(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, input_size=[64, 64],
+    m = create_model("eunet-s", widths=list(TINY_WIDTHS))
+    meta = ModelMeta(model="eunet-s", model_kwargs={"widths": list(TINY_WIDTHS)}, input_size=[64, 64],
                      data={"root": str(kvasir), "format": "polyp"})
     return save_checkpoint(tmp_path / "ckpt", m, meta)
 

@@ -20,10 +20,12 @@ from rtseg.meta import ModelMeta
 from rtseg.models import create_model
 from rtseg.runtime import load_engine, logits_to_mask, seal_engine
 
+from helpers import TINY_WIDTHS
+
 NO_GATE = GateOptions(enabled=False)
 
 HW = (64, 64)
-WIDTHS = [8, 16, 32, 64]
+WIDTHS = list(TINY_WIDTHS)
 
 
 def _tiny():

@@ -8,6 +8,8 @@ import torch
 from rtseg.models import EUNet, count_parameters, create_model
 from rtseg.models.eunet import LKA, dilated_dwconv_by_phases
 
+from helpers import TINY_WIDTHS
+
 
 def test_eunet_per_module_parameters_match_spec():
     m = create_model("eunet", num_classes=1)  # 4,564,511 in total: tests/test_model_contract.py
@@ -19,8 +21,8 @@ def test_eunet_per_module_parameters_match_spec():
 
 def test_eunet_widths_and_class_attributes():
     assert create_model("eunet-s").widths == [32, 64, 128, 256]
-    tiny = create_model("eunet", widths=[8, 16, 32, 64], num_classes=3)
-    assert tiny.widths == [8, 16, 32, 64] and tiny.head.out_channels == 3
+    tiny = create_model("eunet", widths=list(TINY_WIDTHS), num_classes=3)
+    assert tiny.widths == list(TINY_WIDTHS) and tiny.head.out_channels == 3
     with pytest.raises(ValueError, match="four positive ints"):
         EUNet(widths=[8, 16, 32])
     # §2.3: the original training script's normalisation, not ImageNet's
@@ -43,7 +45,7 @@ def test_dilated_conv_phase_trick_is_exact(hw):
 
 def test_train_and_eval_forward_agree():
     torch.manual_seed(0)
-    m = create_model("eunet-s", widths=[8, 16, 32, 64]).eval()
+    m = create_model("eunet-s", widths=list(TINY_WIDTHS)).eval()
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
         a = m(x)

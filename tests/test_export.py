@@ -17,6 +17,8 @@ from rtseg.errors import RtsegError
 from rtseg.export.onnx import export_onnx, parity_bound
 from rtseg.models import create_model
 
+from helpers import TINY_WIDTHS
+
 HW = (64, 64)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -29,7 +31,7 @@ def real_batch(kvasir):
 
 def _tiny():
     torch.manual_seed(0)
-    return create_model("eunet-s", widths=[8, 16, 32, 64]).eval()
+    return create_model("eunet-s", widths=list(TINY_WIDTHS)).eval()
 
 
 @pytest.fixture
@@ -37,7 +39,7 @@ def tiny_ckpt(tmp_path, kvasir):
     from rtseg.checkpoint import save_checkpoint
     from rtseg.meta import ModelMeta
 
-    meta = ModelMeta(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, input_size=list(HW),
+    meta = ModelMeta(model="eunet-s", model_kwargs={"widths": list(TINY_WIDTHS)}, input_size=list(HW),
                      data={"root": str(kvasir)})
     return save_checkpoint(tmp_path / "ckpt", _tiny(), meta)
 

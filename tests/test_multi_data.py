@@ -19,6 +19,8 @@ from rtseg.errors import RtsegError
 from rtseg.evaluation import resolve_samples
 from rtseg.training.loop import TrainConfig, _datasets, _loader, _split_data, train
 
+from helpers import TINY_WIDTHS
+
 
 @pytest.fixture(scope="module")
 def folders(shared_data):
@@ -26,7 +28,7 @@ def folders(shared_data):
 
 
 def _cfg(folders, out, **kw):
-    base = dict(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, data=list(folders), out=str(out),
+    base = dict(model="eunet-s", model_kwargs={"widths": list(TINY_WIDTHS)}, data=list(folders), out=str(out),
                 img_size=(64, 64), epochs=2, batch_size=8, lr=1e-2, max_images=40, threads=1, progress=False)
     return TrainConfig(**(base | kw))
 

@@ -13,6 +13,8 @@ from rtseg.models import list_models
 from rtseg.training.loop import TrainConfig, evaluate_model, load_recipe, train
 from rtseg.training.objectives import make_loss, make_optimizer, make_scheduler
 
+from helpers import TINY_WIDTHS
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -76,7 +78,7 @@ def test_onecycle_steps_per_batch_and_plateau_reduces():
 
 
 def _cfg(kvasir, out, **kw):
-    base = dict(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, data=str(kvasir), out=str(out),
+    base = dict(model="eunet-s", model_kwargs={"widths": list(TINY_WIDTHS)}, data=str(kvasir), out=str(out),
                 img_size=(32, 32), epochs=4, batch_size=8, lr=5e-3, max_images=40, augment=True, threads=1, progress=False)
     return TrainConfig(**(base | kw))
 

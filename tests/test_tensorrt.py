@@ -41,6 +41,8 @@ from rtseg.runtime.tensorrt.onnx_check import (
     unsupported_ops,
 )
 
+from helpers import TINY_WIDTHS
+
 HW = (64, 64)
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
@@ -442,7 +444,7 @@ def test_cli_build_engine_tensorrt_exits_2(tmp_path, capsys):
     from rtseg.meta import ModelMeta
 
     ckpt = save_checkpoint(tmp_path / "ckpt", _small_model("eunet-s", num_classes=1),
-                           ModelMeta(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, input_size=list(HW)))
+                           ModelMeta(model="eunet-s", model_kwargs={"widths": list(TINY_WIDTHS)}, input_size=list(HW)))
     with pytest.raises(SystemExit) as e:
         main(["build-engine", "--checkpoint", str(ckpt), "--backend", "tensorrt", "--precision", "fp16",
               "--out", str(tmp_path / "engines")])

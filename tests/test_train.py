@@ -6,9 +6,11 @@ import json
 from rtseg.checkpoint import load_checkpoint
 from rtseg.training.loop import TrainConfig, train
 
+from helpers import TINY_WIDTHS
+
 
 def _cfg(kvasir, out, epochs):
-    return TrainConfig(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, data=str(kvasir), out=str(out),
+    return TrainConfig(model="eunet-s", model_kwargs={"widths": list(TINY_WIDTHS)}, data=str(kvasir), out=str(out),
                        img_size=(64, 64), epochs=epochs, batch_size=8, lr=1e-2, max_images=60, augment=False,
                        threads=1, progress=False)
 
@@ -39,7 +41,7 @@ def test_resume_continues_from_last_epoch(tmp_path, kvasir):
 
 def test_multiclass_non_square_training_on_camvid(tmp_path, shared_data):
     """CamVid class-index masks, void ignored, H != W with augmentation (no 90° rotations)."""
-    s = train(TrainConfig(model="eunet-s", model_kwargs={"widths": [8, 16, 32, 64]}, data=str(shared_data / "camvid-val"),
+    s = train(TrainConfig(model="eunet-s", model_kwargs={"widths": list(TINY_WIDTHS)}, data=str(shared_data / "camvid-val"),
                           data_format="camvid", out=str(tmp_path / "cv"), img_size=(32, 48), epochs=1, batch_size=8,
                           max_images=24, threads=1, progress=False), log=lambda *a: None)
     assert 0 <= s["val"]["miou"] <= 1 and len(s["val"]["per_class_iou"]) == 11

@@ -147,6 +147,22 @@ class Backend(ABC):
         return f"{self.name} {self.precision} {w}x{h} C={self.num_classes}"
 
 
+def model_info_of(backend: Any) -> dict[str, Any]:
+    """:attr:`Backend.model_info` of ``backend``, also for a duck-typed wrapper that is not a
+    :class:`Backend` (a ``meta`` dict with a ``"model"`` entry, or nothing: ``{}``)."""
+    info = getattr(backend, "model_info", None)
+    if isinstance(info, dict):
+        return info
+    meta = getattr(backend, "meta", None)
+    return dict(meta.get("model") or {}) if isinstance(meta, dict) else {}
+
+
+def resize_of(backend: Any) -> str:
+    """:attr:`Backend.resize` of ``backend`` (``"stretch"`` for a wrapper that does not say)."""
+    r = getattr(backend, "resize", None)
+    return r if isinstance(r, str) else model_info_of(backend).get("resize", "stretch")
+
+
 def logits_to_mask(logits: np.ndarray) -> np.ndarray:
     """Logits ``float32[N, C, H, W]`` → mask ``uint8[N, H, W]``.
 

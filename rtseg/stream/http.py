@@ -30,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from ..errors import RtsegError, redact
+from ..runtime.base import model_info_of
 from .metrics import DROP_CAUSES
 from .sinks import Sink
 
@@ -171,7 +172,7 @@ class PipelineCollector:
             states = list(p.states)
             names = source_labels(states)
             info = InfoMetricFamily("rtseg_engine", "The engine that runs the stream.")
-            meta = p.backend.model_info
+            meta = model_info_of(p.backend)
             info.add_metric([], {"backend": str(p.backend.describe()),
                                  "model": str(meta.get("model") or meta.get("name") or "unknown")})
             yield info

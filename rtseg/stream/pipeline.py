@@ -57,6 +57,7 @@ from ..data.transforms import Geometry, Preprocessor, place
 from ..errors import BackendUnavailable, RtsegError, redact
 from ..limits import check_field_types
 from ..metrics import FlickerMeter
+from ..runtime.base import model_info_of, resize_of
 from ..safe_io import write_error
 from .decide import StreamDecision
 from .mask_writer import MaskWriter
@@ -746,12 +747,12 @@ class StreamPipeline:
                                       force=self.keep_logits)
         #: frames per batcher round: with K > 1 about ``batch_size`` of them are keyframes
         self._take_n = self.batch_size * (opts.infer_every if self.temporal is not None else 1)
-        self.drawer = Overlay(palette_from_meta(backend.model_info, backend.num_classes), alpha=self.options.alpha,
+        self.drawer = Overlay(palette_from_meta(model_info_of(backend), backend.num_classes), alpha=self.options.alpha,
                               contour=self.options.contour)
-        self._prep = _Prep(backend.input_hw, backend.resize)
+        self._prep = _Prep(backend.input_hw, resize_of(backend))
         #: the decision layer (``None``: the network's own mask: ``--raw`` or a multi-class model)
         self.decision = StreamDecision.for_run(
-            backend.model_info, backend.num_classes, raw=opts.raw, min_peak=opts.presence_threshold,
+            model_info_of(backend), backend.num_classes, raw=opts.raw, min_peak=opts.presence_threshold,
             min_area=opts.presence_min_area, persist=opts.persist, hold=opts.hold)
         self.mask_writer: MaskWriter | None = None
         self.warmup_ms = 0.0
