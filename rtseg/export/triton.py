@@ -173,8 +173,8 @@ def export_triton(paths: list[str | Path], repo: str | Path, names: list[str] | 
         seen = [n for n, *_ in plans]
         if len(set(seen)) != len(seen):
             raise RtsegError(f"two models would be named {sorted(n for n in seen if seen.count(n) > 1)[0]!r}; pass --name for each")
-        for name, folder, engine, config in plans:
-            written.append(_write_model(repo, name, folder, engine, config))
+        for name, folder, engine, config, pbtxt in plans:
+            written.append(_write_model(repo, name, folder, engine, pbtxt))
             log(f"{repo / name}: {config.get('backend') or config.get('platform')}, max_batch_size "
                 f"{config['max_batch_size']}, input {config['input'][0]['dims']}")
     return written
@@ -190,11 +190,10 @@ def _plan(path: Path, work: Path, name: str | None, options: TritonExportOptions
     if (repo / name).exists():
         raise RtsegError(f"{repo / name} already exists; remove it or pass another --name (an existing model is never replaced)")
     config = model_config(name, engine, options)
-    to_pbtxt(config)  # schema check before anything is written
-    return name, folder, engine, config
+    return name, folder, engine, config, to_pbtxt(config)  # rendered and schema-checked once, before any write
 
 
-def _write_model(repo: Path, name: str, folder: Path, engine: dict[str, Any], config: dict[str, Any]) -> Path:
+def _write_model(repo: Path, name: str, folder: Path, engine: dict[str, Any], pbtxt: str) -> Path:
     """Write ``repo/name`` through a temporary sibling folder renamed into place (never half a model)."""
     repo.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
@@ -205,7 +204,7 @@ def _write_model(repo: Path, name: str, folder: Path, engine: dict[str, Any], co
                                         if engine["backend"] == "openvino" else [])
         for s, d in zip(src, files):
             shutil.copyfile(folder / s, tmp / "1" / d)
-        (tmp / "config.pbtxt").write_text(to_pbtxt(config))
+        (tmp / "config.pbtxt").write_text(pbtxt)
         tmp.chmod(0o755)
         tmp.rename(repo / name)
     except BaseException:
