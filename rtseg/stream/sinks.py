@@ -265,6 +265,7 @@ class EncodedSink(Sink):
         if audio is not None and self.accepts_audio:
             try:
                 self.astream = self.container.add_stream_from_template(audio)
+                _carry_learned_audio(audio, self.astream)
             except (ValueError, av.error.FFmpegError) as e:
                 self.notes.insert(0, f"audio not copied to {self.target}: {_short(e)}")
                 self.astream = None
@@ -710,6 +711,17 @@ def make_sink(target: str, *, codec: str = "libx264", preset: str = "ultrafast",
     if t.endswith(("/", os.sep)) or p.is_dir() or ("%" in p.name and p.suffix.lower() in IMAGE_EXTS):
         return ImageFolderSink(t)
     return FileSink(p, codec=codec, preset=preset, crf=crf)
+
+
+def _carry_learned_audio(template, stream) -> None:
+    """Give the output audio ``stream`` the sample rate and channel layout the source learned by
+    decoding a packet (:func:`rtseg.stream.sources._learn_audio`): a copied stream takes its
+    parameters from the template's stream header, which a short live probe left empty."""
+    src, dst = template.codec_context, stream.codec_context
+    if not dst.sample_rate and src.sample_rate:
+        dst.sample_rate = src.sample_rate
+    if not getattr(dst, "channels", 0) and getattr(src, "channels", 0):
+        dst.layout = src.layout
 
 
 def _short(e: Exception) -> str:

@@ -71,6 +71,9 @@ _INTERNAL_FORMATS = ("yuv420p", "yuvj420p")
 FAST_PROBE = {"probesize": "32", "analyzeduration": "0"}
 #: how long a waiting listener is quiet before it says so (s)
 WAIT_NOTICE_S = 1.0
+#: video frames a live input is read past its first keyframe, at most, to learn the parameters of its
+#: audio from a first audio packet (a sender may put the first keyframe before any audio)
+AUDIO_LEARN_FRAMES = 25
 
 
 @dataclass
@@ -302,11 +305,29 @@ class AVSource(Source):
         if not self._pending or self._pending[-1].kind != "video":
             self.close()
             raise RtsegError(f"{self.name} ended or was stopped before its first keyframe; check the sender")
+        self._read_until_audio_known()
         if self.audio is not None and not _audio_known(self.audio):
             self.log(f"audio of {self.name} is not copied: its parameters (sample rate, channels) were not in the "
-                     f"stream before the first keyframe")
+                     f"stream's first {AUDIO_LEARN_FRAMES} frames")
             self.audio = None
             self._pending = [it for it in self._pending if it.kind == "video"]
+
+    def _read_until_audio_known(self) -> None:
+        """Keep reading (into ``_pending``) past the first video frame while the audio's parameters
+        are unknown and no audio packet has been decoded yet: a sender such as ``ffmpeg -c:v copy``
+        can put the first keyframe before any audio. At most :data:`AUDIO_LEARN_FRAMES` video frames."""
+        frames = 0
+        while (self.audio is not None and not _audio_known(self.audio) and frames < AUDIO_LEARN_FRAMES
+               and not (self.stop_event is not None and self.stop_event.is_set())):
+            try:
+                item = next(self._demux, None)
+            except (av.error.FFmpegError, OSError):
+                item = None
+            if item is None:
+                return
+            frames += item.kind == "video"
+            if item.kind != "skip":
+                self._pending.append(item)
 
     def _peek(self) -> None:
         """A video file: decode its first frame now (handed out first by :meth:`read`), so that a
@@ -434,12 +455,14 @@ class AVSource(Source):
         started = False
         streams = [vs] + ([aus] if aus is not None else [])
         perf = time.perf_counter
+        audio_next = None  # pts the next audio packet starts at (its time_base), when known
         for packet in _flush_on_stall(self.container.demux(*streams), vs):
             if self._interrupted:
                 return
             if packet.stream is aus:
                 if packet.size and self.audio is not None:
                     _learn_audio(aus, packet)
+                    audio_next = _stamp_audio(packet, aus, audio_next)
                     yield Item("audio", packet)
                 continue
             started = started or packet.is_keyframe
@@ -653,6 +676,23 @@ def _learn_audio(stream, packet: av.Packet) -> None:
         stream.codec_context.decode(packet)
     except (av.error.FFmpegError, ValueError):
         pass
+
+
+def _stamp_audio(packet: av.Packet, stream, next_pts: int | None) -> int | None:
+    """Give an audio packet without timestamps the ``pts``/``dts`` that follow the previous one, and
+    a missing ``duration`` its frame's (codec frame size / sample rate): MPEG-TS carries one PES
+    timestamp for several AAC frames, and the demuxer, without the parameters a short live probe
+    skipped, leaves the later frames unstamped. Returns where the next packet starts (``time_base``
+    ticks), or None when unknown."""
+    if packet.pts is None and next_pts is not None:
+        packet.pts = packet.dts = next_pts
+    if packet.pts is None:
+        return None
+    if not packet.duration:
+        cc = stream.codec_context
+        if cc.frame_size and cc.sample_rate and packet.time_base:
+            packet.duration = round(Fraction(cc.frame_size, cc.sample_rate) / packet.time_base)
+    return packet.pts + packet.duration if packet.duration else None
 
 
 def _frame_ticks(info: VideoInfo) -> int:
