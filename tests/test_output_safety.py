@@ -4,8 +4,11 @@ of the same run; the refusal comes before anything is written, and the inputs ar
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 
+import cv2
+import numpy as np
 import pytest
 
 from rtseg.errors import RtsegError
@@ -142,3 +145,34 @@ def test_eval_of_the_training_data_checks_its_fingerprint(tmp_path, kvasir, monk
     with pytest.raises(RtsegError, match="not the data this model was trained on"):
         resolve_samples(None, None, meta)
     assert resolve_samples("data/kvasir", "test", meta)[0]  # an explicit --data is the user's choice
+
+
+def test_names_with_glob_characters_are_names(tmp_path, kvasir, small_clip, tiny_engine):
+    """A file or folder whose name holds ``[``, ``]``, ``?`` or ``*`` is opened by that name (before: taken as
+    a pattern and not found) — ``eval --data``, ``eval --video/--masks`` and ``stream --source/--output``."""
+    from helpers import cli, video_pts_seconds
+
+    data = tmp_path / "kv[1]*?"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+        for f in sorted((kvasir / sub).iterdir())[:3]:
+            shutil.copy(f, data / sub / f.name)
+    code, err = cli("eval", "--engine", tiny_engine, "--data", data, "--out", tmp_path / "r[1].json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "r[1].json").read_text())["n_images"] == 3
+    clip = tmp_path / "c[2]*.mp4"
+    shutil.copy(small_clip, clip)
+    out = tmp_path / "o?[3].mp4"
+    code, err = cli("stream", "--engine", tiny_engine, "--source", clip, "--output", out)
+    assert code == 0, err
+    n = len(video_pts_seconds(out))
+    assert n == len(video_pts_seconds(clip))
+    masks = tmp_path / "m[4]?"
+    masks.mkdir()
+    blank = np.zeros((32, 32), np.uint8)
+    for k in range(n):
+        cv2.imwrite(str(masks / f"{k:04d}.png"), blank)
+    code, err = cli("eval", "--engine", tiny_engine, "--video", clip, "--masks", masks, "--out", tmp_path / "v[5].json",
+                    "--plot", "none")
+    assert code == 0, err
+    assert (tmp_path / "v[5].json").exists()
