@@ -11,6 +11,7 @@ OpenVINO and TensorRT builders).
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from pathlib import Path
@@ -125,11 +126,21 @@ def load_onnx(path: str | Path, load_external_data: bool = True) -> Any:
 
 def input_hw(path: str | Path) -> tuple[int | None, int | None] | None:
     """``(H, W)`` of the image input ``[N, 3, H, W]`` of an ONNX file (``None`` for a dynamic side), read
-    from its graph only (external data untouched); ``None`` when it has no 4-D input or is unreadable."""
+    from its graph only (external data untouched); ``None`` when it has no 4-D input or is unreadable.
+    Parsed once per file version (path, size, mtime, inode): ``load_meta`` asks on every call."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return _input_hw(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=32)
+def _input_hw(path: str, size: int, mtime_ns: int, ino: int) -> tuple[int | None, int | None] | None:
     import onnx
 
     try:
-        g = onnx.load(str(path), load_external_data=False).graph
+        g = onnx.load(path, load_external_data=False).graph
     except Exception:  # unreadable: the session or reader that follows names it
         return None
     inits = {t.name for t in g.initializer}

@@ -148,3 +148,25 @@ def test_import_onnx_of_a_device_or_fifo_is_one_line_not_read(tmp_path, kind):
     meta.write_text(json.dumps(bm.meta("z", HW)))
     code, err = cli("import-onnx", src, "--meta", meta, "--out", tmp_path / "out")
     assert code == 2 and "not a regular file" in one_error_line(err)
+
+
+def test_load_meta_parses_model_onnx_once_per_file_version(tmp_path, model_folder, monkeypatch):
+    """``load_meta`` of a model folder checks ``input_size`` against ``model.onnx``: the ONNX is parsed once,
+    not on every call (each parse reads the whole graph), and again after the file changes."""
+    from rtseg.checkpoint import load_meta
+
+    mf = tmp_path / "mf"
+    shutil.copytree(model_folder, mf)
+    calls = []
+    real = onnx.load
+    monkeypatch.setattr(onnx, "load", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    for _ in range(3):
+        assert load_meta(mf).input_hw == HW
+    assert len(calls) == 1
+    m = onnx.load(str(mf / "model.onnx"))
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 32
+    onnx.save(m, str(mf / "model.onnx"))
+    calls.clear()
+    with pytest.raises(RtsegError, match="'input_size' is \\[64, 64\\]"):
+        load_meta(mf)
+    assert len(calls) == 1
