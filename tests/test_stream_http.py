@@ -120,7 +120,8 @@ def test_metrics_health_and_bad_requests(backend, small_clip):
         assert code == 200
         for name in ("rtseg_frames_total{", 'rtseg_frames_dropped_total{cause="backpressure"', "rtseg_decode_errors_total",
                      "rtseg_reconnects_total", 'stage="e2e"', 'stage="infer"', "rtseg_batch_size_bucket",
-                     "rtseg_queue_depth{", "rtseg_process_resident_memory_bytes", "rtseg_engine_info{backend="):
+                     "rtseg_queue_depth{", "rtseg_process_resident_memory_bytes", "rtseg_engine_info{backend=",
+                     "rtseg_fps{"):
             assert name in text, name
         assert get(url + "/nope", token=tok)[0] == 404
         assert get(url + "/video/7.mjpg", token=tok)[0] == 404
@@ -131,7 +132,7 @@ def test_metrics_health_and_bad_requests(backend, small_clip):
         assert c.getresponse().status == 400
         c.close()
         st = json.loads(get(url + "/stats.json", token=tok)[1])
-        assert st["sources"][0]["frames"] > 0
+        assert st["sources"][0]["frames"] > 0 and st["sources"][0]["fps"] > 0
         n0 = frames(pipe)
         time.sleep(0.5)
         assert frames(pipe) > n0  # the stream goes on
@@ -267,6 +268,7 @@ def test_real_prometheus_scrapes_the_stream(tmp_path, backend, clip):
             wait_for(lambda: len(query("rtseg_frames_total[30s]")[:1] and
                                  query("rtseg_frames_total[30s]")[0]["values"]) >= 5, 60, "5 scrapes")
             rate = float(query("rate(rtseg_frames_total[4s])")[0]["value"][1])
+            gauge = float(query("rtseg_fps")[0]["value"][1])
             pipe.stop.set()
             wait_for(lambda: res.get("report") is not None, 30, "the report")
             time.sleep(1.5)  # any in-flight scrape lands
@@ -285,6 +287,7 @@ def test_real_prometheus_scrapes_the_stream(tmp_path, backend, clip):
     assert 0 <= int(float(e2e[-1][1])) - last_n <= 1
     assert int(float(infer[-1][1])) >= last_n / 2 - 1  # batches of ≤ 2
     assert 0.3 * rep.fps <= rate <= 3.0 * rep.fps, (rate, rep.fps)
+    assert 0.3 * rep.fps <= gauge <= 3.0 * rep.fps, (gauge, rep.fps)
     assert len(series) >= 5 and last_t > float(series[0][0])
     assert p99 and float(p99[0]["value"][1]) * 1000 >= rep.latency["e2e"].p50_ms * 0.5
 
@@ -374,3 +377,24 @@ def test_source_labels_redact_passwords_and_stay_unique():
 
     st = [NS(src=NS(name="rtsp://u:pw@cam/x")), NS(src=NS(name="a.mp4")), NS(src=NS(name="a.mp4"))]
     assert source_labels(st) == ["rtsp://u:***@cam/x", "a.mp4#1", "a.mp4#2"]
+
+
+def test_fps_meter_uses_a_window_of_at_least_five_seconds(monkeypatch):
+    """``rtseg_fps``: since the start while the stream is younger than the window, then over the newest
+    earlier reading at least :data:`FPS_WINDOW_S` old (a rate that follows the stream, not its average)."""
+    from types import SimpleNamespace
+
+    from rtseg.stream import http as h
+
+    now = [100.0]
+    monkeypatch.setattr(h.time, "perf_counter", lambda: now[0])
+    st = SimpleNamespace(written=0)
+    meter = h.FpsMeter(SimpleNamespace(states=[st], _t_start=98.0))
+    st.written = 60  # 30 FPS for the first 2 s
+    assert meter() == [pytest.approx(30.0)]
+    for _ in range(10):  # then 10 FPS, read once a second
+        now[0] += 1.0
+        st.written += 10
+        fps = meter()
+    assert fps == [pytest.approx(10.0)]
+    assert len(meter._marks) <= 8

@@ -22,6 +22,7 @@ import html
 import ipaddress
 import json
 import os
+import collections
 import socket
 import threading
 import time
@@ -47,6 +48,8 @@ TOKEN_ENV = "RTSEG_HTTP_TOKEN"
 #: latency histogram bucket bounds (s)
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BOUNDARY = "rtsegframe"
+#: ``rtseg_fps`` and the page's FPS: frames written per second over at least this many seconds (s)
+FPS_WINDOW_S = 5.0
 
 
 def parse_http_address(value) -> tuple[str, int]:
@@ -149,6 +152,32 @@ def _fmt(b: float) -> str:
     return repr(float(b))
 
 
+class FpsMeter:
+    """Frames written per second, per source, over the last :data:`FPS_WINDOW_S` or more: from the
+    newest earlier reading at least that old (one per call, bounded), else since the stream started.
+    Shared by ``/metrics`` (``rtseg_fps``) and the page's figures; thread-safe."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self._marks: collections.deque = collections.deque(maxlen=512)  # (perf_counter s, frames per source)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> list[float]:
+        """FPS of each source (frames/s), in the order of ``pipe.states``."""
+        p = self.pipe
+        now = time.perf_counter()
+        counts = [st.written for st in p.states]
+        with self._lock:
+            marks = self._marks
+            while len(marks) > 1 and now - marks[1][0] >= FPS_WINDOW_S:
+                marks.popleft()
+            t0, base = marks[0] if marks and now - marks[0][0] >= FPS_WINDOW_S else (p._t_start or now, [])
+            marks.append((now, counts))
+        dt = now - t0
+        base = list(base) + [0] * (len(counts) - len(base))
+        return [(c - b) / dt if dt > 0 else 0.0 for c, b in zip(counts, base)]
+
+
 class PipelineCollector:
     """A ``prometheus_client`` collector reading a :class:`StreamPipeline`'s counters at scrape time."""
 
@@ -158,6 +187,7 @@ class PipelineCollector:
         self._lat: dict[tuple[str, int], _Histogram] = {}
         self._batch = _Histogram(tuple(float(2 ** k) for k in range(0, 7)))
         self._rss_proc = None
+        self.fps = FpsMeter(pipe)
 
     def describe(self):
         """Nothing up front (the registry then does not call :meth:`collect` on registration)."""
@@ -208,7 +238,11 @@ class PipelineCollector:
         rss.add_metric([], self._rss_proc.memory_info().rss)
         up = Gauge("rtseg_uptime_seconds", "Seconds since the stream started.")
         up.add_metric([], time.perf_counter() - p._t_start if p._t_start else 0.0)
-        yield from (q, rss, up)
+        fps = Gauge("rtseg_fps", f"Frames written per second over the last {FPS_WINDOW_S:g} s or more "
+                    "(since the start when younger).", labels=["source"])
+        for name, v in zip(names, self.fps()):
+            fps.add_metric([name], v)
+        yield from (q, rss, up, fps)
 
     def _histograms(self, p, states, names):
         from prometheus_client.core import HistogramMetricFamily
@@ -389,7 +423,8 @@ class HttpServer:
         self.rejected = 0
         self.previews: list[PreviewSink] = []
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(PipelineCollector(pipe))
+        self.collector = PipelineCollector(pipe)
+        self.registry.register(self.collector)
         self._closed = threading.Event()
         try:
             self._srv = _Server((self.host, self.port), _Handler, self)
@@ -448,14 +483,16 @@ class HttpServer:
         return True, "ready"
 
     def figures(self) -> dict:
-        """Current per-source figures for the page: frames, drops, reconnects, queue depth, seconds running."""
+        """Current per-source figures for the page: frames, FPS (:class:`FpsMeter`), drops, reconnects, queue
+        depth, seconds running."""
         p = self.pipe
         causes = p.drop_causes() if p.inq is not None else [()] * len(p.states)
         return {"seconds": round(time.perf_counter() - p._t_start, 1) if p._t_start else 0.0,
                 "backend": p.backend.describe(), "ready": self.ready()[1],
-                "sources": [{"name": redact(st.src.name), "frames": st.written, "drops": int(sum(dc)),
-                             "reconnects": st.reconnects, "in_queue": len(p.inq.q[i]) if p.inq else 0}
-                            for i, (st, dc) in enumerate(zip(p.states, causes))]}
+                "sources": [{"name": redact(st.src.name), "frames": st.written, "fps": round(fps, 1),
+                             "drops": int(sum(dc)), "reconnects": st.reconnects,
+                             "in_queue": len(p.inq.q[i]) if p.inq else 0}
+                            for i, (st, dc, fps) in enumerate(zip(p.states, causes, self.collector.fps()))]}
 
     def index_html(self) -> str:
         """The page: one MJPEG ``<img>`` per source and figures refreshed once a second."""
