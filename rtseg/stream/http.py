@@ -17,12 +17,12 @@ Design (the hot path is not touched):
 
 from __future__ import annotations
 
+import collections
 import hmac
 import html
 import ipaddress
 import json
 import os
-import collections
 import socket
 import threading
 import time
