@@ -131,6 +131,20 @@ def test_metrics_health_and_bad_requests(backend, small_clip):
         c.request("GET", "/metrics", body=b"unexpected", headers={"Authorization": f"Bearer {tok}"})
         assert c.getresponse().status == 400
         c.close()
+        c = http.client.HTTPConnection(pipe.http.host, pipe.http.port, timeout=5)  # a browser: /?token= → cookie
+        c.request("GET", "/?token=s3cret")
+        r = c.getresponse()
+        r.read()
+        assert r.status == 303 and r.getheader("Location") == "/"
+        cookie = r.getheader("Set-Cookie").split(";")[0]
+        assert cookie == "rtseg_token=s3cret" and "HttpOnly" in r.getheader("Set-Cookie")
+        c.close()
+        for hdr, code in ((cookie, 200), ("rtseg_token=wrong", 401), ('x="', 401)):
+            c = http.client.HTTPConnection(pipe.http.host, pipe.http.port, timeout=5)
+            c.request("GET", "/stats.json", headers={"Cookie": hdr})
+            assert c.getresponse().status == code, hdr
+            c.close()
+        assert get(url + "/?token=wrong")[0] == 401
         st = json.loads(get(url + "/stats.json", token=tok)[1])
         assert st["sources"][0]["frames"] > 0 and st["sources"][0]["fps"] > 0
         n0 = frames(pipe)

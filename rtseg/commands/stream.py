@@ -82,7 +82,7 @@ Examples:
               help="Serve /metrics (Prometheus), /healthz, /readyz and a live view (/) on HOST:PORT "
                    "(PORT alone: 127.0.0.1); nothing listens without it.")
 @click.option("--http-token", default=None, envvar="RTSEG_HTTP_TOKEN", show_envvar=True,
-              help="Require 'Authorization: Bearer TOKEN' on every --http endpoint.")
+              help="Require 'Authorization: Bearer TOKEN' on every --http endpoint (a browser: open /?token=TOKEN once).")
 @click.option("--http-preview-fps", default=StreamOptions.http_preview_fps, show_default=True, type=FiniteFloatRange(min=0.1),
               help="Max frames per second of the live view, per viewer.")
 @click.option("--allow-failed-gate", is_flag=True, help="Use an engine that failed its accuracy gate (refused otherwise).")

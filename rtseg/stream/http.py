@@ -20,12 +20,14 @@ from __future__ import annotations
 import collections
 import hmac
 import html
+import http.cookies
 import ipaddress
 import json
 import os
 import socket
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -45,6 +47,8 @@ PREVIEW_MAX_WIDTH = 640
 JPEG_QUALITY = 75
 #: environment variable holding the bearer token when ``--http-token`` is not given
 TOKEN_ENV = "RTSEG_HTTP_TOKEN"
+#: the cookie that carries the token for a browser (set by ``/?token=TOKEN``)
+TOKEN_COOKIE = "rtseg_token"
 #: latency histogram bucket bounds (s)
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BOUNDARY = "rtsegframe"
@@ -353,14 +357,33 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- helpers -------------------------------------------------------------------------------------
     def _authorised(self, app: "HttpServer") -> bool:
+        """True when no token is set, or the request carries it: ``Authorization: Bearer TOKEN`` (Prometheus,
+        curl) or the :data:`TOKEN_COOKIE` a browser got by opening ``/?token=TOKEN`` once (answered here
+        with a redirect to ``/`` that sets the cookie, so the token leaves the address bar). Else 401."""
         if app.token is None:
             return True
+        want = app.token.encode()
         got = self.headers.get("Authorization", "")
-        if hmac.compare_digest(got.encode(), f"Bearer {app.token}".encode()):
+        if hmac.compare_digest(got.encode(), b"Bearer " + want):
+            return True
+        jar = http.cookies.SimpleCookie()
+        try:
+            jar.load(self.headers.get("Cookie", ""))
+        except http.cookies.CookieError:
+            jar = {}
+        if TOKEN_COOKIE in jar and hmac.compare_digest(jar[TOKEN_COOKIE].value.encode(), want):
             return True
         self.close_connection = True
-        self._send(401, "missing or wrong bearer token; send 'Authorization: Bearer TOKEN'\n",
-                   extra={"WWW-Authenticate": "Bearer"})
+        query = urllib.parse.parse_qs(self.path.partition("?")[2]).get("token", [""])[0]
+        if query and hmac.compare_digest(query.encode(), want):
+            cookie = http.cookies.SimpleCookie()
+            cookie[TOKEN_COOKIE] = app.token
+            cookie[TOKEN_COOKIE].update({"path": "/", "httponly": True, "samesite": "Strict"})
+            self._send(303, "token accepted\n", extra={"Location": self.path.split("?", 1)[0],
+                                                       "Set-Cookie": cookie[TOKEN_COOKIE].OutputString()})
+            return False
+        self._send(401, "missing or wrong bearer token; send 'Authorization: Bearer TOKEN' (a browser: open "
+                        "/?token=TOKEN once)\n", extra={"WWW-Authenticate": "Bearer"})
         return False
 
     def _send(self, code: int, body: str | bytes, ctype: str = "text/plain; charset=utf-8", extra=None) -> None:
