@@ -19,6 +19,9 @@ from .data.transforms import Preprocessor, logits_to_frame
 from .errors import RtsegError
 from .metrics import BINARY_KEYS, BinaryMetrics, MulticlassMetrics
 
+#: images (or video frames) per engine call in ``rtseg eval`` (image and video evaluation alike)
+EVAL_BATCH_SIZE = 8
+
 
 def resolve_samples(data: str | None, split: str | None, model_meta: dict, data_format: str | None = None):
     """(samples, reader, description) to evaluate: ``reader(sample) -> (uint8[h, w, 3] RGB, uint8[h, w] labels)``.
@@ -100,7 +103,7 @@ def overlay_grid(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], palette,
     return np.concatenate(out, axis=0)
 
 
-def evaluate_backend(backend, samples, batch_size: int = 8, limit: int = 0, progress: bool = False, reader=None,
+def evaluate_backend(backend, samples, batch_size: int = EVAL_BATCH_SIZE, limit: int = 0, progress: bool = False, reader=None,
                      keep: int = 0, presence="model") -> dict:
     """Evaluate ``backend`` (any :class:`rtseg.runtime.base.Backend`) on labelled ``samples``.
 

@@ -47,6 +47,7 @@ import numpy as np
 from .data.transforms import logits_to_frame
 from .decision import describe_decision
 from .errors import RtsegError
+from .evaluation import EVAL_BATCH_SIZE
 from .metrics import binary_confusion, binary_scores, pair_iou
 from .runtime.base import model_info_of
 from .stream.pipeline import StreamOptions, StreamPipeline
@@ -75,7 +76,7 @@ class VideoEvalOptions:
     temporal: str = "off"
     infer_every: int = 1
     ema: float = 0.3
-    batch_size: int = 4
+    batch_size: int = EVAL_BATCH_SIZE
     max_frames: int | None = None
     threshold: int = 127
     raw: bool = False

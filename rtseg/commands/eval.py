@@ -23,7 +23,7 @@ from .common import FiniteFloatRange, decision_options
 @click.option("--data", type=click.Path(), help="Labelled folder (images/ + masks/); default: the model's training data.")
 @click.option("--data-format", default=None, help="Dataset layout (polyp, camvid, cityscapes, coco, fsoco); default: detected.")
 @click.option("--split", default=None, help="train/val/test/all; default: test if --data is the training data, else all.")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=VideoEvalOptions.batch_size, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=None, type=int, help="Inference threads.")
 @click.option("--limit", default=0, type=click.IntRange(min=0), help="Evaluate at most N images (0 = all).")
 @click.option("--save-overlays", default=0, type=click.IntRange(min=0), help="Write a grid PNG of image / ground truth / prediction for the first N images.")
