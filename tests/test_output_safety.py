@@ -173,6 +173,6 @@ def test_names_with_glob_characters_are_names(tmp_path, kvasir, small_clip, tiny
     for k in range(n):
         cv2.imwrite(str(masks / f"{k:04d}.png"), blank)
     code, err = cli("eval", "--engine", tiny_engine, "--video", clip, "--masks", masks, "--out", tmp_path / "v[5].json",
-                    "--plot", "none")
+                    "--plot", tmp_path / "p[6].png")
     assert code == 0, err
-    assert (tmp_path / "v[5].json").exists()
+    assert (tmp_path / "v[5].json").exists() and (tmp_path / "p[6].png").exists()
