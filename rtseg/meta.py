@@ -7,14 +7,25 @@
 Both parse a JSON dict into a typed object and check it: a wrong type, a missing key or a value out
 of bounds is one :class:`~rtseg.errors.RtsegError` line naming the file, the field and the fix —
 never a ``KeyError``/``TypeError`` traceback later. ``to_dict()`` gives back the JSON form.
+
+How the checks are written: both classes are pydantic dataclasses. Each field's type says what it
+accepts (strict: an integer field refuses ``true``, ``"3"`` and ``3.0``); the few rules that relate
+values (``std > 0``, ``1 ≤ min ≤ opt ≤ max``, output channels = ``num_classes``, ...) are small
+validators that name their rule. :data:`_WHAT` holds every error message, by field or rule, and
+:func:`_refusal` turns pydantic's error into that one line.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+import functools
+from dataclasses import asdict, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Callable, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationInfo, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic_core import PydanticCustomError
 
 from . import __version__
 from .errors import RtsegError
@@ -29,32 +40,215 @@ BINARY_PALETTE = [[0, 0, 0], [0, 255, 0]]
 MAX_INPUT_SIDE = 8192
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
+#: What each field must be, per file: the ``what`` of the error line
+#: ``"{source}: '{field}' {what}; fix the file or rebuild it with rtseg"``, a format string of the
+#: field's ``value`` in the file. A key is a field (``"input.shape"``: ``shape`` inside ``input``), or
+#: ``"field: rule"`` for a rule a validator checks (its values are format arguments too). When several
+#: fields are wrong, the first one in this order is reported. (Literal braces are doubled: ``{{``.)
+_WHAT: dict[str, dict[str, str]] = {
+    "model.json": {
+        "model": "must be a registry name (a non-empty string)",
+        "num_classes": "must be an integer in 1..1024, not {value!r}",
+        "model_kwargs": "must be an object of keyword arguments",
+        "input_size": f"must be [H, W] with integers in 1..{MAX_INPUT_SIDE}, not {{value!r}}",
+        "mean": "must be three finite numbers (RGB in [0, 1]), not {value!r}",
+        "std": "must be three finite numbers (RGB in [0, 1]), not {value!r}",
+        "std: positive": "must be positive (a zero std divides by zero)",
+        "resize": "must be 'stretch' or 'letterbox', not {value!r}",
+        "data": "must be an object, not {value.__class__.__name__}",
+        "metrics": "must be an object, not {value.__class__.__name__}",
+        "training": "must be an object, not {value.__class__.__name__}",
+        "source": "must be an object, not {value.__class__.__name__}",
+        "class_names": "must be a list of 1..1025 class names (strings), not {value!r:.80}",
+        "palette": "must be a list of [R, G, B] colours with levels in 0..255, not {value!r:.80}",
+        "task": "must be 'binary' or 'multiclass', not {value!r}",
+        "ignore_index": "must be a class index in 0..255 or null, not {value!r}",
+        "decision": "must be an object (see rtseg calibrate-decision)",
+        "rtseg_version": "must be a string (the rtseg version that wrote the file), not {value!r}",
+        "format": f"must be a string ({CHECKPOINT_FORMAT!r} or {IMPORTED_FORMAT!r}), not {{value!r}}",
+        "decision.persistence": "must be an object with on_frames and hold_frames",
+        "decision.persistence: counts": "{reason}",
+    },
+    "engine.json": {
+        "format": f"is {{value!r}}, expected {ENGINE_FORMAT!r} (another tool or rtseg version)",
+        "backend": "is missing or not a str",
+        "backend_version": "is missing or not a str",
+        "precision": "is missing or not a str",
+        "engine_file": "is missing or not a str",
+        "input": "is missing or not a dict",
+        "output": "is missing or not a dict",
+        "model": "is missing or not a dict",
+        "precision: one of PRECISIONS": f"is {{value!r}}, not one of {', '.join(PRECISIONS)}",
+        "engine_file: a name in the folder": "is {value!r}: it must be a file name inside the engine folder",
+        "input.shape": f"must be [N, 3, H, W] with H, W in 1..{MAX_INPUT_SIDE}, not {{value!r}}",
+        "output.shape": "must be [N, C, H, W], not {value!r}",
+        "batch": "must be an object {{min, opt, max}}",
+        "batch: 1 ≤ min ≤ opt ≤ max": "must satisfy 1 ≤ min ≤ opt ≤ max, not {value!r}",
+        "accuracy_gate": "is not the gate record 'rtseg build-engine' writes "
+                         "({{status, metric, tolerance_pt, after: {{delta_pt}}, ...}})",
+        "output.shape: num_classes": "has {channels} channels but the model has num_classes {num_classes}",
+    },
+}
+
+
+def _broken(rule: str, **values: Any) -> PydanticCustomError:
+    """The error of a rule a validator checks: its line is ``_WHAT[...][rule]`` formatted with ``values``."""
+    return PydanticCustomError("rtseg_rule", "rule {rule} is broken", {"rule": rule, **values})
+
+
+def _must(test: Callable[[Any], bool], rule: str) -> pydantic.AfterValidator:
+    """A field validator: the (typed) value must pass ``test``, else ``rule`` is broken."""
+
+    def check(value: Any) -> Any:
+        if not test(value):
+            raise _broken(rule)
+        return value
+
+    return pydantic.AfterValidator(check)
+
+
+def _source(info: ValidationInfo, default: str) -> str:
+    """The file name the caller of ``from_dict`` gave (validation context), for errors of other modules."""
+    return (info.context or {}).get("source", default)
+
+
+# -- field types (strict: an int is never True, "3" or 3.0; an int given for a float stays an int) --
+#: a network input side (pixels)
+Side = Annotated[StrictInt, Field(ge=1, le=MAX_INPUT_SIDE)]
+#: a dimension of a tensor shape other than the batch (≥ 1)
+Dim = Annotated[StrictInt, Field(ge=1)]
+#: a finite number (NaN, ±Infinity and integers too large for a float are not)
+Finite = Annotated[StrictInt, Field(ge=-(2**1023), le=2**1023)] | Annotated[StrictFloat, Field(allow_inf_nan=False)]
+#: a colour level: a number in 0..255 (NaN and ±Infinity are not)
+Level = Annotated[StrictInt, Field(ge=0, le=255)] | Annotated[StrictFloat, Field(ge=0, le=255)]
+#: mean or std of the RGB input normalisation
+RGBNumbers = Annotated[list[Finite], Field(min_length=3, max_length=3)]
+#: one class's [R, G, B] colour
+RGBColour = Annotated[list[Level], Field(min_length=3, max_length=3)]
+
+
+class _Record(BaseModel):
+    """A record inside a JSON file, checked against the fields below and kept as written (other keys allowed)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @classmethod
+    def accepts(cls, value: Any) -> bool:
+        try:
+            cls.model_validate(value)
+        except pydantic.ValidationError:
+            return False
+        return True
+
+
+class _Tensor(_Record):
+    """``engine.json`` ``output``: ``{"name", "shape": [N, C, H, W], ...}`` (N may be -1: dynamic)."""
+
+    shape: tuple[StrictInt, Dim, Dim, Dim]
+
+
+class _InputTensor(_Tensor):
+    """``engine.json`` ``input``: ``{"name", "shape": [N, 3, H, W], "dtype", "layout"}``."""
+
+    shape: tuple[StrictInt, Annotated[StrictInt, Field(ge=3, le=3)], Side, Side]
+
+
+class _BatchProfile(_Record):
+    """``engine.json`` ``batch``: ``{"min", "opt", "max"}`` (``max`` ``None`` = unbounded)."""
+
+    min: StrictInt = 1
+    opt: StrictInt = 1
+    max: StrictInt | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "_BatchProfile":
+        if not 1 <= self.min <= self.opt or (self.max is not None and self.max < self.opt):
+            raise ValueError("not 1 ≤ min ≤ opt ≤ max")
+        return self
+
+
+class _GateAfter(_Record):
+    delta_pt: StrictInt | StrictFloat | None = None  # any number (NaN too) or null
+
+
+class _GateRecord(_Record):
+    """``accuracy_gate``: ``{status, metric, tolerance_pt, after: {delta_pt}, ...}`` (decides whether an
+    engine may be used: an unreadable one must not pass as passed)."""
+
+    after: _GateAfter | None = None
+
+
+class _EngineRecords(_Record):
+    """The records of ``engine.json`` besides its core fields; only the accuracy gate is read as typed."""
+
+    accuracy_gate: _GateRecord | None = None
+
+
+class _Persistence(_Record):
+    """``decision.persistence``; the counts are checked by :func:`rtseg.decision.check_persistence`."""
+
+    on_frames: Any
+    hold_frames: Any
+
+
+def _no_batch_profile() -> dict[str, Any]:
+    return {"min": 1, "opt": 1, "max": None}
+
+
+def _is_file_name(name: str) -> bool:
+    return bool(name) and Path(name).name == name and name not in (".", "..")
+
 
 @dataclass
 class ModelMeta:
-    """The content of ``model.json`` (see :mod:`rtseg.checkpoint`)."""
+    """The content of ``model.json`` (see :mod:`rtseg.checkpoint`).
 
-    model: str
-    num_classes: int = 1
+    ``input_size`` is ``[H, W]`` in pixels (1..:data:`MAX_INPUT_SIDE`); ``mean``/``std`` are RGB in
+    [0, 1]; ``palette`` one ``[R, G, B]`` (levels 0..255) per class. Constructing one checks the
+    fields (``pydantic.ValidationError``); :meth:`from_dict` turns every problem into an ``RtsegError``.
+    """
+
+    model: Annotated[StrictStr, Field(min_length=1)]
+    num_classes: Annotated[StrictInt, Field(ge=1, le=1024)] = 1
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    class_names: list[str] = field(default_factory=lambda: ["background", "foreground"])
-    palette: list[list[int]] = field(default_factory=lambda: [list(c) for c in BINARY_PALETTE])
-    input_size: list[int] = field(default_factory=lambda: [256, 256])
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    resize: str = "stretch"
-    task: str = "binary"
-    ignore_index: int | None = None
+    class_names: Annotated[list[StrictStr], Field(min_length=1, max_length=1025)] = field(
+        default_factory=lambda: ["background", "foreground"])
+    palette: Annotated[list[RGBColour], Field(min_length=1, max_length=1025)] = field(
+        default_factory=lambda: [list(c) for c in BINARY_PALETTE])
+    input_size: Annotated[list[Side], Field(min_length=2, max_length=2)] = field(default_factory=lambda: [256, 256])
+    mean: RGBNumbers = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: Annotated[RGBNumbers, _must(lambda v: all(x > 0 for x in v), "std: positive")] = field(
+        default_factory=lambda: [0.229, 0.224, 0.225])
+    resize: Literal["stretch", "letterbox"] = "stretch"
+    task: Literal["binary", "multiclass"] = "binary"
+    ignore_index: Annotated[StrictInt, Field(ge=0, le=255)] | None = None
     data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
-    rtseg_version: str = __version__
-    format: str = CHECKPOINT_FORMAT
+    rtseg_version: StrictStr = __version__
+    format: StrictStr = CHECKPOINT_FORMAT
     #: imported model folders (:mod:`rtseg.byom`): where ``model.onnx`` came from and the edits made to it
     source: dict[str, Any] = field(default_factory=dict)
     #: the decision layer (:mod:`rtseg.decision`): ``presence`` ``{"min_peak", "min_area"}`` (binary models),
     #: ``persistence`` ``{"on_frames", "hold_frames"}``, and how they were chosen (``rtseg calibrate-decision``)
     decision: dict[str, Any] = field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _decision_parses(self, info: ValidationInfo) -> "ModelMeta":
+        """``decision.presence`` and ``decision.persistence`` must be what :mod:`rtseg.decision` reads."""
+        from .decision import PresenceRule, check_persistence
+
+        presence, persistence = self.decision.get("presence"), self.decision.get("persistence")
+        if presence is not None:
+            PresenceRule.from_dict(presence, _source(info, "model.json"))  # raises its own one-line RtsegError
+        if persistence is not None:
+            if not _Persistence.accepts(persistence):
+                raise _broken("decision.persistence")
+            try:
+                check_persistence(persistence["on_frames"], persistence["hold_frames"])
+            except RtsegError as e:
+                raise _broken("decision.persistence: counts", reason=str(e)) from None
+        return self
 
     @property
     def imported(self) -> bool:
@@ -78,86 +272,9 @@ class ModelMeta:
         """
         if not isinstance(d, dict):
             raise RtsegError(f"{source} must be a JSON object, not {type(d).__name__}; restore the file written by 'rtseg train'")
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "model" not in known:
+        if "model" not in d:
             raise RtsegError(f"{source} has no 'model' entry; it was not written by rtseg — retrain or re-save the checkpoint")
-        _check_model_fields(known, source)
-        return cls(**known)
-
-
-def _bad(source: str, key: str, what: str) -> RtsegError:
-    return RtsegError(f"{source}: '{key}' {what}; fix the file or rebuild it with rtseg")
-
-
-def _check_model_fields(d: dict, source: str) -> None:
-    if not isinstance(d["model"], str) or not d["model"]:
-        raise _bad(source, "model", "must be a registry name (a non-empty string)")
-    n = d.get("num_classes", 1)
-    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 1024:
-        raise _bad(source, "num_classes", f"must be an integer in 1..1024, not {n!r}")
-    if not isinstance(d.get("model_kwargs", {}), dict):
-        raise _bad(source, "model_kwargs", "must be an object of keyword arguments")
-    size = d.get("input_size", [256, 256])
-    if (not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
-            or not all(1 <= v <= MAX_INPUT_SIDE for v in size)):
-        raise _bad(source, "input_size", f"must be [H, W] with integers in 1..{MAX_INPUT_SIDE}, not {size!r}")
-    for key in ("mean", "std"):
-        v = d.get(key, [0.5, 0.5, 0.5])
-        if not isinstance(v, list) or len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                             and math.isfinite(x) for x in v):
-            raise _bad(source, key, f"must be three finite numbers (RGB in [0, 1]), not {v!r}")
-    if any(not x > 0 for x in d.get("std", [1.0])):
-        raise _bad(source, "std", "must be positive (a zero std divides by zero)")
-    if d.get("resize", "stretch") not in ("stretch", "letterbox"):
-        raise _bad(source, "resize", f"must be 'stretch' or 'letterbox', not {d.get('resize')!r}")
-    _check_records(d, source)
-    _check_decision(d.get("decision", {}), source)
-
-
-def _is_int(v: Any, lo: int, hi: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-
-def _is_level(v: Any) -> bool:
-    """A colour level: a number in 0..255 (NaN and ±Infinity are not)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 255
-
-
-def _check_records(d: dict, source: str) -> None:
-    """The descriptive fields: records are objects, names strings, colours RGB bytes, the task known."""
-    for key in ("data", "metrics", "training", "source"):
-        if not isinstance(d.get(key, {}), dict):
-            raise _bad(source, key, f"must be an object, not {type(d[key]).__name__}")
-    names = d.get("class_names", ["background", "foreground"])
-    if not isinstance(names, list) or not 1 <= len(names) <= 1025 or not all(isinstance(n, str) for n in names):
-        raise _bad(source, "class_names", f"must be a list of 1..1025 class names (strings), not {names!r:.80}")
-    pal = d.get("palette", BINARY_PALETTE)
-    if not isinstance(pal, list) or not 1 <= len(pal) <= 1025 or not all(
-            isinstance(c, list) and len(c) == 3 and all(_is_level(v) for v in c) for c in pal):
-        raise _bad(source, "palette", f"must be a list of [R, G, B] colours with levels in 0..255, not {pal!r:.80}")
-    if d.get("task", "binary") not in ("binary", "multiclass"):
-        raise _bad(source, "task", f"must be 'binary' or 'multiclass', not {d.get('task')!r}")
-    ig = d.get("ignore_index")
-    if ig is not None and not _is_int(ig, 0, 255):
-        raise _bad(source, "ignore_index", f"must be a class index in 0..255 or null, not {ig!r}")
-
-
-def _check_decision(dec: Any, source: str) -> None:
-    """``decision`` must be an object whose ``presence``/``persistence`` parse (:mod:`rtseg.decision`)."""
-    from .decision import PresenceRule, check_persistence
-
-    if not isinstance(dec, dict):
-        raise _bad(source, "decision", "must be an object (see rtseg calibrate-decision)")
-    if dec.get("presence") is not None:
-        PresenceRule.from_dict(dec["presence"], source)
-    per = dec.get("persistence")
-    if per is not None:
-        if not isinstance(per, dict) or not {"on_frames", "hold_frames"} <= set(per):
-            raise _bad(source, "decision.persistence", "must be an object with on_frames and hold_frames")
-        try:
-            check_persistence(per["on_frames"], per["hold_frames"])
-        except RtsegError as e:
-            raise _bad(source, "decision.persistence", str(e)) from None
+        return _parse(cls, d, source, "model.json")
 
 
 @dataclass
@@ -174,20 +291,34 @@ class EngineMeta:
         input: ``{"name", "shape": [-1, 3, H, W], "dtype", "layout"}``; output ``{"name", "shape": [-1, C, H, W], ...}``.
         batch: the batch profile ``{"min", "opt", "max"}`` (``max`` ``None`` = unbounded).
         model: the checkpoint's ``model.json`` (as a dict).
+
+    Constructing one checks the fields (``pydantic.ValidationError``; the model record: ``RtsegError``);
+    :meth:`from_dict` turns every problem into an ``RtsegError``.
     """
 
-    backend: str
-    backend_version: str
-    precision: str
-    engine_file: str
-    input: dict[str, Any]
-    output: dict[str, Any]
+    backend: StrictStr
+    backend_version: StrictStr
+    precision: Annotated[StrictStr, _must(lambda p: p in PRECISIONS, "precision: one of PRECISIONS")]
+    engine_file: Annotated[StrictStr, _must(_is_file_name, "engine_file: a name in the folder")]
+    input: Annotated[dict[str, Any], _must(_InputTensor.accepts, "input.shape")]
+    output: Annotated[dict[str, Any], _must(_Tensor.accepts, "output.shape")]
     model: dict[str, Any]
-    batch: dict[str, Any] = field(default_factory=lambda: {"min": 1, "opt": 1, "max": None})
-    records: dict[str, Any] = field(default_factory=dict)
-    format: str = ENGINE_FORMAT
+    batch: Annotated[dict[str, Any], _must(_BatchProfile.accepts, "batch: 1 ≤ min ≤ opt ≤ max")] = field(
+        default_factory=_no_batch_profile)
+    records: Annotated[dict[str, Any], _must(_EngineRecords.accepts, "accuracy_gate")] = field(default_factory=dict)
+    format: Literal["rtseg-engine/1"] = ENGINE_FORMAT
 
     _CORE = ("format", "backend", "backend_version", "precision", "engine_file", "input", "output", "batch", "model")
+
+    @model_validator(mode="after")
+    def _model_record_fits(self, info: ValidationInfo) -> "EngineMeta":
+        """The model record is what the backends normalise with (mean/std) and score as: the same checks as
+        ``model.json``, and its ``num_classes`` (if given) is the output's channel count."""
+        ModelMeta.from_dict({"model": "(engine)", **self.model}, f"{_source(info, 'engine.json')} 'model'")
+        n, channels = self.model.get("num_classes"), self.output["shape"][1]
+        if n is not None and n != channels:
+            raise _broken("output.shape: num_classes", channels=channels, num_classes=n)
+        return self
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -232,63 +363,52 @@ class EngineMeta:
         src = str(source)
         if not isinstance(d, dict):
             raise RtsegError(f"{src} must be a JSON object, not {type(d).__name__}; rebuild the engine with 'rtseg build-engine'")
-        if d.get("format") != ENGINE_FORMAT:
-            raise _bad(src, "format", f"is {d.get('format')!r}, expected {ENGINE_FORMAT!r} (another tool or rtseg version)")
-        for key, typ in (("backend", str), ("backend_version", str), ("precision", str), ("engine_file", str),
-                         ("input", dict), ("output", dict), ("model", dict)):
-            if not isinstance(d.get(key), typ):
-                raise _bad(src, key, f"is missing or not a {typ.__name__}")
-        _check_engine_fields(d, src)
-        records = {k: v for k, v in d.items() if k not in cls._CORE}
-        return cls(backend=d["backend"], backend_version=d["backend_version"], precision=d["precision"],
-                   engine_file=d["engine_file"], input=d["input"], output=d["output"], model=d["model"],
-                   batch=d.get("batch") or {"min": 1, "opt": 1, "max": None}, records=records)
+        fields = {k: d.get(k) for k in cls._CORE} | {"batch": d.get("batch") or _no_batch_profile(),
+                                                     "records": {k: v for k, v in d.items() if k not in cls._CORE}}
+        return _parse(cls, fields, src, "engine.json", file_dict=d)
 
 
-def _shape4(v: Any) -> bool:
-    return (isinstance(v, list) and len(v) == 4
-            and all(isinstance(x, int) and not isinstance(x, bool) for x in v) and all(x >= 1 for x in v[1:]))
+# -- from a pydantic error to the one error line ---------------------------------------------------------
+@functools.cache
+def _adapter(cls: type) -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(cls)
 
 
-def _check_engine_fields(d: dict, src: str) -> None:
-    if d["precision"] not in PRECISIONS:
-        raise _bad(src, "precision", f"is {d['precision']!r}, not one of {', '.join(PRECISIONS)}")
-    name = d["engine_file"]
-    if not name or Path(name).name != name or name in (".", ".."):
-        raise _bad(src, "engine_file", f"is {name!r}: it must be a file name inside the engine folder")
-    shape = d["input"].get("shape")
-    if not _shape4(shape) or shape[1] != 3 or max(shape[2:]) > MAX_INPUT_SIDE:
-        raise _bad(src, "input.shape", f"must be [N, 3, H, W] with H, W in 1..{MAX_INPUT_SIDE}, not {shape!r}")
-    out = d["output"].get("shape")
-    if not _shape4(out):
-        raise _bad(src, "output.shape", f"must be [N, C, H, W], not {out!r}")
-    batch = d.get("batch") or {}
-    if not isinstance(batch, dict):
-        raise _bad(src, "batch", "must be an object {min, opt, max}")
-    lo, opt, hi = batch.get("min", 1), batch.get("opt", 1), batch.get("max")
-    vals = [v for v in (lo, opt, hi) if v is not None]
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in vals) or not 1 <= lo <= opt \
-            or (hi is not None and hi < opt):
-        raise _bad(src, "batch", f"must satisfy 1 ≤ min ≤ opt ≤ max, not {batch!r}")
-    _check_gate_record(d.get("accuracy_gate"), src)
-    # the model record is what the backends normalise with (mean/std) and score as: same checks as model.json
-    _check_model_fields({"model": "(engine)", **{k: v for k, v in d["model"].items() if k in ModelMeta.__dataclass_fields__}},
-                        f"{src} 'model'")
-    n = d["model"].get("num_classes")
-    if n is not None and n != out[1]:
-        raise _bad(src, "output.shape", f"has {out[1]} channels but the model has num_classes {n}")
+def _parse(cls: type, fields: dict, source: str, kind: str, file_dict: dict | None = None) -> Any:
+    """``cls`` validated from ``fields``; a violation is the one error line of :func:`_refusal`."""
+    try:
+        return _adapter(cls).validate_python(fields, context={"source": source})
+    except pydantic.ValidationError as e:
+        raise _refusal(e, source, kind, fields if file_dict is None else file_dict) from None
 
 
-def _check_gate_record(gate: Any, src: str) -> None:
-    """The accuracy-gate record decides whether an engine may be used: an unreadable one must not pass as passed."""
-    if gate is None:
-        return
-    after = gate.get("after") if isinstance(gate, dict) else None
-    delta = after.get("delta_pt") if isinstance(after, dict) else None
-    if not isinstance(gate, dict) or not isinstance(after, (dict, type(None))) \
-            or not (delta is None or (isinstance(delta, (int, float)) and not isinstance(delta, bool))):
-        raise _bad(src, "accuracy_gate", "is not the gate record 'rtseg build-engine' writes "
-                                         "({status, metric, tolerance_pt, after: {delta_pt}, ...})")
+def _refusal(e: pydantic.ValidationError, source: str, kind: str, file_dict: dict) -> RtsegError:
+    """The error line of ``e``'s first violation (in the order of ``_WHAT[kind]``), naming its field and value."""
+    what = _WHAT[kind]
+    order = list(what)
+    key, err = min(((_key(err, what), err) for err in e.errors()), key=lambda ke: order.index(ke[0]))
+    name = key.split(":")[0]
+    values = err.get("ctx", {}) if err["type"] == "rtseg_rule" else {}
+    return _bad(source, name, what[key].format(value=_value_at(file_dict, name), **values))
+
+
+def _key(err: dict, what: dict[str, str]) -> str:
+    """The ``_WHAT`` key of one pydantic error: its rule, or the innermost field of its location in ``what``."""
+    if err["type"] == "rtseg_rule":
+        return err["ctx"]["rule"]
+    loc = [str(p) for p in err["loc"]]
+    return next(k for k in (".".join(loc[:n]) for n in range(len(loc), 0, -1)) if k in what)
+
+
+def _value_at(d: Any, dotted: str) -> Any:
+    """``d["a"]["b"]`` for ``"a.b"`` (``None`` where a key is missing or a level is not an object)."""
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def _bad(source: str, key: str, what: str) -> RtsegError:
+    return RtsegError(f"{source}: '{key}' {what}; fix the file or rebuild it with rtseg")
 
 
 __all__ = ["BINARY_PALETTE", "CHECKPOINT_FORMAT", "ENGINE_FORMAT", "IMPORTED_FORMAT", "EngineMeta", "ModelMeta", "PRECISIONS"]
