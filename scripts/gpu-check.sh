@@ -7,8 +7,8 @@
 #
 # Every line it prints is "PASS|FAIL|INFO <check> ...", in this order (docs/tensorrt.md "GPU acceptance check"):
 #   versions      GPU, driver, compute capability, CUDA, torch, TensorRT
-#   pytest-gpu    pytest -m gpu tests/test_tensorrt.py (small EUNet engines vs ONNX Runtime, CUDA graphs, batches)
-#   build-*       fp32/fp16/int8 TensorRT engines of eunet-s (tests/data/eunet-tiny-kvasir64) and the default model,
+#   pytest-gpu    pytest -m gpu tests/runtime/test_tensorrt.py (small EUNet engines vs ONNX Runtime, CUDA graphs, batches)
+#   build-*       fp32/fp16/int8 TensorRT engines of eunet-s (tests/assets/eunet-tiny-kvasir64) and the default model,
 #                 one shared timing cache; fp32/fp16 must match their ONNX at build (engine.json verify.onnx),
 #                 fp16/int8 must pass the accuracy gate (0.5 pt Dice on the val split)
 #   variant-*     the default model's fp16 engine built --version-compatible and --hardware-compatibility-level ampere_plus
@@ -56,11 +56,11 @@ print(f"torch {torch.__version__} CUDA {torch.version.cuda} available={torch.cud
 EOF
 
 # -- 1. the GPU tests -------------------------------------------------------------------------------
-run pytest-gpu 240 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_tensorrt.py
+run pytest-gpu 240 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/runtime/test_tensorrt.py
 
 # -- 2. engines: two models × three precisions, one timing cache ------------------------------------
 CACHE=$OUT/timing.cache
-declare -A CKPT=([eunet-s]=tests/data/eunet-tiny-kvasir64 [default]=rtseg/weights/default)
+declare -A CKPT=([eunet-s]=tests/assets/eunet-tiny-kvasir64 [default]=rtseg/weights/default)
 GATE=(--gate-images 100 --gate-max-rounds 2 --threads 4)
 for m in eunet-s default; do
   for p in fp32 fp16 int8; do

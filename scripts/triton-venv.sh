@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The Triton Inference Server of the KServe tests (tests/test_kserve.py, tests/servers/triton_server.py):
+# The Triton Inference Server of the KServe tests (tests/runtime/test_kserve.py, tests/servers/triton_server.py):
 # NVIDIA PyTriton (it bundles tritonserver and its Python backend; it pins numpy < 2, so it gets its own
 # virtualenv, .venv-triton), with rtseg itself and the OpenVINO release of .venv so that the server runs
 # the same engines. Run by scripts/test.sh after .venv exists; safe to rerun.

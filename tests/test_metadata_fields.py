@@ -69,7 +69,7 @@ def test_a_model_folder_input_size_other_than_its_onnx_is_one_line(tmp_path, tin
 
 
 # -- issue 25 item 3: model.json / engine.json checked by pydantic types, messages unchanged --------------
-MODEL = json.loads((REPO / "tests" / "data" / "eunet-tiny-kvasir64" / "model.json").read_text()) | {
+MODEL = json.loads((REPO / "tests" / "assets" / "eunet-tiny-kvasir64" / "model.json").read_text()) | {
     "decision": {"presence": {"min_peak": 1.0, "min_area": 4}, "persistence": {"on_frames": 2, "hold_frames": 1}}}
 ENGINE = {"format": "rtseg-engine/1", "backend": "onnxruntime", "backend_version": "1.20.0", "precision": "fp32",
           "engine_file": "model.ort.onnx", "input": {"name": "input", "shape": [-1, 3, 64, 64], "dtype": "float32"},

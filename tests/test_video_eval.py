@@ -3,7 +3,7 @@ decoded through the stream.
 
 Real data: the first 2 s (50 frames) of the colonoscopy clip (PolypGen sequence 11), re-encoded at
 180×144 with PyAV, against its first 50 real masks (720×576 JPEG); the tiny engine of
-tests/test_stream.py, and the shipped default model through its PyTorch checkpoint. Hand-made mask
+tests/stream/test_stream.py, and the shipped default model through its PyTorch checkpoint. Hand-made mask
 sequences for the metric definitions.
 """
 

@@ -26,7 +26,7 @@ dynamic and static batch (``verify_openvino``, ``CalibOptions.verify``): a nativ
 Determinism: the images are chosen by sorting the candidates by ``sha256(f"{seed}:{relative path}")``
 and taking the first N; preprocessing is the runtime's own (``Preprocessor`` + ``normalize``); ONNX
 Runtime's temporary (augmented) models live in a private temporary folder and do not reach the
-output. Two runs on the same inputs write the same Q/DQ ONNX bytes (``tests/test_calibrate.py``).
+output. Two runs on the same inputs write the same Q/DQ ONNX bytes (``tests/calib/test_calibrate.py``).
 
 Calibration folder (``calib/<model>-<method>-n<N>-s<seed>/`` by default): ``model.onnx`` (FP32),
 ``model.qdq.onnx`` (INT8 Q/DQ), ``calib.json`` (record: image list with SHA-256 of each file,

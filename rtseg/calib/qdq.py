@@ -64,7 +64,7 @@ class QdqScheme:
 def openvino_unsafe_nodes(model) -> dict[str, str]:
     """Compute nodes whose Q/DQ OpenVINO 2026.4's CPU plugin computes wrongly: ``{node name: reason}``.
 
-    Found here (tests/test_calibrate.py keeps the regression): a Conv fed by a ``Concat`` one of whose
+    Found here (tests/calib/test_calibrate.py keeps the regression): a Conv fed by a ``Concat`` one of whose
     inputs also feeds another branch (a U-Net skip, e.g. EUNet's head ``Conv(Concat(up, x0))``).
     OpenVINO's low-precision transformations move the Concat's FakeQuantize onto the shared tensor and
     then *convert* it f32→i8 without scaling (a ``Reorder f32→i8`` in the runtime graph): the outputs

@@ -2,7 +2,7 @@
 
 ``create_model("eunet-s", num_classes=1)`` builds a network; ``list_models()`` lists the names. Each
 network registers its variants in its own module, next to its class, with a small test configuration
-(:class:`ModelTestConfig`) from which the contract test (``tests/test_model_contract.py``) builds a
+(:class:`ModelTestConfig`) from which the contract test (``tests/models/test_model_contract.py``) builds a
 tiny copy of every entry. A registered builder is a callable ``(num_classes: int, **kwargs) -> nn.Module``
 (normally a :class:`~rtseg.models.base.SegModel` subclass). The created module carries ``rtseg_name``,
 ``rtseg_kwargs`` and ``rtseg_num_classes`` so that a checkpoint can record exactly how to rebuild it

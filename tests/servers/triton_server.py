@@ -1,4 +1,4 @@
-"""A real Triton Inference Server for the KServe tests (tests/test_kserve.py): NVIDIA PyTriton, which
+"""A real Triton Inference Server for the KServe tests (tests/runtime/test_kserve.py): NVIDIA PyTriton, which
 bundles the ``tritonserver`` binary and its Python backend, run with its own virtualenv's Python
 (``.venv-triton``: PyTriton pins numpy < 2; scripts/test.sh installs it).
 

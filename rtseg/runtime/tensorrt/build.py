@@ -50,7 +50,7 @@ TensorRT API calls used here and where each was checked (search tool, docs corpu
   in the 11.x flag list.
 
 Every ``trt.*`` name and every call above is checked against the real bindings of TensorRT 10.0.1,
-10.8, 10.9, 10.16.1, 11.0 and 11.4 by ``tests/test_trt_bindings.py`` (no GPU needed). A name that
+10.8, 10.9, 10.16.1, 11.0 and 11.4 by ``tests/runtime/test_trt_bindings.py`` (no GPU needed). A name that
 exists only in some versions carries its guard next to the code: a ``# trt-guard: <11`` comment, or
 :data:`HARDWARE_LEVEL_SINCE`; the test requires each guarded name to exist exactly where the guard says.
 

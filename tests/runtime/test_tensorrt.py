@@ -13,7 +13,7 @@ Without TensorRT/CUDA (every machine):
 fp32/fp16/int8 engines of a small EUNet, compare with ONNX Runtime (max abs diff, Dice), run the
 pinned-buffer, torch-tensor and CUDA-graph paths.
 
-Run: ``OMP_NUM_THREADS=1 pytest tests/test_tensorrt.py``.
+Run: ``OMP_NUM_THREADS=1 pytest tests/runtime/test_tensorrt.py``.
 """
 
 from __future__ import annotations
@@ -456,9 +456,9 @@ def test_cli_build_engine_tensorrt_exits_2(tmp_path, capsys):
 
 # -- 5b. the builder's TensorRT call sequence, against a strict fake of the documented API ----------
 #: enums and call signatures of the real TensorRT bindings (10.0.1 … 11.4.0.106), recorded and kept
-#: true by tests/test_trt_bindings.py: the fake below takes its enums from here, and
+#: true by tests/runtime/test_trt_bindings.py: the fake below takes its enums from here, and
 #: test_fake_signatures_are_the_real_ones compares its methods with the real signatures
-TRT_API = json.loads((Path(__file__).parent / "data" / "trt_api.json").read_text())
+TRT_API = json.loads((Path(__file__).resolve().parents[1] / "assets" / "trt_api.json").read_text())
 
 
 def _vkey(v: str) -> tuple[int, ...]:
@@ -836,7 +836,7 @@ def test_fp32_fp16_engines_are_checked_against_the_onnx_at_build(fake_trt, monke
     fake_trt("10.3.0")
     monkeypatch.setattr(tbe, "TensorRTBackend", _FakeEngine)
     monkeypatch.setattr(_FakeEngine, "error", error)
-    ckpt = Path(__file__).parent / "data" / "eunet-tiny-kvasir64"
+    ckpt = Path(__file__).resolve().parents[1] / "assets" / "eunet-tiny-kvasir64"
     out = tmp_path / "tensorrt-fp32"
     opts = BuildOptions(gate=GateOptions(enabled=False), backend_options={"min_batch": 1, "max_batch": 4})
     if not ok:

@@ -3,7 +3,7 @@
 :class:`rtseg.stream.StreamPipeline` subclass that replaces one per-frame step.
 
 Real data: the laparoscopy clip (cut short with ``max_frames``), its 2 s 320×180 copy and a few
-Kvasir-SEG images; the tiny engine of tests/test_stream.py.
+Kvasir-SEG images; the tiny engine of tests/stream/test_stream.py.
 """
 
 from __future__ import annotations

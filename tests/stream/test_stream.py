@@ -27,7 +27,7 @@ from rtseg.errors import RtsegError
 
 from helpers import cut_clip, decode_video, expected_masks, run_cli_process, video_pts_seconds
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # -- helpers (also imported by test_stream_net.py) ------------------------------------------------------

@@ -1,6 +1,6 @@
 """Check rtseg's TensorRT code against the real TensorRT Python bindings, without a GPU.
 
-Run by ``tests/test_trt_bindings.py`` in a subprocess whose ``PYTHONPATH`` holds an unpacked
+Run by ``tests/runtime/test_trt_bindings.py`` in a subprocess whose ``PYTHONPATH`` holds an unpacked
 ``tensorrt-cu12-bindings`` wheel and whose ``LD_LIBRARY_PATH`` holds stub ``libnvinfer`` /
 ``libnvonnxparser`` / ``libnvinfer_plugin`` libraries (built with gcc from the C symbols the
 bindings module links against). With them, ``import tensorrt_bindings`` registers every class,

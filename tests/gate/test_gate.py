@@ -1,6 +1,6 @@
 """Issue 5: the INT8 accuracy gate, its per-layer repair, and --precision auto.
 
-All on a real trained model: ``tests/data/eunet-tiny-kvasir64`` is an rtseg checkpoint (eunet-s at
+All on a real trained model: ``tests/assets/eunet-tiny-kvasir64`` is an rtseg checkpoint (eunet-s at
 widths 8/16/32/64, 95,711 params, 64×64) trained by ``rtseg train`` on the Kvasir-SEG train split
 for 20 epochs (val Dice 0.59); the gate evaluates on the real val split of ../shared/data.
 """
@@ -25,7 +25,7 @@ from rtseg.runtime import load_engine
 
 from helpers import run_cli
 
-CKPT = Path(__file__).parent / "data" / "eunet-tiny-kvasir64"
+CKPT = Path(__file__).resolve().parents[1] / "assets" / "eunet-tiny-kvasir64"
 
 
 @pytest.fixture(scope="module")

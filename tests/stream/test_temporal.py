@@ -1,7 +1,7 @@
 """Temporal modes of the stream (``--temporal off|ema|flow``, ``--infer-every K``) and its flicker figure.
 
 Real data: 2 s (50 frames) of the laparoscopy and street clips at low resolution (the fixtures of
-tests/test_stream.py) through the tiny engine; a real colonoscopy frame shifted by hand for the
+tests/stream/test_stream.py) through the tiny engine; a real colonoscopy frame shifted by hand for the
 optical-flow propagation; hand-made frame sequences (gaps, reconnects, logits) for the keyframe
 and EMA definitions.
 """

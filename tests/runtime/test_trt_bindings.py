@@ -6,13 +6,13 @@ has), the test downloads the small ``tensorrt-cu12-bindings`` wheel (≈1.3 MB; 
 themselves do not install from PyPI), builds stub ``libnvinfer.so.N``, ``libnvonnxparser.so.N`` and
 ``libnvinfer_plugin.so.N`` with gcc from the C symbols the bindings module links against
 (``nm -D --undefined-only``, less what the system libraries define; soname with the major version
-from ``readelf -d``), and runs ``tests/trt_probe.py`` in a subprocess that imports the real
+from ``readelf -d``), and runs ``tests/runtime/trt_probe.py`` in a subprocess that imports the real
 bindings. Wheels and stubs are cached in ``~/.cache/rtseg/trt-bindings`` (``$RTSEG_CACHE``).
 
 The probe checks every ``trt.*`` name rtseg uses (with the declared version guards) and replays
 every TensorRT call rtseg makes, with its own argument forms, on the real classes. The recorded
-enums and call signatures are compared with ``tests/data/trt_api.json``, which the fake TensorRT
-of ``tests/test_tensorrt.py`` is built from (regenerate: ``RTSEG_WRITE_TRT_API=1``).
+enums and call signatures are compared with ``tests/assets/trt_api.json``, which the fake TensorRT
+of ``tests/runtime/test_tensorrt.py`` is built from (regenerate: ``RTSEG_WRITE_TRT_API=1``).
 
 Skips only when the package registry cannot be reached and the wheels are not cached.
 """
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).parent / "trt_probe.py"
-API_FILE = Path(__file__).parent / "data" / "trt_api.json"
+API_FILE = Path(__file__).resolve().parents[1] / "assets" / "trt_api.json"
 VERSIONS = ["10.0.1", "10.8.0.43", "10.9.0.34", "10.16.1.11", "11.0.0.114", "11.4.0.106"]
 OLDEST_NEWEST = ["10.0.1", "10.16.1.11", "11.0.0.114", "11.4.0.106"]
 STUB_LIBS = ("nvinfer", "nvonnxparser", "nvinfer_plugin")
@@ -179,7 +179,7 @@ def test_the_check_fails_on_wrong_calls(version):
 
 
 def test_fake_api_file_matches_the_real_bindings(results):
-    """The fake TensorRT of test_tensorrt.py is built from tests/data/trt_api.json: its enums and the
+    """The fake TensorRT of test_tensorrt.py is built from tests/assets/trt_api.json: its enums and the
     signatures of the calls rtseg makes must be the real bindings'."""
     real = {v: {"enums": r["enums"], "calls": r["calls"]} for v, r in results.items()}
     if os.environ.get("RTSEG_WRITE_TRT_API"):

@@ -24,7 +24,7 @@ from rtseg.runtime.onnxruntime_backend import cpu_device_info, make_session, onn
 
 from helpers import run_cli
 
-CKPT = Path(__file__).parent / "data" / "eunet-tiny-kvasir64"
+CKPT = Path(__file__).resolve().parents[1] / "assets" / "eunet-tiny-kvasir64"
 NAME = "toy-ort-noopt"
 
 

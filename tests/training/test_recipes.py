@@ -15,7 +15,7 @@ from rtseg.training.objectives import make_loss, make_optimizer, make_scheduler
 
 from helpers import TINY_WIDTHS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", ["eunet", "visionfusenet", "contrafusionnet", "gmsrfnet"])

@@ -12,7 +12,7 @@ from helpers import TINY_WIDTHS
 
 
 def test_eunet_per_module_parameters_match_spec():
-    m = create_model("eunet", num_classes=1)  # 4,564,511 in total: tests/test_model_contract.py
+    m = create_model("eunet", num_classes=1)  # 4,564,511 in total: tests/models/test_model_contract.py
     # per-module breakdown of §2.2 (C = 1)
     parts = [m.stem, m.down1, m.down2, m.down3, m.up1, m.up2, m.up3, m.head]
     assert [count_parameters(p) for p in parts] == [222, 94_976, 353_792, 1_362_944, 1_363_200, 1_100_928, 288_320, 129]

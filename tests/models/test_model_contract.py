@@ -1,7 +1,7 @@
 """The model contract (docs/networks.md, "Model contract"), checked for every entry of ``list_models()``.
 
 Each entry is built tiny from the test configuration registered next to it (``model_test_config``).
-The ``check_*`` functions are shared with tests/test_extending_network.py, which runs them on a network
+The ``check_*`` functions are shared with tests/models/test_extending_network.py, which runs them on a network
 defined outside the package, the way the "add a network" recipe describes.
 """
 
