@@ -23,12 +23,18 @@ Multi-class models get neither step (there is no single "object present" questio
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import functools
+import typing
 from dataclasses import dataclass
+from typing import Annotated, Any
 
 import numpy as np
+import pydantic
+from pydantic import Field, StrictInt
 
 from .errors import RtsegError
+from .meta import Finite, _Record
 
 #: persistence of a model whose ``model.json`` records none (``--persist N --hold M`` override it): off.
 #: Calibrated models (the shipped default model) carry the counts chosen on their validation sequences
@@ -37,6 +43,13 @@ DEFAULT_ON_FRAMES = 1
 DEFAULT_HOLD_FRAMES = 0
 #: bounds of the persistence counts (frames)
 MAX_PERSIST_FRAMES = 10_000
+
+
+#: the error of each field of a presence rule (the flags set them too): a format string of its ``value``
+_WHAT = {
+    "min_peak": "presence threshold must be a finite logit, got {value!r}; pass e.g. --presence-threshold 2.5",
+    "min_area": "presence min-area must be a whole number of pixels ≥ 0, got {value!r}; pass e.g. --presence-min-area 32",
+}
 
 
 @dataclass(frozen=True)
@@ -48,20 +61,24 @@ class PresenceRule:
             the plain ``sigmoid > 0.5`` rule).
         min_area: … and at least this many pixels at the network's input size have ``logit > 0``.
 
+    The fields' types are pydantic's (strict: ``True`` and ``"3"`` are not numbers; ``min_peak`` is
+    finite), checked when one is made — with an ``RtsegError`` line (:data:`_WHAT`), not pydantic's error:
+    ``--presence-threshold``/``--presence-min-area`` make one too.
+
     Raises:
-        RtsegError: a non-finite ``min_peak`` or a negative ``min_area``.
+        RtsegError: a non-finite ``min_peak`` or a negative ``min_area`` (or one of another type).
     """
 
-    min_peak: float = 0.0
-    min_area: int = 1
+    min_peak: Finite = 0.0
+    min_area: Annotated[StrictInt, Field(ge=0)] = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.min_peak, (int, float)) or isinstance(self.min_peak, bool) or not math.isfinite(self.min_peak):
-            raise RtsegError(f"presence threshold must be a finite logit, got {self.min_peak!r}; "
-                             f"pass e.g. --presence-threshold 2.5")
-        if not isinstance(self.min_area, int) or isinstance(self.min_area, bool) or self.min_area < 0:
-            raise RtsegError(f"presence min-area must be a whole number of pixels ≥ 0, got {self.min_area!r}; "
-                             f"pass e.g. --presence-min-area 32")
+        for name, field_type in _field_types(PresenceRule).items():
+            value = getattr(self, name)
+            try:
+                field_type.validate_python(value)
+            except pydantic.ValidationError:
+                raise RtsegError(_WHAT[name].format(value=value)) from None
 
     def present(self, logits: np.ndarray) -> np.ndarray:
         """``bool[N]``: which frames of ``float32[N, 1, H, W]`` logits hold the object."""
@@ -93,13 +110,27 @@ class PresenceRule:
         Raises:
             RtsegError: not an object, or a field of the wrong type (one line naming the file).
         """
-        if not isinstance(d, dict) or not {"min_peak", "min_area"} <= set(d):
+        if not _PresenceRecord.accepts(d):
             raise RtsegError(f"{source}: 'decision.presence' must be an object with min_peak and min_area; "
                              f"recalibrate it with 'rtseg calibrate-decision'")
         try:
             return cls(min_peak=d["min_peak"], min_area=d["min_area"])
         except RtsegError as e:
             raise RtsegError(f"{source}: 'decision.presence': {e}") from None
+
+
+class _PresenceRecord(_Record):
+    """``decision.presence``: an object with both fields (their values are :class:`PresenceRule`'s to check)."""
+
+    min_peak: Any
+    min_area: Any
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, pydantic.TypeAdapter]:
+    """A validator of each field of the dataclass ``cls``, from its type."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: pydantic.TypeAdapter(hints[f.name]) for f in dataclasses.fields(cls)}
 
 
 def model_presence(model_meta: dict | None, num_classes: int) -> PresenceRule | None:

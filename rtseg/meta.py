@@ -12,7 +12,9 @@ How the checks are written: both classes are pydantic dataclasses. Each field's 
 accepts (strict: an integer field refuses ``true``, ``"3"`` and ``3.0``); the few rules that relate
 values (``std > 0``, ``1 ≤ min ≤ opt ≤ max``, output channels = ``num_classes``, ...) are small
 validators that name their rule. :data:`_WHAT` holds every error message, by field or rule, and
-:func:`_refusal` turns pydantic's error into that one line.
+:func:`_refusal` turns pydantic's error into that one line. The import metadata
+(:class:`rtseg.byom.ImportMeta`) and the presence rule (:class:`rtseg.decision.PresenceRule`) use the same
+field types and helpers.
 """
 
 from __future__ import annotations
@@ -385,11 +387,21 @@ def _parse(cls: type, fields: dict, source: str, kind: str, file_dict: dict | No
 def _refusal(e: pydantic.ValidationError, source: str, kind: str, file_dict: dict) -> RtsegError:
     """The error line of ``e``'s first violation (in the order of ``_WHAT[kind]``), naming its field and value."""
     what = _WHAT[kind]
-    order = list(what)
-    key, err = min(((_key(err, what), err) for err in e.errors()), key=lambda ke: order.index(ke[0]))
+    key, err = _first_violation(e.errors(), what, lambda err: _key(err, what))
     name = key.split(":")[0]
-    values = err.get("ctx", {}) if err["type"] == "rtseg_rule" else {}
-    return _bad(source, name, what[key].format(value=_value_at(file_dict, name), **values))
+    return _bad(source, name, what[key].format(value=_value_at(file_dict, name), **_rule_values(err)))
+
+
+def _first_violation(errors: list[dict], what: dict[str, str], key: Callable[[dict], str]) -> tuple[str, dict]:
+    """The first of pydantic's ``errors`` in the order of the message table ``what`` (``key``: an error's key
+    in it; ties: the earlier error), with its key."""
+    order = list(what)
+    return min(((key(err), err) for err in errors), key=lambda ke: order.index(ke[0]))
+
+
+def _rule_values(err: dict) -> dict[str, Any]:
+    """The format values of a broken rule (:func:`_broken`); none for a field's type or bounds."""
+    return err.get("ctx", {}) if err["type"] == "rtseg_rule" else {}
 
 
 def _key(err: dict, what: dict[str, str]) -> str:

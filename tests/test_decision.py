@@ -8,11 +8,14 @@ The real clip and the shipped model are in tests/test_default_model.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rtseg.decision import Persistence, PresenceRule, apply_presence, resolve_presence
 from rtseg.errors import RtsegError
@@ -61,6 +64,61 @@ def test_model_json_decision_is_checked():
                 "yes"):
         with pytest.raises(RtsegError, match="model.json"):
             ModelMeta.from_dict({"model": "eunet-s", "decision": bad})
+
+
+PEAK, AREA = "presence threshold must be a finite logit", "presence min-area must be a whole number of pixels ≥ 0"
+PRESENCE_LINES = [  # (min_peak, min_area, the error line); the field types are pydantic's (issue 25 item 3)
+    (True, 1, f"{PEAK}, got True; pass e.g. --presence-threshold 2.5"),
+    ("3", 1, f"{PEAK}, got '3'; pass e.g. --presence-threshold 2.5"),
+    (float("nan"), 1, f"{PEAK}, got nan; pass e.g. --presence-threshold 2.5"),
+    (10**400, 1, f"{PEAK}, got {10**400!r}; pass e.g. --presence-threshold 2.5"),  # an OverflowError once
+    (1.0, True, f"{AREA}, got True; pass e.g. --presence-min-area 32"),
+    (1.0, 3.0, f"{AREA}, got 3.0; pass e.g. --presence-min-area 32"),
+    (1.0, -1, f"{AREA}, got -1; pass e.g. --presence-min-area 32"),
+    (1.0, "32", f"{AREA}, got '32'; pass e.g. --presence-min-area 32"),
+]
+
+
+@pytest.mark.parametrize("peak,area,line", PRESENCE_LINES, ids=[f"{p!r:.8},{a!r}" for p, a, _ in PRESENCE_LINES])
+def test_presence_rule_field_errors_are_these_lines(peak, area, line):
+    with pytest.raises(RtsegError) as e:
+        PresenceRule(peak, area)
+    assert str(e.value) == line
+    with pytest.raises(RtsegError) as e:
+        PresenceRule.from_dict({"min_peak": peak, "min_area": area}, "ck/model.json")
+    assert str(e.value) == f"ck/model.json: 'decision.presence': {line}"
+
+
+def test_presence_record_is_an_object_with_both_fields():
+    from rtseg.meta import ModelMeta
+
+    line = ("ck/model.json: 'decision.presence' must be an object with min_peak and min_area; "
+            "recalibrate it with 'rtseg calibrate-decision'")
+    for bad in ({"min_peak": 1.0}, [1.0, 4], None):
+        with pytest.raises(RtsegError) as e:
+            PresenceRule.from_dict(bad, "ck/model.json")
+        assert str(e.value) == line
+    assert PresenceRule.from_dict({"min_peak": 2, "min_area": 32, "chosen_on": "val"}) == PresenceRule(2, 32)
+    assert PresenceRule(2, 32).min_peak == 2 and PresenceRule(2, 32).to_dict() == {"min_peak": 2.0, "min_area": 32}
+    with pytest.raises(RtsegError, match="min-area"):  # replace() checks too
+        dataclasses.replace(PresenceRule(2, 32), min_area=-1)
+    with pytest.raises(RtsegError, match=r"^model.json: 'decision.presence': presence threshold must be a finite logit"):
+        ModelMeta.from_dict({"model": "eunet-s", "decision": {"presence": {"min_peak": 10**400, "min_area": 4}}})
+
+
+ODD = (st.none() | st.booleans() | st.integers() | st.floats() | st.sampled_from([10**400, -(10**400), 2**1023])
+       | st.text(max_size=3) | st.lists(st.integers(), max_size=2) | st.dictionaries(st.text(max_size=2), st.integers(), max_size=2))
+
+
+@given(record=st.fixed_dictionaries({"min_peak": ODD, "min_area": ODD}) | ODD)
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+def test_any_presence_record_is_a_rule_or_one_line(record):
+    try:
+        rule = PresenceRule.from_dict(record, "m.json")
+    except RtsegError as e:
+        assert str(e).startswith("m.json: 'decision.presence'") and "\n" not in str(e)
+    else:
+        assert rule.holds(rule.min_peak, rule.min_area) in (True, False) and rule.describe().startswith("peak logit")
 
 
 # -- persistence -------------------------------------------------------------------------------------------

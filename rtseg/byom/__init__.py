@@ -45,41 +45,201 @@ Metadata file (``--meta META.yaml``, YAML or JSON; :class:`ImportMeta`)::
       format: polyp
 
 Every problem is one :class:`~rtseg.errors.RtsegError` line naming the field, tensor or node and the fix.
+
+How the metadata file is checked (the style of :mod:`rtseg.meta`): :class:`_FileKeys` says which keys the
+file and its ``input``/``output``/``data`` mappings may hold (any other is refused), then
+:class:`ImportMeta`, a pydantic dataclass, types each field strictly (an integer refuses ``true``, ``"3"``
+and ``3.0``; numbers are finite) and checks the rules that relate fields (classes per task, a palette
+colour per class, a stride dividing the input size) in small validators that name their rule.
+:data:`_WHAT` holds every error message, by file key or rule, and :func:`_refusal` turns pydantic's
+error into that one line.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, Literal, get_args
 
 import numpy as np
+import pydantic
+import pydantic.dataclasses
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationInfo
 
 from ..errors import RtsegError
-from ..meta import BINARY_PALETTE, IMPORTED_FORMAT, MAX_INPUT_SIDE, ModelMeta
+from ..meta import (
+    BINARY_PALETTE,
+    IMPORTED_FORMAT,
+    MAX_INPUT_SIDE,
+    ModelMeta,
+    RGBColour,
+    RGBNumbers,
+    Side,
+    _adapter,
+    _broken,
+    _first_violation,
+    _must,
+    _rule_values,
+    _value_at,
+)
 
 Log = Callable[[str], None]
-KINDS = ("logits", "probabilities", "indices")
-LAYOUTS = ("NCHW", "NHWC")
-_TOP_KEYS = {"name", "task", "classes", "palette", "ignore_index", "input", "output", "data"}
-_INPUT_KEYS = {"size", "layout", "mean", "std", "resize"}
-_OUTPUT_KEYS = {"kind", "layout", "stride", "name"}
-_DATA_KEYS = {"root", "format"}
+Kind = Literal["logits", "probabilities", "indices"]
+TensorLayout = Literal["NCHW", "NHWC"]
+KINDS: tuple[str, ...] = get_args(Kind)
+LAYOUTS: tuple[str, ...] = get_args(TensorLayout)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 
 
 def _bad(source: str, key: str, what: str) -> RtsegError:
     return RtsegError(f"{source}: '{key}' {what}; fix the metadata file (see 'rtseg import-onnx --help')")
 
 
-def _num_list(v: Any, n: int) -> bool:
-    return isinstance(v, list) and len(v) == n and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+# -- the layout of the file: which keys each mapping may hold (the values are ImportMeta's to check) ----------
+class _Keys(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-@dataclass
+class _InputKeys(_Keys):
+    size: Any = None
+    layout: Any = None
+    mean: Any = None
+    std: Any = None
+    resize: Any = None
+
+
+class _OutputKeys(_Keys):
+    kind: Any = None
+    layout: Any = None
+    stride: Any = None
+    name: Any = None
+
+
+class _DataKeys(_Keys):
+    root: Any = None
+    format: Any = None
+
+
+class _FileKeys(_Keys):
+    """The metadata file: ``name``, ``task``, ``input`` and ``output`` are required; ``data`` may be null."""
+
+    name: Any
+    task: Any
+    classes: Any = None
+    palette: Any = None
+    ignore_index: Any = None
+    input: _InputKeys
+    output: _OutputKeys
+    data: _DataKeys | None = None
+
+
+#: where each :class:`ImportMeta` field is in the metadata file (the others are top-level keys of their name)
+_IN_FILE = {"input_size": "input.size", "input_layout": "input.layout", "mean": "input.mean", "std": "input.std",
+            "resize": "input.resize", "output_kind": "output.kind", "output_layout": "output.layout",
+            "output_stride": "output.stride", "output_name": "output.name"}
+
+
+def _not_a_field(keys: type[_Keys]) -> str:
+    return f"is not a metadata field (fields: {', '.join(sorted(keys.model_fields))})"
+
+
+#: What each key of the metadata file must be: the ``what`` of the error line
+#: ``"{source}: '{key}' {what}; fix the metadata file ..."``, a format string of the key's ``value`` in the
+#: file. A key is a file key (``"input.size"``), or ``"key: rule"`` for a rule a validator checks (its
+#: values are format arguments too; ``"unknown"``: a key the mapping may not hold). When several keys are
+#: wrong, the first one in this order is reported (``data.format``, checked since issue 25, last).
+#: (Literal braces are doubled: ``{{``.)
+_WHAT: dict[str, str] = {
+    "unknown": _not_a_field(_FileKeys),
+    "name: missing": "is missing (required)",
+    "task: missing": "is missing (required)",
+    "input: missing": "is missing (required)",
+    "output: missing": "is missing (required)",
+    "input": "must be a mapping",
+    "input: unknown": _not_a_field(_InputKeys),
+    "output": "must be a mapping",
+    "output: unknown": _not_a_field(_OutputKeys),
+    "data": "must be a mapping",
+    "data: unknown": _not_a_field(_DataKeys),
+    "name": "must be 1-64 letters, digits, '-', '_' or '.', not {value!r}",
+    "task": "must be 'binary' or 'multiclass', not {value!r}",
+    "classes": "must be a list of class names",
+    "classes: binary": "must name 2 classes (background, foreground) for task binary, not {n}",
+    "classes: multiclass": "must name 2..256 classes (one per output channel) for task multiclass, not {n}",
+    "palette": "must be {n} RGB triples in 0..255 (one per class)",
+    "ignore_index": "must be an integer label in 0..255, not {value!r}",
+    "data.root": "must be the path of a labelled folder",
+    "input.size: missing": "is missing (required: [H, W] in pixels)",
+    "input.size": f"must be [H, W] with integers in 1..{MAX_INPUT_SIDE}, not {{value!r}}",
+    "input.layout": "must be NCHW or NHWC, not {value!r}",
+    "input.mean": "must be three numbers (RGB in [0, 1]), not {value!r}",
+    "input.std": "must be three numbers (RGB in [0, 1]), not {value!r}",
+    "input.std: positive": "must be positive",
+    "input.resize": "must be 'stretch' or 'letterbox', not {value!r}",
+    "output.kind: missing": f"is missing (required: one of {', '.join(KINDS)})",
+    "output.kind": f"must be one of {', '.join(KINDS)}, not {{value!r}}",
+    "output.layout": "must be NCHW or NHWC, not {value!r}",
+    "output.stride": "must be an integer in 1..64 dividing input.size {size}, not {value!r}",
+    "output.name": "must be the name of a graph output",
+    "data.format": "must be the name of a data format (a string), not {value!r}",
+}
+
+
+# -- rules relating fields (each validator names its rule in _WHAT) ------------------------------------------
+def _required(rule: str) -> pydantic.BeforeValidator:
+    """A required field that is null (or missing from its mapping in the file) breaks ``rule``."""
+
+    def given(value: Any) -> Any:
+        if value is None:
+            raise _broken(rule)
+        return value
+
+    return pydantic.BeforeValidator(given)
+
+
+def _count_per_task(classes: list[str], info: ValidationInfo) -> list[str]:
+    """``classes``: 2 names for task binary, 2..256 (one per output channel) for multiclass."""
+    task, n = info.data.get("task"), len(classes)
+    if (task == "binary" and n != 2) or (task == "multiclass" and not 2 <= n <= 256):
+        raise _broken(f"classes: {task}", n=n)
+    return classes
+
+
+def _one_per_class(value: Any, handler: Callable[[Any], Any], info: ValidationInfo) -> Any:
+    """``palette``: null, or one [R, G, B] (levels 0..255) per class."""
+    n = len(info.data.get("classes", ()))  # wrong classes are reported before the palette
+    try:
+        palette = handler(value)
+    except pydantic.ValidationError:
+        raise _broken("palette", n=n) from None
+    if palette is not None and len(palette) != n:
+        raise _broken("palette", n=n)
+    return palette
+
+
+def _divides_input(value: Any, handler: Callable[[Any], Any], info: ValidationInfo) -> int:
+    """``output.stride``: an integer in 1..64 that divides both sides of ``input.size``."""
+    size = info.data.get("input_size", (1, 1))  # a wrong input.size is reported before the stride
+    try:
+        stride = handler(value)
+    except pydantic.ValidationError:
+        stride = 0
+    if not stride or size[0] % stride or size[1] % stride:
+        raise _broken("output.stride", size=list(size))
+    return stride
+
+
+def _names_a_folder(data: dict[str, Any]) -> bool:
+    """``data``: ``{}``, or has a ``root`` path (a string without NUL: no path has one)."""
+    return not data or (isinstance(data.get("root"), str) and "\0" not in data["root"])
+
+
+@pydantic.dataclasses.dataclass
 class ImportMeta:
     """The metadata of an imported model (module docstring: the file's fields).
 
@@ -90,23 +250,29 @@ class ImportMeta:
         output_kind: ``logits`` | ``probabilities`` | ``indices``; output_layout; output_stride (≥ 1);
             output_name (``None``: the only output).
         ignore_index: label ignored by eval; data: ``{"root", "format"}`` of labelled data or ``{}``.
+
+    Constructing one checks the fields (``pydantic.ValidationError``); :meth:`from_dict`, :meth:`load`
+    and :meth:`check` turn every problem into an ``RtsegError``.
     """
 
-    name: str
-    task: str
-    input_size: tuple[int, int]
-    output_kind: str
-    classes: list[str] = field(default_factory=lambda: ["background", "foreground"])
-    palette: list[list[int]] | None = None
-    input_layout: str = "NCHW"
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
-    resize: str = "stretch"
-    output_layout: str = "NCHW"
-    output_stride: int = 1
-    output_name: str | None = None
-    ignore_index: int | None = None
-    data: dict[str, Any] = field(default_factory=dict)
+    name: Annotated[StrictStr, _must(_NAME.fullmatch, "name")]
+    task: Literal["binary", "multiclass"]
+    input_size: Annotated[tuple[Side, Side], _required("input.size: missing")]
+    output_kind: Annotated[Kind, _required("output.kind: missing")]
+    classes: Annotated[list[Annotated[StrictStr, Field(min_length=1)]], pydantic.AfterValidator(_count_per_task)] = field(
+        default_factory=lambda: ["background", "foreground"])
+    palette: Annotated[list[RGBColour] | None, pydantic.WrapValidator(_one_per_class)] = None
+    input_layout: TensorLayout = "NCHW"
+    mean: RGBNumbers = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: Annotated[RGBNumbers, _must(lambda v: all(x > 0 for x in v), "input.std: positive")] = field(
+        default_factory=lambda: [0.229, 0.224, 0.225])
+    resize: Literal["stretch", "letterbox"] = "stretch"
+    output_layout: TensorLayout = "NCHW"
+    output_stride: Annotated[StrictInt, Field(ge=1, le=64), pydantic.WrapValidator(_divides_input)] = 1
+    output_name: StrictStr | None = None
+    ignore_index: Annotated[StrictInt, Field(ge=0, le=255)] | None = None
+    data: Annotated[dict[str, Any], _must(_names_a_folder, "data.root"),
+                    _must(lambda d: isinstance(d.get("format"), str | None), "data.format")] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -115,7 +281,7 @@ class ImportMeta:
 
     @classmethod
     def load(cls, path: str | Path) -> "ImportMeta":
-        """Read a YAML or JSON metadata file.
+        """Read a YAML or JSON metadata file (a relative ``data.root`` is relative to the file's folder).
 
         Raises:
             RtsegError: missing or unparsable file, or a missing/wrong field (one line naming it).
@@ -127,8 +293,9 @@ class ImportMeta:
             d = yaml.safe_load(p.read_text())
         except FileNotFoundError:
             raise RtsegError(f"metadata file {p} does not exist; pass --meta META.yaml (fields: 'rtseg import-onnx --help')") from None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise RtsegError(f"{p} is not valid YAML/JSON ({str(e).splitlines()[0]}); fix the metadata file") from None
+        except (OSError, ValueError, RecursionError, yaml.YAMLError) as e:  # ValueError: a date like 2024-13-45
+            raise RtsegError(f"{p} is not valid YAML/JSON ({(str(e).splitlines() or [type(e).__name__])[0]}); "
+                             f"fix the metadata file") from None
         meta = cls.from_dict(d, str(p))
         if meta.data.get("root") and not Path(meta.data["root"]).is_absolute():
             meta.data["root"] = str((p.parent / meta.data["root"]).resolve())
@@ -145,29 +312,17 @@ class ImportMeta:
         if not isinstance(d, dict):
             raise RtsegError(f"{source} must be a mapping of fields (name, task, input, output, ...), not {type(d).__name__}; "
                              f"fix the metadata file")
-        _no_unknown(d, _TOP_KEYS, "", source)
-        for key in ("name", "task", "input", "output"):
-            if key not in d:
-                raise _bad(source, key, "is missing (required)")
-        inp, out, data = d["input"], d["output"], d.get("data") or {}
-        for key, sub, keys in (("input", inp, _INPUT_KEYS), ("output", out, _OUTPUT_KEYS), ("data", data, _DATA_KEYS)):
-            if not isinstance(sub, dict):
-                raise _bad(source, key, "must be a mapping")
-            _no_unknown(sub, keys, f"{key}.", source)
-        meta = cls(name=d["name"], task=d["task"], input_size=inp.get("size"), output_kind=out.get("kind"),
-                   classes=d.get("classes", ["background", "foreground"]), palette=d.get("palette"),
-                   input_layout=inp.get("layout", "NCHW"), mean=inp.get("mean", [0.485, 0.456, 0.406]),
-                   std=inp.get("std", [0.229, 0.224, 0.225]), resize=inp.get("resize", "stretch"),
-                   output_layout=out.get("layout", "NCHW"), output_stride=out.get("stride", 1),
-                   output_name=out.get("name"), ignore_index=d.get("ignore_index"), data=dict(data))
-        meta.check(source)
-        return meta
+        _validated(_FileKeys, d, source, d)
+        return _validated(cls, _fields_of(d), source, d)
 
     def check(self, source: str = "metadata") -> None:
-        """Check every field (see :meth:`from_dict`)."""
-        _check_head(self, source)
-        _check_input(self, source)
-        _check_output(self, source)
+        """Check every field again (after they were changed; see :meth:`from_dict`).
+
+        Raises:
+            RtsegError: a field of the wrong type or value (one line naming its key in the file).
+        """
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        self.input_size = _validated(ImportMeta, fields, source, _as_file(fields)).input_size  # (H, W) as a tuple
 
     def to_model_meta(self, source_record: dict[str, Any]) -> ModelMeta:
         """The model folder's ``model.json`` (:class:`ModelMeta`, format :data:`IMPORTED_FORMAT`)."""
@@ -178,65 +333,54 @@ class ImportMeta:
                          data=dict(self.data), format=IMPORTED_FORMAT, source=source_record)
 
 
-def _no_unknown(d: dict, allowed: set, prefix: str, source: str) -> None:
-    extra = sorted(set(d) - allowed)
-    if extra:
-        raise _bad(source, prefix + str(extra[0]), f"is not a metadata field (fields: {', '.join(sorted(allowed))})")
+def _fields_of(d: dict) -> dict[str, Any]:
+    """:class:`ImportMeta`'s fields from a metadata dict of the right layout: the keys it holds, and always
+    ``input.size`` and ``output.kind`` (``None`` when missing) and ``data`` (``{}`` when null)."""
+    fields = {}
+    for name in ImportMeta.__dataclass_fields__:
+        section, _, key = _IN_FILE.get(name, name).rpartition(".")
+        inner = d[section] if section else d
+        if key in inner:
+            fields[name] = inner[key]
+    return fields | {"input_size": d["input"].get("size"), "output_kind": d["output"].get("kind"), "data": d.get("data") or {}}
 
 
-def _check_head(m: ImportMeta, source: str) -> None:
-    import re
-
-    if not isinstance(m.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", m.name):
-        raise _bad(source, "name", f"must be 1-64 letters, digits, '-', '_' or '.', not {m.name!r}")
-    if m.task not in ("binary", "multiclass"):
-        raise _bad(source, "task", f"must be 'binary' or 'multiclass', not {m.task!r}")
-    if not isinstance(m.classes, list) or not all(isinstance(c, str) and c for c in m.classes):
-        raise _bad(source, "classes", "must be a list of class names")
-    if m.task == "binary" and len(m.classes) != 2:
-        raise _bad(source, "classes", f"must name 2 classes (background, foreground) for task binary, not {len(m.classes)}")
-    if m.task == "multiclass" and not 2 <= len(m.classes) <= 256:
-        raise _bad(source, "classes", f"must name 2..256 classes (one per output channel) for task multiclass, not {len(m.classes)}")
-    if m.palette is not None and (not isinstance(m.palette, list) or len(m.palette) != len(m.classes)
-                                  or not all(_num_list(c, 3) and all(0 <= v <= 255 for v in c) for c in m.palette)):
-        raise _bad(source, "palette", f"must be {len(m.classes)} RGB triples in 0..255 (one per class)")
-    if m.ignore_index is not None and (not isinstance(m.ignore_index, int) or not 0 <= m.ignore_index <= 255):
-        raise _bad(source, "ignore_index", f"must be an integer label in 0..255, not {m.ignore_index!r}")
-    if m.data and not isinstance(m.data.get("root"), str):
-        raise _bad(source, "data.root", "must be the path of a labelled folder")
+def _as_file(fields: dict[str, Any]) -> dict[str, Any]:
+    """:class:`ImportMeta`'s fields in the layout of the metadata file (to name a value in an error line)."""
+    d: dict[str, Any] = {}
+    for name, value in fields.items():
+        section, _, key = _IN_FILE.get(name, name).rpartition(".")
+        (d.setdefault(section, {}) if section else d)[key] = value
+    return d
 
 
-def _check_input(m: ImportMeta, source: str) -> None:
-    size = m.input_size
-    if size is None:
-        raise _bad(source, "input.size", "is missing (required: [H, W] in pixels)")
-    if (not isinstance(size, (list, tuple)) or len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
-            or not all(1 <= v <= MAX_INPUT_SIDE for v in size)):
-        raise _bad(source, "input.size", f"must be [H, W] with integers in 1..{MAX_INPUT_SIDE}, not {size!r}")
-    m.input_size = (int(size[0]), int(size[1]))
-    if m.input_layout not in LAYOUTS:
-        raise _bad(source, "input.layout", f"must be NCHW or NHWC, not {m.input_layout!r}")
-    for key in ("mean", "std"):
-        if not _num_list(getattr(m, key), 3):
-            raise _bad(source, f"input.{key}", f"must be three numbers (RGB in [0, 1]), not {getattr(m, key)!r}")
-    if any(not v > 0 for v in m.std):
-        raise _bad(source, "input.std", "must be positive")
-    if m.resize not in ("stretch", "letterbox"):
-        raise _bad(source, "input.resize", f"must be 'stretch' or 'letterbox', not {m.resize!r}")
+# -- from a pydantic error to the one error line ---------------------------------------------------------
+def _validated(schema: type, fields: dict, source: str, file_dict: dict) -> Any:
+    """``schema`` validated from ``fields``; a violation is the one error line of :func:`_refusal`."""
+    try:
+        return _adapter(schema).validate_python(fields)
+    except pydantic.ValidationError as e:
+        raise _refusal(e, source, file_dict) from None
 
 
-def _check_output(m: ImportMeta, source: str) -> None:
-    if m.output_kind is None:
-        raise _bad(source, "output.kind", f"is missing (required: one of {', '.join(KINDS)})")
-    if m.output_kind not in KINDS:
-        raise _bad(source, "output.kind", f"must be one of {', '.join(KINDS)}, not {m.output_kind!r}")
-    if m.output_layout not in LAYOUTS:
-        raise _bad(source, "output.layout", f"must be NCHW or NHWC, not {m.output_layout!r}")
-    s = m.output_stride
-    if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= 64 or m.input_size[0] % s or m.input_size[1] % s:
-        raise _bad(source, "output.stride", f"must be an integer in 1..64 dividing input.size {list(m.input_size)}, not {s!r}")
-    if m.output_name is not None and not isinstance(m.output_name, str):
-        raise _bad(source, "output.name", "must be the name of a graph output")
+def _refusal(e: pydantic.ValidationError, source: str, file_dict: dict) -> RtsegError:
+    """The error line of ``e``'s first violation (in the order of :data:`_WHAT`; of several unknown keys, the
+    first by name), naming its key in the file and its value there."""
+    errors = sorted(e.errors(), key=lambda err: [str(p) for p in err["loc"]])
+    key, err = _first_violation(errors, _WHAT, _key)
+    name = ".".join(str(p) for p in err["loc"]) if key.endswith("unknown") else key.split(":")[0]
+    return _bad(source, name, _WHAT[key].format(value=_value_at(file_dict, name), **_rule_values(err)))
+
+
+def _key(err: dict) -> str:
+    """The :data:`_WHAT` key of one pydantic error, of :class:`_FileKeys` or of :class:`ImportMeta`."""
+    if err["type"] == "rtseg_rule":
+        return err["ctx"]["rule"]
+    loc = [str(p) for p in err["loc"]]
+    if err["type"] in ("extra_forbidden", "invalid_key"):  # invalid_key: a key that is not a string
+        return ": ".join([*loc[:-1], "unknown"])
+    in_file = _IN_FILE.get(loc[0], loc[0])
+    return f"{in_file}: missing" if err["type"] == "missing" and len(loc) == 1 else in_file
 
 
 def default_palette(n: int) -> list[list[int]]:
@@ -250,7 +394,7 @@ def default_palette(n: int) -> list[list[int]]:
 
 
 def as_import_meta(meta: "ImportMeta | dict | str | Path") -> ImportMeta:
-    """An :class:`ImportMeta` from itself, a dict, or a YAML/JSON file path.
+    """An :class:`ImportMeta` from itself (checked again), a dict, or a YAML/JSON file path.
 
     Raises:
         RtsegError: as :meth:`ImportMeta.from_dict` / :meth:`ImportMeta.load`.

@@ -1,20 +1,30 @@
 """Bring your own model (issue 15): third-party PyTorch models and ONNX files → model folder → OpenVINO
 and ONNX Runtime engines (fp32, int8 with the accuracy gate on real labelled images) → rtseg stream on
-a real clip → rtseg eval on real images; the bad-input errors of import-onnx, each one line and exit 2."""
+a real clip → rtseg eval on real images; the bad-input errors of import-onnx, each one line and exit 2.
+
+Issue 25 item 3: the metadata file checked by pydantic types (:class:`rtseg.byom.ImportMeta`): the exact error
+lines, the strict types, and no pydantic error or other exception escaping ``from_dict``/``load`` whatever value
+any key holds."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 
 import av
 import numpy as np
+import pydantic
 import pytest
 import torch
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from rtseg.byom import ImportMeta, export_model, import_onnx
+from rtseg.byom import ImportMeta, as_import_meta, export_model, import_onnx
 from rtseg.cli import main
 from rtseg.errors import RtsegError
+from rtseg.meta import ModelMeta
 
 import byom_models as bm
 
@@ -366,3 +376,170 @@ def test_import_never_replaces_a_training_run_or_a_folder_with_other_files(tmp_p
     import_onnx(path, bm.meta("u", HW), folder)  # an imported model folder: replaced
     assert (folder / "model.json").stat().st_mtime_ns != stamp
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+# -- issue 25 item 3: the metadata file checked by pydantic types, messages unchanged -------------------------
+META = bm.meta("u", HW)
+FIX = "; fix the metadata file (see 'rtseg import-onnx --help')"
+
+
+def _edited(doc: dict, **edits) -> dict:
+    """A deep copy of ``doc`` with ``doc[a][b] = value`` for each ``a__b=value`` (``...`` deletes the key)."""
+    doc = copy.deepcopy(doc)
+    for path, value in edits.items():
+        *outer, last = path.split("__")
+        inner = doc
+        for key in outer:
+            inner = inner.setdefault(key, {})
+        if value is ...:
+            inner.pop(last, None)
+        else:
+            inner[last] = value
+    return doc
+
+
+META_LINES = [  # (edits, the error line after the source; "new": refused since issue 25 item 3)
+    ({"clases": ["a", "b"]}, "'clases' is not a metadata field (fields: classes, data, ignore_index, input, name, output, "
+                             "palette, task)"),
+    ({"zz": 1, "aa": 2, "task": ...}, "'aa' is not a metadata field (fields: classes, data, ignore_index, input, name, output, "
+                                      "palette, task)"),  # unknown keys first, the first by name
+    ({"input__sise": [96, 96]}, "'input.sise' is not a metadata field (fields: layout, mean, resize, size, std)"),
+    ({"output__strde": 2}, "'output.strde' is not a metadata field (fields: kind, layout, name, stride)"),
+    ({"data__fmt": "x"}, "'data.fmt' is not a metadata field (fields: format, root)"),
+    ({"task": ..., "input": ...}, "'task' is missing (required)"),
+    ({"input": ...}, "'input' is missing (required)"),
+    ({"input": [96, 96]}, "'input' must be a mapping"),
+    ({"output": None}, "'output' must be a mapping"),
+    ({"data": "kvasir"}, "'data' must be a mapping"),
+    ({"data": []}, "'data' must be a mapping"),  # new: a falsy non-mapping was taken for "no data"
+    ({"name": "my model"}, "'name' must be 1-64 letters, digits, '-', '_' or '.', not 'my model'"),
+    ({"name": None}, "'name' must be 1-64 letters, digits, '-', '_' or '.', not None"),
+    ({"name": "a" * 65}, f"'name' must be 1-64 letters, digits, '-', '_' or '.', not {'a' * 65!r}"),
+    ({"task": "binary-ish"}, "'task' must be 'binary' or 'multiclass', not 'binary-ish'"),
+    ({"classes": ["a", ""]}, "'classes' must be a list of class names"),
+    ({"classes": "ab"}, "'classes' must be a list of class names"),
+    ({"classes": ["a", "b", "c"]}, "'classes' must name 2 classes (background, foreground) for task binary, not 3"),
+    ({"task": "multiclass", "classes": ["a"]},
+     "'classes' must name 2..256 classes (one per output channel) for task multiclass, not 1"),
+    ({"palette": [[0, 0, 0]]}, "'palette' must be 2 RGB triples in 0..255 (one per class)"),
+    ({"palette": [[0, 0, 0], [0, 0, 256]]}, "'palette' must be 2 RGB triples in 0..255 (one per class)"),
+    ({"palette": "xx"}, "'palette' must be 2 RGB triples in 0..255 (one per class)"),
+    ({"ignore_index": 256}, "'ignore_index' must be an integer label in 0..255, not 256"),
+    ({"ignore_index": True}, "'ignore_index' must be an integer label in 0..255, not True"),  # new
+    ({"data__root": 5}, "'data.root' must be the path of a labelled folder"),
+    ({"data__root": ...}, "'data.root' must be the path of a labelled folder"),
+    ({"data__root": "a\0b"}, "'data.root' must be the path of a labelled folder"),  # new: a ValueError in load
+    ({"input__size": ...}, "'input.size' is missing (required: [H, W] in pixels)"),
+    ({"input__size": None}, "'input.size' is missing (required: [H, W] in pixels)"),
+    ({"input__size": [96.0, 96]}, "'input.size' must be [H, W] with integers in 1..8192, not [96.0, 96]"),
+    ({"input__size": [True, 96]}, "'input.size' must be [H, W] with integers in 1..8192, not [True, 96]"),
+    ({"input__size": ["96", 96]}, "'input.size' must be [H, W] with integers in 1..8192, not ['96', 96]"),
+    ({"input__size": [8193, 96]}, "'input.size' must be [H, W] with integers in 1..8192, not [8193, 96]"),
+    ({"input__layout": "nchw"}, "'input.layout' must be NCHW or NHWC, not 'nchw'"),
+    ({"input__mean": [0.5, 0.5]}, "'input.mean' must be three numbers (RGB in [0, 1]), not [0.5, 0.5]"),
+    ({"input__mean": [float("nan"), 0.5, 0.5]}, "'input.mean' must be three numbers (RGB in [0, 1]), not [nan, 0.5, 0.5]"),  # new
+    ({"input__mean": [10**400, 0, 0]}, f"'input.mean' must be three numbers (RGB in [0, 1]), not {[10**400, 0, 0]!r}"),  # new
+    ({"input__std": [float("inf"), 0.2, 0.2]}, "'input.std' must be three numbers (RGB in [0, 1]), not [inf, 0.2, 0.2]"),  # new
+    ({"input__std": [0, 0.2, 0.2]}, "'input.std' must be positive"),
+    ({"input__resize": "crop"}, "'input.resize' must be 'stretch' or 'letterbox', not 'crop'"),
+    ({"output__kind": ...}, "'output.kind' is missing (required: one of logits, probabilities, indices)"),
+    ({"output__kind": "scores"}, "'output.kind' must be one of logits, probabilities, indices, not 'scores'"),
+    ({"output__layout": "NHCW"}, "'output.layout' must be NCHW or NHWC, not 'NHCW'"),
+    ({"output__stride": 5}, "'output.stride' must be an integer in 1..64 dividing input.size [96, 96], not 5"),
+    ({"output__stride": 2.0}, "'output.stride' must be an integer in 1..64 dividing input.size [96, 96], not 2.0"),
+    ({"output__stride": True}, "'output.stride' must be an integer in 1..64 dividing input.size [96, 96], not True"),
+    ({"output__stride": 96}, "'output.stride' must be an integer in 1..64 dividing input.size [96, 96], not 96"),
+    ({"output__name": 3}, "'output.name' must be the name of a graph output"),
+    ({"data__format": 3}, "'data.format' must be the name of a data format (a string), not 3"),  # new
+    ({"data__format": 3, "output__kind": "scores"},  # the new check is reported after every other
+     "'output.kind' must be one of logits, probabilities, indices, not 'scores'"),
+]
+
+
+@pytest.mark.parametrize("edits,line", META_LINES, ids=[",".join(f"{k}={v!r:.12}" for k, v in e.items()) for e, _ in META_LINES])
+def test_metadata_field_errors_are_these_lines(edits, line):
+    with pytest.raises(RtsegError) as e:
+        ImportMeta.from_dict(_edited(META, **edits), "m.yaml")
+    assert str(e.value) == f"m.yaml: {line}{FIX}"
+
+
+def test_keys_that_are_not_strings_are_unknown_keys():
+    """YAML keys may be numbers: once a TypeError (sorting 1 and 'zz'), now the first unknown key by name."""
+    with pytest.raises(RtsegError, match=r"^m.yaml: '1' is not a metadata field \(fields: classes,"):
+        ImportMeta.from_dict({**META, 1: "x", "zz": 2}, "m.yaml")
+    with pytest.raises(RtsegError, match=r"^m.yaml: 'input.2' is not a metadata field \(fields: layout,"):
+        ImportMeta.from_dict(_edited(META, input={"size": [96, 96], 2: 1}), "m.yaml")
+
+
+@pytest.mark.parametrize("text,words", [
+    ("name: u\ncreated: 2024-13-45\n", "month must be in 1..12"),  # a ValueError of YAML's date reader once
+    ("[" * 3000 + "]" * 3000, "recursion"),  # a RecursionError once
+], ids=["bad date", "deep nesting"])
+def test_metadata_files_yaml_cannot_read_are_one_line(tmp_path, text, words):
+    (tmp_path / "m.yaml").write_text(text)
+    with pytest.raises(RtsegError, match=rf"^{tmp_path / 'm.yaml'} is not valid YAML/JSON \(.*{words}.*\); fix the metadata file$"):
+        ImportMeta.load(tmp_path / "m.yaml")
+
+
+def test_a_nul_in_data_root_is_one_line_from_load(tmp_path):
+    """Once ``ValueError: embedded null byte`` from resolving the relative root."""
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(_edited(META, data={"root": "a\0b"})))
+    with pytest.raises(RtsegError, match=r"'data.root' must be the path of a labelled folder"):
+        ImportMeta.load(tmp_path / "m.yaml")
+
+
+@pytest.mark.parametrize("edits", [{"ignore_index": True}, {"input__mean": [float("nan"), 0, 0]},
+                                   {"input__std": [float("inf"), 1, 1]}, {"input__mean": [10**400, 0, 0]}],
+                         ids=["ignore_index true", "mean NaN", "std Infinity", "mean 10**400"])
+def test_what_from_dict_accepts_is_a_model_json_rtseg_reads(edits):
+    """Once accepted, then a pydantic ValidationError (or an OverflowError) at the end of the import, writing
+    model.json (:meth:`ImportMeta.to_model_meta`); now refused by ``from_dict`` with one line."""
+    with pytest.raises(RtsegError, match=r"^metadata: '(ignore_index|input.mean|input.std)' must be "):
+        ImportMeta.from_dict(_edited(META, **edits)).to_model_meta({})
+
+
+def test_a_valid_file_reads_as_before_and_check_checks_again(tmp_path):
+    meta = ImportMeta.from_dict(META)
+    assert meta == ImportMeta(name="u", task="binary", input_size=(96, 96), output_kind="logits",
+                              classes=["background", "polyp"], mean=bm.MEAN, std=bm.STD, data=META["data"])
+    assert meta.input_size == (96, 96) and meta.num_classes == 1 and meta.data is not META["data"]
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(_edited(META, data={"root": "imgs", "format": "polyp"}, data__format=None)))
+    assert ImportMeta.load(tmp_path / "m.yaml").data["root"] == str(tmp_path / "imgs")
+    meta.output_stride = True  # attributes may be changed; check() and as_import_meta see it
+    with pytest.raises(RtsegError, match=r"^metadata: 'output.stride' must be an integer in 1..64 dividing input.size "
+                                         r"\[96, 96\], not True;"):
+        as_import_meta(meta)
+    meta.output_stride, meta.input_size = 2, [64, 64]
+    meta.check()
+    assert meta.input_size == (64, 64)
+    with pytest.raises(pydantic.ValidationError):  # constructing checks the fields too
+        dataclasses.replace(meta, ignore_index=True)
+
+
+ODD = (st.none() | st.booleans() | st.integers(-3, 300) | st.floats(allow_nan=True, allow_infinity=True)
+       | st.sampled_from([10**400, 2**63, 8193, 257, "", "a\0b", "u", "NHWC", "logits", "indices", "multiclass", "letterbox",
+                          [96, 96], [0.5, 0.5, 0.5], ["a", "b", "c"], [[0, 0, 0], [0, 255, 0]]])
+       | st.text(max_size=4))
+ANY_JSON = st.recursive(ODD, lambda c: st.lists(c, max_size=4) | st.dictionaries(
+    st.sampled_from(["size", "kind", "stride", "root", "format", "layout", "mean", "std"]) | st.text(max_size=3) | st.integers(0, 2),
+    c, max_size=3), max_leaves=6)
+META_PATHS = [*META, "classes", "palette", "ignore_index", "zz", *(f"input__{k}" for k in ("size", "layout", "mean", "std", "resize", "x")),
+              *(f"output__{k}" for k in ("kind", "layout", "stride", "name")), "data__root", "data__format"]
+
+
+@given(edits=st.lists(st.tuples(st.sampled_from(META_PATHS), ANY_JSON | st.just(...)), min_size=1, max_size=2))
+@settings(max_examples=400, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_value_of_any_metadata_key_is_a_model_json_or_one_line(edits):
+    """Whatever values one or two keys hold: one error line, or an ImportMeta whose model.json rtseg reads back."""
+    d = META
+    for path, value in edits:
+        if path.count("__") and not isinstance(d.get(path.split("__")[0]), dict):
+            continue  # a key inside a section that is no longer a mapping
+        d = _edited(d, **{path: value})
+    try:
+        meta = ImportMeta.from_dict(d, "m.yaml")
+    except RtsegError as e:
+        assert str(e).startswith("m.yaml") and "\n" not in str(e)
+        return
+    ModelMeta.from_dict(meta.to_model_meta({}).to_dict())
+    meta.check()
