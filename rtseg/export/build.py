@@ -33,6 +33,7 @@ a half-written engine behind (an existing engine is replaced only by a complete 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import shutil
@@ -368,19 +369,41 @@ def _gate(b: _Build, engine: dict) -> dict[str, Any]:
 
 
 def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` folder to ``out``, replacing an older engine only at the end."""
-    import tempfile
+    """Move the finished ``tmp`` folder to ``out``, replacing an older engine only at the end.
 
+    Two processes that build the same folder at once (two streams starting on a fresh cache) both
+    succeed, the later one's engine staying: a folder that appears or vanishes between the steps
+    is moved aside again (a few tries) instead of ending in a ``FileNotFoundError`` or
+    ``Directory not empty`` traceback."""
     from ..safe_io import finish_mode
 
-    old = None
     finish_mode(tmp, out, folder=True)
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    for attempt in range(8):
+        old = _move_aside(out)
+        try:
+            os.replace(tmp, out)
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or attempt == 7:
+                raise
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _move_aside(out: Path) -> Path | None:
+    """Rename an existing ``out`` to a fresh hidden sibling (returned, to be removed); None when there is none."""
+    import tempfile
+
+    if not out.exists():
+        return None
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    try:
         os.replace(out, old)  # an empty folder is replaced atomically
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    except FileNotFoundError:  # another process moved it first
+        old.rmdir()
+        return None
+    return old
 
 
 def _int8_qdq(b: _Build) -> dict[str, Any]:

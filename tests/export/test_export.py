@@ -117,3 +117,33 @@ def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path, capsys):
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "does not exist" in lines[0], p.stderr
+
+
+def test_concurrent_publishes_of_one_engine_folder_all_succeed(tmp_path):
+    """Two builds of the same engine folder finishing at once (two streams on a fresh cache): every
+    publish succeeds and leaves one complete folder (before: FileNotFoundError or 'Directory not empty')."""
+    import threading
+
+    from rtseg.export.build import _publish
+
+    out = tmp_path / "openvino-fp32"
+    errors = []
+
+    def worker(k: int) -> None:
+        for j in range(30):
+            tmp = tmp_path / f".tmp{k}-{j}"
+            tmp.mkdir()
+            (tmp / "engine.json").write_text(f"{k}-{j}")
+            try:
+                _publish(tmp, out)
+            except Exception as e:  # noqa: BLE001 - collected for the assertion
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert (out / "engine.json").read_text().count("-") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["openvino-fp32"]  # no temporary or .old folder left
