@@ -102,6 +102,10 @@ def load_meta(path: str | Path) -> ModelMeta:
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, ModelMeta]:
     """Rebuild the model named in ``model.json`` and load ``model.safetensors`` strictly.
 
+    The architecture is first built on PyTorch's ``meta`` device (no memory) and its tensor names and
+    shapes compared with the weight file's header, so a ``model_kwargs`` that does not fit the
+    weights (or asks for a huge network) is refused before anything is allocated.
+
     Returns ``(model in eval mode, meta)``.
 
     Raises:
@@ -118,27 +122,50 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[torch.
     if is_model_folder(folder):
         raise RtsegError(f"{folder} is an imported model folder ({MODEL_ONNX}, no PyTorch weights); it runs through its ONNX — "
                          f"use it with build-engine, eval, stream or bench, not where PyTorch weights are needed")
+    with torch.device("meta"):
+        skeleton = create_model(meta.model, num_classes=meta.num_classes, **meta.model_kwargs)
+    _check_weight_shapes(folder, meta, _shapes(skeleton.state_dict()), _file_shapes(folder / WEIGHTS))
+    del skeleton
     try:
         state = load_file(str(folder / WEIGHTS), device=map_location)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise RtsegError(f"{folder / WEIGHTS} is corrupt or not a safetensors file ({str(e).splitlines()[0]}); retrain or restore the checkpoint") from None
     model = create_model(meta.model, num_classes=meta.num_classes, **meta.model_kwargs)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shape = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or shape:
-        what = []
-        if missing:
-            what.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            what.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if shape:
-            k = shape[0]
-            what.append(f"{len(shape)} of another shape (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
-        raise RtsegError(
-            f"weights in {folder} do not match architecture {meta.model!r} with {meta.model_kwargs or 'default'} settings "
-            f"({'; '.join(what)}); the checkpoint was trained for another model — fix 'model'/'model_kwargs' in model.json or use the right checkpoint")
     model.load_state_dict(state, strict=True)
     model.eval()
     return model, meta
+
+
+def _shapes(state: dict) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape from a safetensors file's header (no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise RtsegError(f"{path} is corrupt or not a safetensors file ({str(e).splitlines()[0]}); retrain or restore the checkpoint") from None
+
+
+def _check_weight_shapes(folder: Path, meta: ModelMeta, expected: dict, got: dict) -> None:
+    """Refuse weights whose tensor names or shapes are not the architecture's (one line with examples)."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    shape = [k for k in expected if k in got and got[k] != expected[k]]
+    if not (missing or unexpected or shape):
+        return
+    what = []
+    if missing:
+        what.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        what.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if shape:
+        k = shape[0]
+        what.append(f"{len(shape)} of another shape (e.g. {k}: {got[k]} vs {expected[k]})")
+    raise RtsegError(
+        f"weights in {folder} do not match architecture {meta.model!r} with {meta.model_kwargs or 'default'} settings "
+        f"({'; '.join(what)}); the checkpoint was trained for another model — fix 'model'/'model_kwargs' in model.json or use the right checkpoint")

@@ -70,6 +70,15 @@ def check_batch(n: int, input_hw: tuple[int, int], option: str = "--batch-size")
                          f"machine has {gib:.1f} GiB; pass a smaller {option}")
 
 
+def check_image_size(input_hw: tuple[int, int], frames: int = 1, option: str = "--img-size") -> None:
+    """Raises :class:`RtsegError` when ``frames`` frames of ``input_hw`` (H, W pixels) would need more memory
+    than this machine has (:data:`BYTES_PER_PIXEL` per pixel, as :func:`check_batch`), naming the limit."""
+    need = frames * input_hw[0] * input_hw[1] * BYTES_PER_PIXEL
+    if need > memory_bytes():
+        raise RtsegError(f"{option} {input_hw[0]}x{input_hw[1]} needs about {need / 2**30:.1f} GiB of memory for "
+                         f"{frames} frame(s) and this machine has {memory_bytes() / 2**30:.1f} GiB; pass a smaller {option}")
+
+
 def check_threads(n: int | None, option: str = "--threads") -> None:
     """Raises :class:`RtsegError` unless ``n`` is ``None`` or ``1 ≤ n ≤`` cores × :data:`THREADS_PER_CORE`."""
     if n is None:

@@ -176,3 +176,26 @@ def test_names_with_glob_characters_are_names(tmp_path, kvasir, small_clip, tiny
                     "--plot", tmp_path / "p[6].png")
     assert code == 0, err
     assert (tmp_path / "v[5].json").exists() and (tmp_path / "p[6].png").exists()
+
+
+def test_huge_model_kwargs_and_export_sizes_are_refused_before_allocating(tmp_path):
+    """Issue 26 (unbounded): ``model_kwargs`` asking for a network far larger than its weights is refused from
+    the weight file's header (the architecture is built on the meta device first), and ``export --img-size
+    8192`` from the machine's memory — one line each, not a MemoryError traceback after gigabytes."""
+    import time
+
+    from helpers import REPO, run_cli_process
+
+    ck = tmp_path / "ck"
+    shutil.copytree(REPO / "tests" / "assets" / "eunet-tiny-kvasir64", ck)
+    meta = json.loads((ck / "model.json").read_text())
+    meta["model_kwargs"]["widths"] = [8, 16, 32, 2**17]  # a 2^17-channel bottleneck: ~100 GB of weights
+    (ck / "model.json").write_text(json.dumps(meta))
+    t0 = time.monotonic()
+    r = run_cli_process("eval", "--checkpoint", str(ck), "--data", str(REPO.parent / "shared" / "data" / "kvasir-seg-256"),
+                        "--limit", "1")
+    assert r.returncode == 2 and "do not match architecture 'eunet-s'" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli_process("export", "--checkpoint", str(REPO / "tests" / "assets" / "eunet-tiny-kvasir64"),
+                        "--img-size", "8192", "--out", str(tmp_path / "x.onnx"))
+    assert r.returncode == 2 and "--img-size 8192x8192 needs about" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "x.onnx").exists() and time.monotonic() - t0 < 90

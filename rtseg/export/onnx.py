@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RtsegError
+from ..limits import check_image_size
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -223,6 +224,7 @@ def export_onnx(model, path: str | Path, input_hw: tuple[int, int] | list[int], 
     h, w = int(input_hw[0]), int(input_hw[1])
     if opset < 17:
         raise RtsegError(f"opset {opset} is too old; use --opset 17 or newer (LayerNorm/attention ops and TensorRT 10 need ≥ 17)")
+    check_image_size((h, w), frames=2)  # the parity check runs a batch of 2 through PyTorch and ONNX Runtime
     model = model.to("cpu").eval()
     sample, given = _parity_sample(sample, h, w)
     reference = _torch_reference(model, sample, h, w)
