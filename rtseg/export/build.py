@@ -48,6 +48,7 @@ from ..calib.images import DEFAULT_NUM_IMAGES
 from ..calib.record import CALIB_JSON, FP32_ONNX, QDQ_ONNX
 from ..errors import RtsegError
 from ..gate.check import GateOptions
+from ..limits import check_threads
 from ..meta import ENGINE_FORMAT
 from ..runtime.registry import BuildRequest, get_backend
 
@@ -199,9 +200,10 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
     """
     from ..checkpoint import is_model_folder, load_checkpoint, load_meta, resolve_checkpoint
 
+    options = options or BuildOptions()
+    check_threads(options.threads)
     if precision == "auto":
         return build_auto(checkpoint, backend, out, options, log)
-    options = options or BuildOptions()
     spec = get_backend(backend)
     spec.check_precision(precision)
     _check_options(spec, precision, options)

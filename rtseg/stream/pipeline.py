@@ -64,6 +64,7 @@ from .mask_writer import MaskWriter
 from .metrics import DROP_CAUSES, STAGES, Latency, LatencyRecorder, MetricsWriter, SourceReport, StreamReport
 from .overlay import Overlay, palette_from_meta
 from .sinks import (
+    X264_PRESETS,
     DisplaySink,
     NetworkSink,
     NullSink,
@@ -205,6 +206,8 @@ class StreamOptions:
                 raise RtsegError(f"{name} must be a positive number, got {v}; omit it for the default")
         if self.fps is not None and self.fps > MAX_FPS:
             raise RtsegError(f"--fps {self.fps:g} is more than {MAX_FPS} frames per second; pass a real frame rate (e.g. 25)")
+        if self.preset not in X264_PRESETS:
+            raise RtsegError(f"--preset {self.preset!r} is not an x264/x265 preset; pass one of {', '.join(X264_PRESETS)}")
         if self.rtsp_transport not in RTSP_TRANSPORTS:
             raise RtsegError(f"--rtsp-transport must be one of {', '.join(RTSP_TRANSPORTS)}, got {self.rtsp_transport!r}")
         check_temporal(self.temporal, self.infer_every, self.ema)

@@ -43,6 +43,8 @@ from ..safe_io import atomic_write_bytes, check_outputs, discard, finish_mode, s
 from .sources import IMAGE_EXTS, VideoInfo
 
 FILE_EXTS = (".mp4", ".mkv", ".mov", ".m4v", ".ts", ".avi", ".flv")
+#: the x264/x265 encoder presets (``--preset``), fastest first
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 NET_FORMATS = {"udp": "mpegts", "rtp": "rtp_mpegts", "rtsp": "rtsp", "srt": "mpegts", "tcp": "mpegts"}
 HW_H264 = ("h264_nvenc", "h264_qsv", "h264_vaapi", "h264_amf", "h264_videotoolbox", "h264_v4l2m2m")
 CODEC_ALIASES = {"h264": "libx264", "x264": "libx264", "avc": "libx264", "hevc": "libx265", "h265": "libx265",

@@ -27,6 +27,22 @@ def test_a_codec_the_container_cannot_hold(tiny_engine, small_clip, tmp_path):  
     assert not list(tmp_path.iterdir())  # no temporary file left behind
 
 
+def test_a_bad_preset_is_named_not_blamed_on_the_output(tiny_engine, small_clip, tmp_path):  # noqa: F811
+    """Before: ``cannot write o.mp4: Invalid argument; check the path`` (the encoder refused the preset)."""
+    code, err = cli("stream", "--engine", tiny_engine, "--source", small_clip, "--output", tmp_path / "o.mp4",
+                    "--preset", "bogus", "-q")
+    line = one_error_line(err)
+    assert code == 2 and "--preset 'bogus'" in line and "ultrafast" in line and "o.mp4" not in line
+    assert not list(tmp_path.iterdir())
+
+
+def test_build_engine_threads_out_of_range(tiny_engine, tmp_path):  # noqa: F811
+    """Before: ``build-engine --threads -1`` was accepted (and passed to the gate's backends)."""
+    code, err = cli("build-engine", "--checkpoint", tiny_engine, "--backend", "onnxruntime", "--threads", "-1",
+                    "--out", tmp_path / "e")
+    assert code == 2 and "--threads -1 is outside" in one_error_line(err) and not (tmp_path / "e").exists()
+
+
 @pytest.mark.parametrize("command", ["build-engine", "calibrate"])
 def test_an_out_that_is_a_file_where_a_folder_is_written(tiny_engine, kvasir, tmp_path, command):  # noqa: F811
     f = tmp_path / "exist.txt"
