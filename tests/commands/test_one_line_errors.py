@@ -93,3 +93,16 @@ def test_results_that_cannot_reach_stdout_are_an_error(tiny_engine, kvasir, how)
         with open("/dev/full", "w") as full:
             p = subprocess.run(cmd, stdout=full, stderr=subprocess.PIPE, text=True, env=env, cwd=str(REPO), timeout=120)
     assert p.returncode == 2 and "stdout" in one_error_line(p.stderr), p.stderr
+
+
+def test_calibrate_never_writes_into_a_folder_it_did_not_create(tiny_engine, kvasir, tmp_path):  # noqa: F811
+    """Before: ``calibrate --out <another model folder>`` replaced that folder's ``model.onnx``."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.onnx").write_bytes(b"someone else's model")
+    (other / "model.json").write_text("{}")
+    code, err = cli("calibrate", "--checkpoint", tiny_engine, "--calib-data", kvasir / "images", "--num-images", "2",
+                    "--no-verify", "--out", other)
+    assert code == 2 and "is not a calibration folder" in one_error_line(err)
+    assert (other / "model.onnx").read_bytes() == b"someone else's model" and sorted(p.name for p in other.iterdir()) == [
+        "model.json", "model.onnx"]
