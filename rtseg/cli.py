@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except MemoryError:  # numpy/PyTorch allocations past what the machine (or ulimit -v) allows
+        click.echo("error: out of memory; pass a smaller --batch-size, --img-size or input, or free memory", err=True)
+        sys.exit(2)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
 

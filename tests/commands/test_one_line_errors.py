@@ -106,3 +106,17 @@ def test_calibrate_never_writes_into_a_folder_it_did_not_create(tiny_engine, kva
     assert code == 2 and "is not a calibration folder" in one_error_line(err)
     assert (other / "model.onnx").read_bytes() == b"someone else's model" and sorted(p.name for p in other.iterdir()) == [
         "model.json", "model.onnx"]
+
+
+def test_out_of_memory_is_one_line(monkeypatch):
+    """A MemoryError anywhere in a command (numpy's ``_ArrayMemoryError`` under ``ulimit -v``) is one line, exit 2."""
+
+    import rtseg.cli
+
+    def boom(*a, **k):
+        raise MemoryError("Unable to allocate 32 GiB")
+
+    monkeypatch.setattr(rtseg.cli.cli, "main", boom)
+    code, err = cli("eval")
+    assert code == 2 and one_error_line(err) == ("error: out of memory; pass a smaller --batch-size, --img-size or "
+                                                 "input, or free memory")
