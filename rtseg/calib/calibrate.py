@@ -367,9 +367,6 @@ def calibrate_checkpoint(checkpoint: str | Path, options: CalibOptions | None = 
     out = Path(opts.out) if opts.out is not None else default_calib_dir(meta.model, opts.method, opts.num_images, opts.seed)
     if out.exists() and not out.is_dir():
         raise RtsegError(f"--out {out} is a file; calibration writes a folder — pass a new or calibration folder name")
-    if out.is_dir() and not (out / CALIB_JSON).is_file() and any(out.iterdir()):
-        raise RtsegError(f"--out {out} exists and is not a calibration folder (no {CALIB_JSON}); its files are left as "
-                         f"they are — pass a new folder or an earlier calibration folder to replace")
     out.mkdir(parents=True, exist_ok=True)
     log(f"calibration: {len(sel.chosen)} of {sel.num_candidates} images from {sel.root} (seed {opts.seed}, {opts.method})")
     data = preprocess_images(sel.chosen, hw, meta.resize, meta.mean, meta.std)

@@ -99,8 +99,12 @@ def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img
     """Calibrate INT8: write one Q/DQ ONNX for every backend and its calibration record."""
     from ..calib.calibrate import CalibOptions, calibrate_checkpoint
     from ..calib.images import DEFAULT_NUM_IMAGES
+    from ..calib.record import CALIB_JSON
     from ..export.build import parse_img_size
 
+    if out is not None and out.is_dir() and not (out / CALIB_JSON).is_file() and any(out.iterdir()):
+        raise RtsegError(f"--out {out} exists and is not a calibration folder (no {CALIB_JSON}); its files are left as "
+                         f"they are — pass a new folder or an earlier calibration folder to replace")
     kw = {"weight_bits": int(weight_bits)} if weight_bits else {}
     options = CalibOptions(calib_data=calib_data, method=method, num_images=num_images or DEFAULT_NUM_IMAGES, seed=seed,
                            out=out, img_size=parse_img_size(img_size), opset=opset, verify=not no_verify,
