@@ -104,10 +104,18 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("interrupted", err=True)
         sys.exit(130)
     except MemoryError:  # numpy/PyTorch allocations past what the machine (or ulimit -v) allows
-        click.echo("error: out of memory; pass a smaller --batch-size, --img-size or input, or free memory", err=True)
-        sys.exit(2)
+        _out_of_memory()
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e):  # PyTorch's CPU allocator says it this way
+            raise
+        _out_of_memory()
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+
+
+def _out_of_memory():
+    click.echo("error: out of memory; pass a smaller --batch-size, --img-size or input, or free memory", err=True)
+    sys.exit(2)
 
 
 #: errors of a write to a full, broken or closed stdout (they carry no file name)

@@ -48,7 +48,7 @@ from ..calib.images import DEFAULT_NUM_IMAGES
 from ..calib.record import CALIB_JSON, FP32_ONNX, QDQ_ONNX
 from ..errors import RtsegError
 from ..gate.check import GateOptions
-from ..limits import check_threads
+from ..limits import check_image_size, check_threads
 from ..meta import ENGINE_FORMAT
 from ..runtime.registry import BuildRequest, get_backend
 
@@ -211,6 +211,7 @@ def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: s
     # an imported model folder (rtseg.byom) has no PyTorch model: its model.onnx is the FP32 graph (model None)
     model, meta = (None, load_meta(ckpt)) if is_model_folder(ckpt) else load_checkpoint(ckpt)
     hw = parse_img_size(options.img_size) or meta.input_hw
+    check_image_size(hw, frames=2)  # the export's parity batch, before the PyTorch reference runs
     out = Path(out) if out is not None else default_engine_dir(meta.model, backend, precision)
     tmp = _temporary_folder(out)
     b = _Build(ckpt, model, meta, backend, precision, hw, tmp, options, log or (lambda msg: None))
