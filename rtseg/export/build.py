@@ -457,8 +457,9 @@ def build_auto(checkpoint: str | Path, backend: str = "openvino", out: str | Pat
     """``build-engine --precision auto``: build every precision ``backend`` can run here, measure
     each on real frames, keep the fastest that passes the accuracy gate (issue 5).
 
-    Candidates are built into ``engines/<model>/<backend>-<precision>`` next to ``out`` (each with
-    its own gate); precisions this machine cannot run (the backend spec's ``unavailable``) are listed
+    Candidates are built into ``<out>.candidates/<backend>-<precision>`` (each with its own gate; that
+    folder is this command's and is replaced by the next run with the same ``out``; engines already
+    beside ``out`` are never touched); precisions this machine cannot run (the backend spec's ``unavailable``) are listed
     as skipped. Latency is measured round-robin (3 rounds of ``bench_seconds / 3`` per candidate,
     median of the per-round medians, batch ``options.bench_batch``, ``options.threads`` threads) on the
     gate's real images preprocessed to the engine size, so background load hits every candidate
@@ -484,6 +485,8 @@ def build_auto(checkpoint: str | Path, backend: str = "openvino", out: str | Pat
     go = options.gate
     gs = g.gate_set(meta.to_dict(), go.data, go.split, go.images or g.DEFAULT_GATE_IMAGES)
     rows: list[dict[str, Any]] = []
+    cand = out.parent / f"{out.name}.candidates"
+    _refuse_foreign(cand)
     for p in spec.precisions:
         why = spec.unavailable(p)
         if why:
@@ -492,11 +495,21 @@ def build_auto(checkpoint: str | Path, backend: str = "openvino", out: str | Pat
         log(f"--- candidate {backend} {p}")
         o = options if p == "int8" else BuildOptions(**{**options.__dict__, "calib_data": None, "qdq_from": None,
                                                         "int8_quantizer": "rtseg"})
-        rows.append({"precision": p, "folder": str(build_engine(checkpoint, backend, p, out.parent / f"{backend}-{p}", o, log))})
+        rows.append({"precision": p, "folder": str(build_engine(checkpoint, backend, p, cand / f"{backend}-{p}", o, log))})
     selection = _select(rows, gs, options, log)
     _publish_selection(out, selection)
     log(f"engine written to {out}")
     return out
+
+
+def _refuse_foreign(cand: Path) -> None:
+    """The candidates folder of ``--precision auto`` holds only engine folders of an earlier run; refuse anything else."""
+    if not cand.exists():
+        return
+    foreign = [f.name for f in cand.iterdir() if not (f / "engine.json").is_file()] if cand.is_dir() else [cand.name]
+    if foreign:
+        raise RtsegError(f"{cand} holds {foreign[0]}, which is not an engine of an earlier --precision auto run; "
+                         f"--precision auto builds its candidates there — move it away or pass another --out")
 
 
 def _select(rows: list[dict[str, Any]], gs, options: BuildOptions, log: Log) -> dict[str, Any]:

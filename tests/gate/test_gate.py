@@ -162,6 +162,10 @@ def test_gate_without_labels_is_recorded_as_skipped(tmp_path, kvasir):
 
 @pytest.mark.slow
 def test_precision_auto_picks_the_fastest_passing_by_measurement(tmp_path, kvasir, capsys):
+    """Issue 5; issue 26: the candidates are built in ``<out>.candidates/`` (before: into ``<backend>-<precision>``
+    beside ``--out``, replacing the user's engines there and deleting their files)."""
+    (tmp_path / "openvino-int8").mkdir()  # the user's own folder beside --out
+    (tmp_path / "openvino-int8" / "notes.txt").write_text("keep")
     code, out, err = run_cli(capsys, "build-engine", "--checkpoint", CKPT, "--backend", "openvino", "--precision", "auto",
                              "--out", tmp_path / "openvino-auto", "--calib-method", "minmax", "--calib-data", kvasir,
                              "--num-calib", 16, "--gate-data", kvasir, "--gate-split", "val", "--gate-images", 40,
@@ -183,8 +187,10 @@ def test_precision_auto_picks_the_fastest_passing_by_measurement(tmp_path, kvasi
     # the table is printed, with the reason, and each candidate is a usable engine folder
     assert "<- chosen" in out and "fastest engine that passes the accuracy gate" in out
     for p in ("fp32", "int8"):
-        assert (tmp_path / f"openvino-{p}" / "engine.json").is_file()
+        assert (tmp_path / "openvino-auto.candidates" / f"openvino-{p}" / "engine.json").is_file()
     load_engine(tmp_path / "openvino-auto")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["openvino-auto", "openvino-auto.candidates", "openvino-int8"]
+    assert [p.name for p in (tmp_path / "openvino-int8").iterdir()] == ["notes.txt"]  # beside --out: untouched
 
 
 def test_ranking_backend_follows_the_engine():
