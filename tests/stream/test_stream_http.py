@@ -336,11 +336,14 @@ def test_chromium_shows_the_live_view(tmp_path, backend, small_clip):
         pytest.fail("chromium not installed: apt-get install chromium (scripts/test.sh does)")
     with serving(backend, [str(small_clip)], loop=0) as (pipe, url, res):
         wait_for(lambda: frames(pipe) > 5, 30, "frames")
-        a = _shot(url + "/", tmp_path / "a.png")
-        time.sleep(1.5)
-        b = _shot(url + "/", tmp_path / "b.png")
-    view_a, view_b = a[20:180, 20:320].astype(int), b[20:180, 20:320].astype(int)  # the <img> (320×180 at ~12,12)
-    assert view_a.std() > 10 and view_b.std() > 10, "the view is blank"
+        view_a = _shot(url + "/", tmp_path / "a.png")[20:180, 20:320].astype(int)  # the <img> (320×180 at ~12,12)
+        assert view_a.std() > 10, "the view is blank"
+        for k in range(3):  # on busy cores a headless screenshot can catch the same frame again: up to 3 more
+            time.sleep(1.5)
+            view_b = _shot(url + "/", tmp_path / f"b{k}.png")[20:180, 20:320].astype(int)
+            assert view_b.std() > 10, "the view is blank"
+            if np.abs(view_a - view_b).mean() > 1.0:
+                break
     assert np.abs(view_a - view_b).mean() > 1.0, "the view did not change between the screenshots"
 
 
