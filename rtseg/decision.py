@@ -34,7 +34,8 @@ import pydantic
 from pydantic import Field, StrictInt
 
 from .errors import RtsegError
-from .meta import Finite, _Record
+from .fields import Finite
+from .fields import Record as _Record
 
 #: persistence of a model whose ``model.json`` records none (``--persist N --hold M`` override it): off.
 #: Calibrated models (the shipped default model) carry the counts chosen on their validation sequences

@@ -25,12 +25,14 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationInfo, model_validator
+from pydantic import Field, StrictFloat, StrictInt, StrictStr, ValidationInfo, model_validator
 from pydantic.dataclasses import dataclass
 from pydantic_core import PydanticCustomError
 
 from . import __version__
 from .errors import RtsegError
+from .fields import Finite, Level
+from .fields import Record as _Record
 
 #: the ``format`` of ``model.json`` and ``engine.json`` this rtseg writes and reads
 CHECKPOINT_FORMAT = "rtseg-checkpoint/1"
@@ -119,28 +121,10 @@ def _source(info: ValidationInfo, default: str) -> str:
 Side = Annotated[StrictInt, Field(ge=1, le=MAX_INPUT_SIDE)]
 #: a dimension of a tensor shape other than the batch (≥ 1)
 Dim = Annotated[StrictInt, Field(ge=1)]
-#: a finite number (NaN, ±Infinity and integers too large for a float are not)
-Finite = Annotated[StrictInt, Field(ge=-(2**1023), le=2**1023)] | Annotated[StrictFloat, Field(allow_inf_nan=False)]
-#: a colour level: a number in 0..255 (NaN and ±Infinity are not)
-Level = Annotated[StrictInt, Field(ge=0, le=255)] | Annotated[StrictFloat, Field(ge=0, le=255)]
 #: mean or std of the RGB input normalisation
 RGBNumbers = Annotated[list[Finite], Field(min_length=3, max_length=3)]
 #: one class's [R, G, B] colour
 RGBColour = Annotated[list[Level], Field(min_length=3, max_length=3)]
-
-
-class _Record(BaseModel):
-    """A record inside a JSON file, checked against the fields below and kept as written (other keys allowed)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    @classmethod
-    def accepts(cls, value: Any) -> bool:
-        try:
-            cls.model_validate(value)
-        except pydantic.ValidationError:
-            return False
-        return True
 
 
 class _Tensor(_Record):

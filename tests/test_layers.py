@@ -20,7 +20,7 @@ LAYERS = {
     "api": 1, "training": 1, "export": 1, "calib": 1, "gate": 1, "byom": 1, "stream": 1, "bench": 1,
     "evaluation": 1, "video_eval": 1, "decision_tuning": 1, "defaults": 1,
     "models": 0, "runtime": 0, "data": 0, "meta": 0, "checkpoint": 0, "metrics": 0,
-    "decision": 0, "timing": 0, "errors": 0, "safe_io": 0, "onnx_files": 0, "limits": 0,
+    "decision": 0, "timing": 0, "errors": 0, "safe_io": 0, "onnx_files": 0, "limits": 0, "fields": 0,
 }
 NAMES = {2: "commands", 1: "library", 0: "foundation"}
 
