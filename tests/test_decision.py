@@ -262,6 +262,7 @@ def test_clinical_figures_on_a_hand_made_sequence():
 
 
 # -- the real clip: --save-masks count / size / order; eval --video --masks none ----------------------------
+@pytest.mark.slow
 def test_save_masks_on_the_real_colonoscopy_clip(tmp_path, shared_data, tiny_engine, backend):
     """Every frame of the real 720×576 colonoscopy clip (227) gets its PNG, at the frame's size, 0/255, in
     frame order: mask k agrees with what the stream draws on frame k (decoded independently)."""

@@ -29,6 +29,7 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+@pytest.mark.slow
 def test_default_model_builds_its_engine_and_holds_its_kvasir_test_dice(cache, kvasir):
     from rtseg.data.formats import get_format
     from rtseg.evaluation import evaluate_backend

@@ -178,6 +178,7 @@ def test_names_with_glob_characters_are_names(tmp_path, kvasir, small_clip, tiny
     assert (tmp_path / "v[5].json").exists() and (tmp_path / "p[6].png").exists()
 
 
+@pytest.mark.slow
 def test_huge_model_kwargs_and_export_sizes_are_refused_before_allocating(tmp_path):
     """Issue 26 (unbounded): ``model_kwargs`` asking for a network far larger than its weights is refused from
     the weight file's header (the architecture is built on the meta device first), and ``export --img-size

@@ -47,7 +47,7 @@ def _video_info(path) -> tuple[int, int, int, float]:
         return n, s.codec_context.width, s.codec_context.height, float(s.average_rate)
 
 
-@pytest.fixture(scope="module", params=["smp-unet", "segformer"])
+@pytest.fixture(scope="module", params=["smp-unet", pytest.param("segformer", marks=pytest.mark.slow)])
 def model_folder(request, tmp_path_factory):
     """A model folder from a third-party module trained for a few steps on real Kvasir images."""
     torch.set_num_threads(2)
@@ -337,6 +337,7 @@ def test_smp_fpn_exports(tmp_path):
     assert np.max(np.abs(load(folder).backend.infer(x.numpy()) - z)) < 1e-3 * max(1.0, np.abs(z).max())
 
 
+@pytest.mark.slow
 def test_calibrate_a_model_folder_then_build_from_its_qdq(tmp_path, capsys):
     torch.set_num_threads(2)
     folder = export_model(bm.tiny_unet(), bm.meta("calib-unet", HW), tmp_path / "m")

@@ -210,6 +210,7 @@ def test_native_crash_in_child_becomes_rtseg_error():
         run_guarded("raise SystemExit('boom')", [], what="the test child", fix="x")
 
 
+@pytest.mark.slow
 def test_onnxruntime_default_qdq_cannot_crash_rtseg(tmp_path, fp32_onnx, images):
     """ORT's default scheme (uint8 asymmetric activations on every op) segfaults OpenVINO 2026.4.1's
     compiler (static batch); rtseg must turn that into an RtsegError in the child-process guard."""

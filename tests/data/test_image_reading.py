@@ -93,6 +93,7 @@ def test_an_exif_rotated_pair_scores_as_the_upright_one(tmp_path, kvasir):
     assert turned["per_image"]["dice"] == pytest.approx(upright["per_image"]["dice"], abs=0.02)
 
 
+@pytest.mark.slow
 def test_a_fifo_among_the_masks_of_eval_video_is_refused_not_waited_on(tmp_path, shared_data, tiny_engine):  # noqa: F811
     masks = tmp_path / "masks"
     masks.mkdir()

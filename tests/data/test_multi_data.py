@@ -33,6 +33,7 @@ def _cfg(folders, out, **kw):
     return TrainConfig(**(base | kw))
 
 
+@pytest.mark.slow
 def test_two_folders_train_validate_and_resume_exactly(tmp_path, folders):
     full = train(_cfg(folders, tmp_path / "a"), log=lambda *a: None)
     names = ["kvasir-seg-256", "polypgen-train-part"]

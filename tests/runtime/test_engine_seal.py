@@ -138,6 +138,7 @@ def test_commands_refuse_an_unsealed_engine_in_one_line_unless_allowed(tmp_path,
     assert code == 2 and "model.ort.onnx was changed after the build" in one_error_line(err)
 
 
+@pytest.mark.slow
 def test_the_cached_default_engine_is_resealed_when_old_or_broken(tmp_path, monkeypatch, tiny_engine):  # noqa: F811
     """The default model's cached engine (here: the tiny checkpoint standing in for it) is built on first
     use; an engine.json with an older seal, or an edited model.bin, makes the next use rebuild it

@@ -308,7 +308,7 @@ def _wait_for(pred, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_signal_finalises_playable_file(tmp_path, tiny_engine, sig):
     """SIGINT/SIGTERM to a running ``rtseg stream``: the file is playable and holds every processed frame."""
     out, metrics = tmp_path / "live.mp4", tmp_path / "m.jsonl"
@@ -352,6 +352,7 @@ def test_codec_choice():
         resolve_codec("aac")
 
 
+@pytest.mark.slow
 def test_loop_continues_timestamps_and_reports_rss(tmp_path, clip):
     """--loop: a second pass over the file continues the timeline (one frame after the last), so the
     output is one playable clip of twice the frames; the report carries RSS samples."""

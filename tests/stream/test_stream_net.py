@@ -195,6 +195,7 @@ def test_network_output_decoded_by_a_client(tmp_path, backend, net_clip, client_
     assert len(t) >= 40 and np.allclose(np.diff(t), 0.04, atol=2e-3)
 
 
+@pytest.mark.slow
 def test_killed_source_is_reconnected(tmp_path, backend, sender, net_clip):
     """The UDP sender is killed mid-stream and restarted: rtseg reconnects and the output keeps going."""
     port = free_port()
@@ -257,6 +258,7 @@ def test_file_source_never_drops(backend, small_clip):
     assert rep.frames == 20 and rep.drops == 0
 
 
+@pytest.mark.slow
 def test_two_sources_share_batches_and_beat_two_runs(backend, small_clip, small_bikes):
     """With an engine whose cost is per call (like a GPU), batching two sources doubles throughput."""
     slow = SlowBackend(backend, 0.03)
@@ -278,6 +280,7 @@ def test_two_sources_share_batches_and_beat_two_runs(backend, small_clip, small_
         assert r.times == pytest.approx(video_pts_seconds(s))  # each source in its own order and timing
 
 
+@pytest.mark.slow
 def test_live_udp_source_keeps_its_audio(tmp_path, backend, sender, shared_data):
     """Audio of a live MPEG-TS stream (the real pancake clip's Opus track) is copied to the file output."""
     src = cut_clip(shared_data / "video" / "flipping_a_pancake.mkv", tmp_path / "pancake.mkv", 2.0, (214, 120),

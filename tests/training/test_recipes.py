@@ -83,6 +83,7 @@ def _cfg(kvasir, out, **kw):
     return TrainConfig(**(base | kw))
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_run(tmp_path, kvasir):
     full = train(_cfg(kvasir, tmp_path / "a"), log=lambda *a: None)
     train(_cfg(kvasir, tmp_path / "b", stop_after_epochs=2), log=lambda *a: None)  # "killed" after epoch 2
