@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from .errors import RtsegError
+from .runtime.registry import DEFAULT_BACKEND, DEFAULT_PRECISION
 
 
 class Segmenter:
@@ -244,7 +245,7 @@ def load(path: str | Path | None = None, backend: str | None = None, threads: in
                                  allow_unsealed=allow_unsealed))
 
 
-def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: str = "fp32", out: str | Path | None = None,
+def build_engine(checkpoint: str | Path, backend: str = DEFAULT_BACKEND, precision: str = DEFAULT_PRECISION, out: str | Path | None = None,
                  options=None, log=None) -> Path:
     """Build an engine folder (``rtseg build-engine``) from a checkpoint or a model folder.
 

@@ -17,12 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import RtsegError
+from .runtime.registry import DEFAULT_BACKEND, DEFAULT_PRECISION
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "weights" / "default"
-#: the default engine: OpenVINO fp32. On this project's AVX2-only CPUs int8 is not faster (no VNNI);
-#: ``rtseg build-engine --checkpoint <default model> --precision auto`` decides per machine.
-DEFAULT_BACKEND = "openvino"
-DEFAULT_PRECISION = "fp32"
 
 
 def default_model_dir() -> Path:

@@ -15,6 +15,7 @@ from ..calib.calibrate import CalibOptions
 from ..errors import RtsegError
 from ..export.build import BuildOptions
 from ..export.triton import TritonExportOptions
+from ..runtime.registry import DEFAULT_BACKEND, DEFAULT_PRECISION
 from ..safe_io import check_writable
 from .common import FINITE_FLOAT, backend_choice, precision_choice
 
@@ -115,8 +116,8 @@ def calibrate_command(checkpoint, calib_data, method, num_images, seed, out, img
 
 @click.command("build-engine", cls=_Command)
 @_ckpt_option
-@click.option("--backend", type=backend_choice(), default="openvino", show_default=True)
-@click.option("--precision", type=precision_choice(), default="fp32", show_default=True,
+@click.option("--backend", type=backend_choice(), default=DEFAULT_BACKEND, show_default=True)
+@click.option("--precision", type=precision_choice(), default=DEFAULT_PRECISION, show_default=True,
               help="auto: build every precision the backend runs here, keep the fastest that passes the accuracy gate.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="Engine folder (default engines/<model>/<backend>-<precision>).")

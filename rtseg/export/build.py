@@ -50,7 +50,7 @@ from ..errors import RtsegError
 from ..gate.check import GateOptions
 from ..limits import check_image_size, check_threads
 from ..meta import ENGINE_FORMAT
-from ..runtime.registry import BuildRequest, get_backend
+from ..runtime.registry import DEFAULT_BACKEND, DEFAULT_PRECISION, BuildRequest, get_backend
 
 Log = Callable[[str], None]
 
@@ -171,7 +171,7 @@ class _Build:
     export: dict[str, Any] = field(default_factory=dict)
 
 
-def build_engine(checkpoint: str | Path, backend: str = "openvino", precision: str = "fp32",
+def build_engine(checkpoint: str | Path, backend: str = DEFAULT_BACKEND, precision: str = DEFAULT_PRECISION,
                  out: str | Path | None = None, options: BuildOptions | None = None, log: Log | None = None) -> Path:
     """Build an engine folder from a checkpoint (docs/internals.md "Engine folder").
 
@@ -452,7 +452,7 @@ def _copy_qdq(b: _Build) -> dict[str, Any]:
     return rec
 
 
-def build_auto(checkpoint: str | Path, backend: str = "openvino", out: str | Path | None = None,
+def build_auto(checkpoint: str | Path, backend: str = DEFAULT_BACKEND, out: str | Path | None = None,
                options: BuildOptions | None = None, log: Log | None = None) -> Path:
     """``build-engine --precision auto``: build every precision ``backend`` can run here, measure
     each on real frames, keep the fastest that passes the accuracy gate (issue 5).

@@ -106,6 +106,12 @@ class BackendSpec:
 
 _TABLE: dict[str, BackendSpec | str] = {}
 
+#: the backend and precision used when none is named (``build-engine``, the API, the default model's
+#: engine): OpenVINO fp32, the CPU path. Measured here, int8 is not faster than fp32 for the sub-GMAC
+#: default model even with VNNI (docs/model-card.md, "Limits"); ``--precision auto`` decides per machine.
+DEFAULT_BACKEND = "openvino"
+DEFAULT_PRECISION = "fp32"
+
 
 def register_backend(spec: BackendSpec | str, target: str | None = None) -> None:
     """Add a backend to the table: ``register_backend(spec)`` with a :class:`BackendSpec`, or

@@ -144,3 +144,21 @@ def test_click_defaults_are_the_option_objects_defaults(name):
         assert got == want, f"rtseg {name} --{p.name.replace('_', '-')}: click default {default!r}, option object {want!r}"
         checked += 1
     assert checked > 0
+
+
+def test_build_engine_backend_and_precision_defaults_are_the_librarys():
+    """``build-engine`` without ``--backend``/``--precision`` builds what ``build_engine()`` and the API build."""
+    import inspect
+
+    import click
+
+    import rtseg.api
+    from rtseg.cli import cli as group
+    from rtseg.export.build import build_engine
+
+    cmd = group.get_command(None, "build-engine")
+    ctx = click.Context(cmd)
+    got = {p.name: p.get_default(ctx) for p in cmd.params if p.name in ("backend", "precision")}
+    for fn in (build_engine, rtseg.api.build_engine):
+        sig = inspect.signature(fn).parameters
+        assert got == {"backend": sig["backend"].default, "precision": sig["precision"].default}, fn
