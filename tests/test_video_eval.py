@@ -20,7 +20,7 @@ from rtseg.errors import RtsegError
 from rtseg.metrics import FlickerMeter, class_pair_iou, pair_iou
 from rtseg.video_eval import ClassSeries, VideoEvalOptions, VideoScorer, evaluate_video, list_masks
 
-from helpers import cut_clip, run_cli_process, video_pts_seconds
+from helpers import cut_clip, run_cli, run_cli_process, video_pts_seconds
 
 
 @pytest.fixture(scope="session")
@@ -153,6 +153,15 @@ def test_cli_video_eval_table_json_plot(tmp_path, tiny_engine, colon_clip, colon
     assert res["frames"] == 50 and res["temporal"] == "flow, K=2"
     img = cv2.imread(res["plot"])
     assert res["plot"] == str(tmp_path / "res.png") and img is not None and img.shape[2] == 3
+
+
+def test_plot_none_writes_no_plot(tmp_path, monkeypatch, capsys, tiny_engine, colon_clip, colon_masks):
+    """``--plot none`` scores the clip without a PNG (JSON ``"plot": null``), and no file named ``none``."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "eval", "--engine", tiny_engine, "--video", colon_clip, "--masks", colon_masks,
+                             "--max-frames", "8", "--threads", "1", "--plot", "none", "--json")
+    assert code == 0, err
+    assert json.loads(out)["plot"] is None and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("container", ["mp4", "mkv"])

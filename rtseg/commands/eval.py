@@ -44,7 +44,8 @@ from .common import FiniteFloatRange, decision_options
               help="With --video: weight of the previous logits in --temporal ema.")
 @click.option("--max-frames", default=None, type=click.IntRange(min=1), help="With --video: score the first N frames.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(),
-              help="With --video: PNG of per-frame Dice and flicker (default: --out with .png, else video_eval.png).")
+              help="With --video: PNG of per-frame Dice and flicker (default: --out with .png, else video_eval.png); "
+                   "'none': no plot.")
 @decision_options()
 def eval_command(target, checkpoint, engine, data, data_format, split, batch_size, threads, limit, save_overlays,
                  overlays_path, allow_failed_gate, allow_unsealed, as_json, out_json, video, masks, temporal, infer_every, ema,
@@ -60,9 +61,11 @@ def eval_command(target, checkpoint, engine, data, data_format, split, batch_siz
     path = engine or checkpoint or target
     if save_overlays and Path(overlays_path).suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise RtsegError(f"--overlays-path {overlays_path} is not an image name; give it a .png or .jpg name")
-    if video or masks:
+    if plot_path is not None and plot_path.lower() == "none":
+        plot_path = False  # no plot (JSON "plot": null)
+    elif video or masks:
         plot_path = plot_path or (str(Path(out_json).with_suffix(".png")) if out_json else "video_eval.png")
-    check_outputs([("--out", out_json), ("--plot", plot_path if (video or masks) else None),
+    check_outputs([("--out", out_json), ("--plot", plot_path if (video or masks) and plot_path else None),
                    ("--overlays-path", overlays_path if save_overlays else None)],
                   [path, data, video, masks if str(masks).lower() != "none" else None])
     backend, path = _backend(path, threads, allow_failed_gate, allow_unsealed, as_json)
@@ -149,7 +152,7 @@ def _eval_video(backend, video, masks, opts, as_json: bool, out_json, plot_path)
     from ..video_eval import evaluate_video, format_video_table, plot_video
 
     res = evaluate_video(backend, video, masks, opts)
-    res["plot"] = str(plot_video(res, plot_path))
+    res["plot"] = str(plot_video(res, plot_path)) if plot_path else None
     if out_json:
         try:
             write_json(out_json, nan_to_none(res))
@@ -159,5 +162,8 @@ def _eval_video(backend, video, masks, opts, as_json: bool, out_json, plot_path)
         click.echo(json.dumps(nan_to_none(res)))
     else:
         click.echo(format_video_table(res))
-        click.echo(f"plot: {res['plot']}" + (f"; JSON: {out_json}" if out_json else ""))
+        wrote = [f"plot: {res['plot']}"] if res["plot"] else []
+        wrote += [f"JSON: {out_json}"] if out_json else []
+        if wrote:
+            click.echo("; ".join(wrote))
 
