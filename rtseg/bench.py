@@ -308,6 +308,8 @@ def _infer_rows(b, frames: list[np.ndarray], o: BenchOptions, log) -> list[Bench
 
     for bs in o.batch_sizes:
         check_batch(bs, b.input_hw, "--batch-sizes")
+    if o.stream or o.compare:
+        check_batch(o.stream_batch or 1, b.input_hw, "--stream-batch")  # before any timing, named as the user typed it
     pre = Preprocessor(b.input_hw, b.resize)
     net = np.stack([pre(f)[0] for f in frames])
     rows = []

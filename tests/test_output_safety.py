@@ -107,6 +107,8 @@ def test_engine_is_warmed_before_the_first_frame(tmp_path, tiny_engine, shared_d
     (["stream", "--source", "V", "--no-output", "--batch-size", "100000000"], "GiB of memory"),
     (["eval", "--data", "K", "--batch-size", "100000000"], "GiB of memory"),
     (["bench", "--video", "V", "--batch-sizes", "1,100000000", "--no-torch", "--seconds", "0.1"], "GiB of memory"),
+    (["bench", "--video", "V", "--batch-sizes", "1", "--stream-batch", "100000000", "--no-torch", "--seconds", "0.1"],
+     "--stream-batch 100000000 is outside"),
     (["eval", "--data", "K", "--threads", "2000"], "--threads 2000 is outside"),
 ])
 def test_sizes_are_bounded_by_the_machine(tmp_path, shared_data, tiny_engine, args, words):
