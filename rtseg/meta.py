@@ -19,19 +19,17 @@ field types and helpers.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import Field, StrictFloat, StrictInt, StrictStr, ValidationInfo, model_validator
 from pydantic.dataclasses import dataclass
-from pydantic_core import PydanticCustomError
 
 from . import __version__
 from .errors import RtsegError
-from .fields import Finite, Level
+from .fields import Finite, Level, adapter, broken, first_violation, must, rule_values, value_at
 from .fields import Record as _Record
 
 #: the ``format`` of ``model.json`` and ``engine.json`` this rtseg writes and reads
@@ -93,22 +91,6 @@ _WHAT: dict[str, dict[str, str]] = {
         "output.shape: num_classes": "has {channels} channels but the model has num_classes {num_classes}",
     },
 }
-
-
-def _broken(rule: str, **values: Any) -> PydanticCustomError:
-    """The error of a rule a validator checks: its line is ``_WHAT[...][rule]`` formatted with ``values``."""
-    return PydanticCustomError("rtseg_rule", "rule {rule} is broken", {"rule": rule, **values})
-
-
-def _must(test: Callable[[Any], bool], rule: str) -> pydantic.AfterValidator:
-    """A field validator: the (typed) value must pass ``test``, else ``rule`` is broken."""
-
-    def check(value: Any) -> Any:
-        if not test(value):
-            raise _broken(rule)
-        return value
-
-    return pydantic.AfterValidator(check)
 
 
 def _source(info: ValidationInfo, default: str) -> str:
@@ -203,7 +185,7 @@ class ModelMeta:
         default_factory=lambda: [list(c) for c in BINARY_PALETTE])
     input_size: Annotated[list[Side], Field(min_length=2, max_length=2)] = field(default_factory=lambda: [256, 256])
     mean: RGBNumbers = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: Annotated[RGBNumbers, _must(lambda v: all(x > 0 for x in v), "std: positive")] = field(
+    std: Annotated[RGBNumbers, must(lambda v: all(x > 0 for x in v), "std: positive")] = field(
         default_factory=lambda: [0.229, 0.224, 0.225])
     resize: Literal["stretch", "letterbox"] = "stretch"
     task: Literal["binary", "multiclass"] = "binary"
@@ -229,11 +211,11 @@ class ModelMeta:
             PresenceRule.from_dict(presence, _source(info, "model.json"))  # raises its own one-line RtsegError
         if persistence is not None:
             if not _Persistence.accepts(persistence):
-                raise _broken("decision.persistence")
+                raise broken("decision.persistence")
             try:
                 check_persistence(persistence["on_frames"], persistence["hold_frames"])
             except RtsegError as e:
-                raise _broken("decision.persistence: counts", reason=str(e)) from None
+                raise broken("decision.persistence: counts", reason=str(e)) from None
         return self
 
     @property
@@ -284,14 +266,14 @@ class EngineMeta:
 
     backend: StrictStr
     backend_version: StrictStr
-    precision: Annotated[StrictStr, _must(lambda p: p in PRECISIONS, "precision: one of PRECISIONS")]
-    engine_file: Annotated[StrictStr, _must(_is_file_name, "engine_file: a name in the folder")]
-    input: Annotated[dict[str, Any], _must(_InputTensor.accepts, "input.shape")]
-    output: Annotated[dict[str, Any], _must(_Tensor.accepts, "output.shape")]
+    precision: Annotated[StrictStr, must(lambda p: p in PRECISIONS, "precision: one of PRECISIONS")]
+    engine_file: Annotated[StrictStr, must(_is_file_name, "engine_file: a name in the folder")]
+    input: Annotated[dict[str, Any], must(_InputTensor.accepts, "input.shape")]
+    output: Annotated[dict[str, Any], must(_Tensor.accepts, "output.shape")]
     model: dict[str, Any]
-    batch: Annotated[dict[str, Any], _must(_BatchProfile.accepts, "batch: 1 ≤ min ≤ opt ≤ max")] = field(
+    batch: Annotated[dict[str, Any], must(_BatchProfile.accepts, "batch: 1 ≤ min ≤ opt ≤ max")] = field(
         default_factory=_no_batch_profile)
-    records: Annotated[dict[str, Any], _must(_EngineRecords.accepts, "accuracy_gate")] = field(default_factory=dict)
+    records: Annotated[dict[str, Any], must(_EngineRecords.accepts, "accuracy_gate")] = field(default_factory=dict)
     format: Literal["rtseg-engine/1"] = ENGINE_FORMAT
 
     _CORE = ("format", "backend", "backend_version", "precision", "engine_file", "input", "output", "batch", "model")
@@ -303,7 +285,7 @@ class EngineMeta:
         ModelMeta.from_dict({"model": "(engine)", **self.model}, f"{_source(info, 'engine.json')} 'model'")
         n, channels = self.model.get("num_classes"), self.output["shape"][1]
         if n is not None and n != channels:
-            raise _broken("output.shape: num_classes", channels=channels, num_classes=n)
+            raise broken("output.shape: num_classes", channels=channels, num_classes=n)
         return self
 
     @property
@@ -355,15 +337,10 @@ class EngineMeta:
 
 
 # -- from a pydantic error to the one error line ---------------------------------------------------------
-@functools.cache
-def _adapter(cls: type) -> pydantic.TypeAdapter:
-    return pydantic.TypeAdapter(cls)
-
-
 def _parse(cls: type, fields: dict, source: str, kind: str, file_dict: dict | None = None) -> Any:
     """``cls`` validated from ``fields``; a violation is the one error line of :func:`_refusal`."""
     try:
-        return _adapter(cls).validate_python(fields, context={"source": source})
+        return adapter(cls).validate_python(fields, context={"source": source})
     except pydantic.ValidationError as e:
         raise _refusal(e, source, kind, fields if file_dict is None else file_dict) from None
 
@@ -371,21 +348,9 @@ def _parse(cls: type, fields: dict, source: str, kind: str, file_dict: dict | No
 def _refusal(e: pydantic.ValidationError, source: str, kind: str, file_dict: dict) -> RtsegError:
     """The error line of ``e``'s first violation (in the order of ``_WHAT[kind]``), naming its field and value."""
     what = _WHAT[kind]
-    key, err = _first_violation(e.errors(), what, lambda err: _key(err, what))
+    key, err = first_violation(e.errors(), what, lambda err: _key(err, what))
     name = key.split(":")[0]
-    return _bad(source, name, what[key].format(value=_value_at(file_dict, name), **_rule_values(err)))
-
-
-def _first_violation(errors: list[dict], what: dict[str, str], key: Callable[[dict], str]) -> tuple[str, dict]:
-    """The first of pydantic's ``errors`` in the order of the message table ``what`` (``key``: an error's key
-    in it; ties: the earlier error), with its key."""
-    order = list(what)
-    return min(((key(err), err) for err in errors), key=lambda ke: order.index(ke[0]))
-
-
-def _rule_values(err: dict) -> dict[str, Any]:
-    """The format values of a broken rule (:func:`_broken`); none for a field's type or bounds."""
-    return err.get("ctx", {}) if err["type"] == "rtseg_rule" else {}
+    return _bad(source, name, what[key].format(value=value_at(file_dict, name), **rule_values(err)))
 
 
 def _key(err: dict, what: dict[str, str]) -> str:
@@ -394,13 +359,6 @@ def _key(err: dict, what: dict[str, str]) -> str:
         return err["ctx"]["rule"]
     loc = [str(p) for p in err["loc"]]
     return next(k for k in (".".join(loc[:n]) for n in range(len(loc), 0, -1)) if k in what)
-
-
-def _value_at(d: Any, dotted: str) -> Any:
-    """``d["a"]["b"]`` for ``"a.b"`` (``None`` where a key is missing or a level is not an object)."""
-    for part in dotted.split("."):
-        d = d.get(part) if isinstance(d, dict) else None
-    return d
 
 
 def _bad(source: str, key: str, what: str) -> RtsegError:

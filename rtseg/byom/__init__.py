@@ -72,6 +72,7 @@ import pydantic.dataclasses
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationInfo
 
 from ..errors import RtsegError
+from ..fields import adapter, broken, first_violation, must, rule_values, value_at
 from ..meta import (
     BINARY_PALETTE,
     IMPORTED_FORMAT,
@@ -80,12 +81,6 @@ from ..meta import (
     RGBColour,
     RGBNumbers,
     Side,
-    _adapter,
-    _broken,
-    _first_violation,
-    _must,
-    _rule_values,
-    _value_at,
 )
 
 Log = Callable[[str], None]
@@ -196,7 +191,7 @@ def _required(rule: str) -> pydantic.BeforeValidator:
 
     def given(value: Any) -> Any:
         if value is None:
-            raise _broken(rule)
+            raise broken(rule)
         return value
 
     return pydantic.BeforeValidator(given)
@@ -206,7 +201,7 @@ def _count_per_task(classes: list[str], info: ValidationInfo) -> list[str]:
     """``classes``: 2 names for task binary, 2..256 (one per output channel) for multiclass."""
     task, n = info.data.get("task"), len(classes)
     if (task == "binary" and n != 2) or (task == "multiclass" and not 2 <= n <= 256):
-        raise _broken(f"classes: {task}", n=n)
+        raise broken(f"classes: {task}", n=n)
     return classes
 
 
@@ -216,9 +211,9 @@ def _one_per_class(value: Any, handler: Callable[[Any], Any], info: ValidationIn
     try:
         palette = handler(value)
     except pydantic.ValidationError:
-        raise _broken("palette", n=n) from None
+        raise broken("palette", n=n) from None
     if palette is not None and len(palette) != n:
-        raise _broken("palette", n=n)
+        raise broken("palette", n=n)
     return palette
 
 
@@ -230,7 +225,7 @@ def _divides_input(value: Any, handler: Callable[[Any], Any], info: ValidationIn
     except pydantic.ValidationError:
         stride = 0
     if not stride or size[0] % stride or size[1] % stride:
-        raise _broken("output.stride", size=list(size))
+        raise broken("output.stride", size=list(size))
     return stride
 
 
@@ -255,7 +250,7 @@ class ImportMeta:
     and :meth:`check` turn every problem into an ``RtsegError``.
     """
 
-    name: Annotated[StrictStr, _must(_NAME.fullmatch, "name")]
+    name: Annotated[StrictStr, must(_NAME.fullmatch, "name")]
     task: Literal["binary", "multiclass"]
     input_size: Annotated[tuple[Side, Side], _required("input.size: missing")]
     output_kind: Annotated[Kind, _required("output.kind: missing")]
@@ -264,15 +259,15 @@ class ImportMeta:
     palette: Annotated[list[RGBColour] | None, pydantic.WrapValidator(_one_per_class)] = None
     input_layout: TensorLayout = "NCHW"
     mean: RGBNumbers = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: Annotated[RGBNumbers, _must(lambda v: all(x > 0 for x in v), "input.std: positive")] = field(
+    std: Annotated[RGBNumbers, must(lambda v: all(x > 0 for x in v), "input.std: positive")] = field(
         default_factory=lambda: [0.229, 0.224, 0.225])
     resize: Literal["stretch", "letterbox"] = "stretch"
     output_layout: TensorLayout = "NCHW"
     output_stride: Annotated[StrictInt, Field(ge=1, le=64), pydantic.WrapValidator(_divides_input)] = 1
     output_name: StrictStr | None = None
     ignore_index: Annotated[StrictInt, Field(ge=0, le=255)] | None = None
-    data: Annotated[dict[str, Any], _must(_names_a_folder, "data.root"),
-                    _must(lambda d: isinstance(d.get("format"), str | None), "data.format")] = field(default_factory=dict)
+    data: Annotated[dict[str, Any], must(_names_a_folder, "data.root"),
+                    must(lambda d: isinstance(d.get("format"), str | None), "data.format")] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -358,7 +353,7 @@ def _as_file(fields: dict[str, Any]) -> dict[str, Any]:
 def _validated(schema: type, fields: dict, source: str, file_dict: dict) -> Any:
     """``schema`` validated from ``fields``; a violation is the one error line of :func:`_refusal`."""
     try:
-        return _adapter(schema).validate_python(fields)
+        return adapter(schema).validate_python(fields)
     except pydantic.ValidationError as e:
         raise _refusal(e, source, file_dict) from None
 
@@ -367,9 +362,9 @@ def _refusal(e: pydantic.ValidationError, source: str, file_dict: dict) -> Rtseg
     """The error line of ``e``'s first violation (in the order of :data:`_WHAT`; of several unknown keys, the
     first by name), naming its key in the file and its value there."""
     errors = sorted(e.errors(), key=lambda err: [str(p) for p in err["loc"]])
-    key, err = _first_violation(errors, _WHAT, _key)
+    key, err = first_violation(errors, _WHAT, _key)
     name = ".".join(str(p) for p in err["loc"]) if key.endswith("unknown") else key.split(":")[0]
-    return _bad(source, name, _WHAT[key].format(value=_value_at(file_dict, name), **_rule_values(err)))
+    return _bad(source, name, _WHAT[key].format(value=value_at(file_dict, name), **rule_values(err)))
 
 
 def _key(err: dict) -> str:

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 
 from rtseg.errors import RtsegError
 
-from helpers import cut_clip, decode_video, expected_masks, run_cli_process, video_pts_seconds
+from helpers import cut_clip, decode_video, expected_masks, run_cli_process, video_pts_seconds, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -299,15 +298,6 @@ def test_metrics_jsonl(tmp_path, backend, small_clip):
     assert {"in_queue", "out_queue", "drops", "fps"} <= set(lines[-1]["sources"][0])
 
 
-def _wait_for(pred, timeout: float, what: str):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_signal_finalises_playable_file(tmp_path, tiny_engine, sig):
     """SIGINT/SIGTERM to a running ``rtseg stream``: the file is playable and holds every processed frame."""
@@ -324,7 +314,7 @@ def test_signal_finalises_playable_file(tmp_path, tiny_engine, sig):
             lines = metrics.read_text().splitlines() if metrics.exists() else []
             return bool(lines) and json.loads(lines[-1])["frames"] >= 20
 
-        _wait_for(progressed, 120, "20 frames")
+        wait_for(progressed, 120, "20 frames")
         p.send_signal(sig)
         stdout, stderr = p.communicate(timeout=60)
     finally:
